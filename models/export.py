@@ -1,0 +1,262 @@
+"""Export a trained ``SequenceModel`` into a model-repository entry.
+
+``<repository>/<name>/<version>/`` gets ``model.onnx`` (one self-contained
+file), ``model.pt`` (TorchScript), ``model.json`` and ``parity.json``. Both
+graphs are written to a temporary folder, loaded back from disk and checked
+against the reference module; only then is the folder renamed into place, so a
+failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.parity import TOLERANCE, ParityReport, check_parity, onnx_runner, torch_runner
+from models.reference import ReferenceModel
+from models.spec import ModelSpec
+from models.stack import SequenceModel
+
+SCHEMA_VERSION = 1
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+INPUT_NAME = "input"
+LENGTHS_NAME = "lengths"
+ONNX_OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported as asked; nothing was written."""
+
+
+def output_name(spec: ModelSpec) -> str:
+    return "values" if spec.task == "regression" else "logits"
+
+
+def next_version(repository: Path, name: str) -> int:
+    folder = repository / name
+    versions = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def example_inputs(spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch 3, lengths all different, so no axis gets specialised to a constant."""
+    lengths = torch.tensor([9, 4, 6], dtype=torch.int64)
+    generator = torch.Generator().manual_seed(0)
+    if spec.input_kind == "text":
+        assert spec.tokenizer is not None
+        x = torch.randint(2, len(spec.tokenizer.vocabulary), (3, 9), generator=generator)
+    else:
+        assert spec.input_size is not None
+        x = torch.randn(3, 9, spec.input_size, generator=generator)
+    return x, lengths
+
+
+def write_onnx(model: SequenceModel, path: Path) -> None:
+    """ONNX through the TorchScript-based exporter, with dynamic batch and time.
+
+    NOTE: torch 2.13's default (dynamo) exporter fixes the time axis to the
+    traced length whenever the first RNN layer's input is computed (an
+    embedding, a normalisation), and its graph optimizer folds the second
+    layer's time axis into a constant. The TorchScript-based exporter keeps
+    both axes dynamic, emits native ONNX LSTM/GRU ops and exports in well
+    under a second; the signature and parity checks below guard the result.
+    """
+    spec = model.spec
+    x, lengths = example_inputs(spec)
+    out = output_name(spec)
+    dynamic = {INPUT_NAME: {0: "batch", 1: "time"}, LENGTHS_NAME: {0: "batch"}, out: {0: "batch"}}
+    if spec.task == "tagging":
+        dynamic[out][1] = "time"
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter is deprecated in 2.13 and says so at length
+        torch.onnx.export(
+            model,
+            (x, lengths),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=[INPUT_NAME, LENGTHS_NAME],
+            output_names=[out],
+            dynamic_axes=dynamic,
+        )
+
+
+def write_torchscript(model: SequenceModel, path: Path) -> None:
+    x, lengths = example_inputs(model.spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in 2.13; users still deploy it
+        traced = torch.jit.trace(model, (x, lengths), check_trace=False)
+        traced.save(str(path))
+
+
+def check_onnx_signature(path: Path, spec: ModelSpec) -> list[str]:
+    """Names, dtypes and ranks of the graph's inputs and outputs."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    problems = []
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    want_in = {INPUT_NAME: ("tensor(int64)" if spec.input_kind == "text" else "tensor(float)",
+                            2 if spec.input_kind == "text" else 3),
+               LENGTHS_NAME: ("tensor(int64)", 1)}
+    for name, (dtype, rank) in want_in.items():
+        got = inputs.get(name)
+        if got is None:
+            problems.append(f"graph input {name!r} missing (has {sorted(inputs)})")
+        elif got.type != dtype or len(got.shape) != rank:
+            problems.append(f"graph input {name!r} is {got.type} rank {len(got.shape)}, expected {dtype} rank {rank}")
+        elif any(isinstance(d, int) for d in got.shape[:2 if rank > 1 else 1]):
+            problems.append(f"graph input {name!r} has a fixed batch or time axis: {got.shape}")
+    if list(outputs) != [output_name(spec)]:
+        problems.append(f"graph outputs {sorted(outputs)}, expected [{output_name(spec)!r}]")
+    return problems
+
+
+def model_json(spec: ModelSpec, version: int, formats: dict[str, str], parity: ParityReport,
+               provenance: dict[str, Any]) -> dict[str, Any]:
+    tokenizer = None
+    if spec.tokenizer is not None:
+        t = spec.tokenizer
+        tokenizer = {"type": t.type, "lowercase": t.lowercase, "vocabulary": list(t.vocabulary),
+                     "padding_id": t.padding_id, "unknown_id": t.unknown_id}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": spec.name,
+        "version": version,
+        "task": spec.task,
+        "description": spec.description,
+        "input": {
+            "kind": spec.input_kind,
+            "features": spec.input_size if spec.input_kind == "features" else None,
+            "max_length": spec.max_length,
+            "tokenizer": tokenizer,
+        },
+        "labels": list(spec.labels) if spec.labels is not None else None,
+        "output_names": list(spec.output_names) if spec.output_names is not None else None,
+        "graph": {
+            "input": INPUT_NAME,
+            "lengths": LENGTHS_NAME,
+            "output": output_name(spec),
+            "input_dtype": "int64" if spec.input_kind == "text" else "float32",
+            "output_activation": "none" if spec.task == "regression" else "softmax",
+        },
+        "padding": "exact",
+        "formats": formats,
+        "architecture": {
+            "cell": spec.cell,
+            "bidirectional": spec.bidirectional,
+            "num_layers": spec.num_layers,
+            "hidden_size": spec.hidden_size,
+            "proj_size": spec.proj_size,
+            "readout": spec.readout,
+            "embedding_dim": spec.embedding_dim,
+            "head_hidden": spec.head_hidden,
+            "preprocessing": {
+                "input_normalization": "in graph" if spec.input_normalization else None,
+                "output_normalization": "in graph" if spec.output_normalization else None,
+            },
+        },
+        "metrics": spec.metrics,
+        "parity": {"tolerance": parity.tolerance, "max_abs_diff": parity.max_abs_diff},
+        "provenance": provenance,
+    }
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_model(
+    model: SequenceModel,
+    repository: Path,
+    version: int | None = None,
+    *,
+    batches: int = 100,
+    seed: int = 0,
+    tolerance: float = TOLERANCE,
+    source: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``<repository>/<name>/<version>/`` or raise with nothing written.
+
+    Raises ``ExportError`` for a bad name, version or graph signature and
+    ``ParityError`` when a graph's answers differ from the reference.
+    """
+    spec = model.spec
+    if not NAME_PATTERN.match(spec.name):
+        raise ExportError(f"name {spec.name!r}: use lowercase letters, digits, '.', '_' or '-' (max 64)")
+    if batches < 1:
+        raise ExportError("batches: need at least one parity batch")
+    repository.mkdir(parents=True, exist_ok=True)
+    version = version or next_version(repository, spec.name)
+    final = repository / spec.name / str(version)
+    if final.exists():
+        raise ExportError(f"{final} exists already; versions are immutable, export as a new version")
+    model = model.eval()
+    # Same filesystem as the destination, so the final rename is atomic.
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=repository))
+    try:
+        onnx_path, ts_path = staging / "model.onnx", staging / "model.pt"
+        write_onnx(model, onnx_path)
+        write_torchscript(model, ts_path)
+        problems = check_onnx_signature(onnx_path, spec)
+        if problems:
+            raise ExportError("ONNX graph signature: " + "; ".join(problems))
+        reference = ReferenceModel(model)
+
+        def run_reference(seq: np.ndarray) -> np.ndarray:
+            out = reference(torch.from_numpy(seq).unsqueeze(0))[0]
+            return out.numpy().astype(np.float64)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded_ts = torch.jit.load(str(ts_path))
+        graphs = {
+            "eager": torch_runner(model),
+            "onnx": onnx_runner(str(onnx_path), INPUT_NAME, LENGTHS_NAME),
+            "torchscript": torch_runner(loaded_ts),
+        }
+        report = check_parity(spec, graphs, run_reference, batches=batches, seed=seed, tolerance=tolerance)
+        formats = {"onnx": onnx_path.name, "torchscript": ts_path.name}
+        provenance = {
+            "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "exporter": "seqserve export",
+            "torch": torch.__version__,
+            "onnx_opset": _opset(onnx_path),
+            "files_sha256": {name: sha256(staging / name) for name in formats.values()},
+            **(source or {}),
+            **spec.provenance,
+        }
+        meta = model_json(spec, version, formats, report, provenance)
+        (staging / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (staging / "parity.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        os.chmod(staging, 0o755)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _opset(path: Path) -> int | None:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
