@@ -164,8 +164,6 @@ class SequenceModel(nn.Module):
         return y
 
     def pool(self, out: Tensor, lengths: Tensor) -> Tensor:
-        if self.readout == "all":
-            return out
         if self.readout == "last":
             return step_at(out, lengths - 1)
         if self.readout == "final":
@@ -175,6 +173,10 @@ class SequenceModel(nn.Module):
             forward = step_at(out[:, :, :half], lengths - 1)
             return torch.cat([forward, out[:, 0, half:]], dim=1)
         mask = (torch.arange(out.shape[1], device=out.device).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(2)
+        if self.readout == "all":
+            # Zero the steps past each length: deterministic padding outputs,
+            # and the graph keeps its lengths input even when unidirectional.
+            return torch.where(mask, out, torch.zeros_like(out))
         if self.readout == "mean":
             total = torch.where(mask, out, torch.zeros_like(out)).sum(dim=1)
             return total / lengths.unsqueeze(1).to(out.dtype)

@@ -1,0 +1,37 @@
+"""The ``seqserve`` command: one entry point for both sides of the house.
+
+``serve`` belongs to the online side (``service/``, no torch needed);
+``train``, ``export`` and ``inspect`` to the offline side (``models/``).
+Each is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: seqserve <command> [options]
+
+commands:
+  serve     serve a model repository over HTTP (seqserve serve --help)
+  train     train the demo models on data shipped inside packages
+  export    check a checkpoint against its module and write a repository entry
+  inspect   list a checkpoint's tensors and suggest a spec
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "serve":
+        from service.__main__ import main as serve
+
+        return serve(rest)
+    if command in ("train", "export", "inspect"):
+        from models.cli import main as offline
+
+        return offline(command, rest)
+    print(f"seqserve: error: unknown command {command!r}; try 'seqserve --help'", file=sys.stderr)
+    return 2
