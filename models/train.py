@@ -66,7 +66,7 @@ def fit(
         target = (target - model.output_mean) / model.output_std
     rng = np.random.default_rng(config.seed)
     history: list[float] = []
-    bar = tqdm(range(config.epochs), desc=desc, unit="epoch", leave=True)
+    bar = tqdm(range(config.epochs), desc=desc, unit="epoch", mininterval=2.0)
     for _ in bar:
         model.train()
         order = rng.permutation(len(sequences))
