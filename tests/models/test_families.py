@@ -370,3 +370,14 @@ def test_cli_wrong_spec_is_one_line_naming_the_tensor(tmp_path: Path) -> None:
     assert "lstm_bwd.weight_ih_l1 (as rnn.weight_ih_l1_reverse) has shape [32, 8], the spec needs [32, 16]" in lines[0]
     assert "look like family F8" in lines[0]
     assert not (tmp_path / "repo").exists()
+
+
+def test_extra_tensors_are_named_unless_ignored(tmp_path: Path) -> None:
+    case = CASES["F1"]
+    state = load_state_dict(save_checkpoint(case, make_user_model(case), tmp_path))
+    state["aux_head.weight"] = torch.zeros(2, 16)  # a training-only head
+    with pytest.raises(CheckpointError, match=r"unexpected aux_head\.weight \[2, 16\]"):
+        build_model(ModelSpec.from_dict(spec_dict(case, "f1")), state)
+    spec = spec_dict(case, "f1")
+    spec["names"] = {**spec["names"], "ignore": ["aux_head.weight"]}
+    build_model(ModelSpec.from_dict(spec), state)
