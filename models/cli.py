@@ -11,7 +11,10 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from models.spec import UserModule
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -38,8 +41,16 @@ def export_parser() -> Parser:
     p = Parser(prog="seqserve export",
                description="Check a checkpoint's exported graphs against the reference module, then write "
                            "<repository>/<name>/<version>/ (nothing is written if any check fails).")
-    p.add_argument("checkpoint", type=Path, help="a state_dict saved with torch.save (read with weights_only=True)")
+    p.add_argument("checkpoint", type=Path,
+                   help="a state_dict saved with torch.save (read with weights_only=True), or an .npz of arrays")
     p.add_argument("--spec", type=Path, help="model spec, JSON or YAML (default: <checkpoint>.spec.json beside it)")
+    p.add_argument("--module", metavar="FILE.py:CLASS",
+                   help="your own model class to check parity against (default: the spec's reference, else "
+                        "seqserve's plain module); built with the spec's reference.kwargs")
+    p.add_argument("--module-kwargs", metavar="JSON", help="constructor arguments for --module, a JSON object")
+    p.add_argument("--module-inputs", choices=["batch", "batch_and_lengths", "sequence"],
+                   help="how --module is called on one sequence x: module(x[None]), module(x[None], lengths) "
+                        "or module(x) (default: the spec's, else batch)")
     p.add_argument("--repository", type=Path, default=Path("repository"), help="model repository (default: %(default)s)")
     p.add_argument("--version", type=int, help="version to write (default: the next free one)")
     p.add_argument("--parity-batches", type=int, default=100,
@@ -49,8 +60,10 @@ def export_parser() -> Parser:
 
 
 def inspect_parser() -> Parser:
-    p = Parser(prog="seqserve inspect", description="List a checkpoint's tensors and guess its architecture.")
-    p.add_argument("checkpoint", type=Path)
+    p = Parser(prog="seqserve inspect",
+               description="List a checkpoint's tensors, suggest its family (F1-F9) and a spec to export it with.")
+    p.add_argument("checkpoint", type=Path, help="a state_dict (.pt) or an .npz of arrays")
+    p.add_argument("--write-spec", type=Path, metavar="PATH", help="also write the suggested spec to PATH (JSON)")
     return p
 
 
@@ -72,36 +85,62 @@ def default_spec_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name.removesuffix(checkpoint.suffix) + ".spec.json")
 
 
+def user_module(args: argparse.Namespace, spec_reference: UserModule | None) -> UserModule | None:
+    """The spec's reference, overridden piece by piece by the --module flags."""
+    from models.spec import UserModule
+
+    if args.module is None:
+        if args.module_kwargs is not None or args.module_inputs is not None:
+            if spec_reference is None:
+                raise UserError("--module-kwargs and --module-inputs need --module (or a reference in the spec)")
+        if spec_reference is None:
+            return None
+        source, class_name = spec_reference.source, spec_reference.class_name
+    else:
+        source, sep, class_name = args.module.rpartition(":")
+        if not sep or not source or not class_name.isidentifier():
+            raise UserError(f"--module {args.module!r}: expected FILE.py:CLASS")
+        source = str(Path(source).resolve())
+    kwargs = spec_reference.kwargs if spec_reference else {}
+    if args.module_kwargs is not None:
+        try:
+            kwargs = json.loads(args.module_kwargs)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--module-kwargs: not JSON ({exc})") from None
+        if not isinstance(kwargs, dict):
+            raise UserError("--module-kwargs: a JSON object of constructor arguments")
+    inputs = args.module_inputs or (spec_reference.inputs if spec_reference else "batch")
+    return UserModule(source, class_name, kwargs, inputs)
+
+
 def run_export(args: argparse.Namespace) -> int:
-    from models.checkpoint import build_model, load_state_dict
-    from models.export import sha256
-    from models.export import export_model
-    from models.spec import ModelSpec
+    from models.checkpoint_export import export_checkpoint, load_spec
 
     spec_path = args.spec or default_spec_path(args.checkpoint)
-    if not spec_path.is_file():
-        raise UserError(f"{spec_path}: no such spec file (pass --spec)")
-    try:
-        spec = ModelSpec.load(spec_path)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{spec_path}: {exc}") from None
-    state = load_state_dict(args.checkpoint)
-    model = build_model(spec, state, source=str(args.checkpoint))
-    source = {"checkpoint": args.checkpoint.name, "checkpoint_sha256": sha256(args.checkpoint),
-              "spec": spec_path.name, "reference": "seqserve's plain nn.LSTM/nn.GRU module, one sequence at a time"}
-    path = export_model(model, args.repository, args.version, batches=args.parity_batches, seed=args.seed,
-                        source=source)
+    user = user_module(args, load_spec(spec_path).reference)
+    path = export_checkpoint(args.checkpoint, spec_path, args.repository, module=user, version=args.version,
+                             batches=args.parity_batches, seed=args.seed)
     parity = json.loads((path / "parity.json").read_text())
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in parity["max_abs_diff"].items())
-    print(f"wrote {path} (parity over {parity['sequences']} sequences in {parity['batches']} batches: {diffs})")
+    reference_name = json.loads((path / "model.json").read_text())["parity"]["reference"]
+    print(f"wrote {path} (parity against {reference_name} over {parity['sequences']} sequences in "
+          f"{parity['batches']} batches: {diffs})")
     return 0
 
 
 def run_inspect(args: argparse.Namespace) -> int:
     from models.checkpoint import load_state_dict
-    from models.inspect import describe
+    from models.inspect import describe, guess_family
 
-    print(describe(load_state_dict(args.checkpoint)))
+    state = load_state_dict(args.checkpoint)
+    name = args.checkpoint.name.split(".")[0]
+    print(describe(state, name))
+    if args.write_spec is not None:
+        guess = guess_family(state, name)
+        if guess is None:
+            raise UserError(f"{args.checkpoint}: no family recognised, so no spec to write")
+        args.write_spec.write_text(json.dumps(guess.spec, indent=2) + "\n")
+        print(f"wrote {args.write_spec}")
     return 0
 
 
@@ -121,11 +160,12 @@ def main(command: str, argv: list[str]) -> int:
     from models.export import ExportError
     from models.parity import ParityError
     from models.spec import SpecError
+    from models.usermodule import UserModuleError
 
     make_parser, run = COMMANDS[command]
     args = make_parser().parse_args(argv)
     try:
         return run(args)
-    except (UserError, CheckpointError, ExportError, ParityError, SpecError) as exc:
+    except (UserError, CheckpointError, ExportError, ParityError, SpecError, UserModuleError) as exc:
         print(f"seqserve {command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -3,8 +3,9 @@
 ``<repository>/<name>/<version>/`` gets ``model.onnx`` (one self-contained
 file), ``model.pt`` (TorchScript), ``model.json`` and ``parity.json``. Both
 graphs are written to a temporary folder, loaded back from disk and checked
-against the reference module; only then is the folder renamed into place, so a
-failed export leaves nothing behind.
+against the reference (the user's own module when given, else seqserve's
+plain module); only then is the folder renamed into place, so a failed export
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -25,10 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.parity import TOLERANCE, ParityReport, check_parity, onnx_runner, torch_runner
-from models.reference import ReferenceModel
+from models import cho
+from models.cho import ChoGRUModel
+from models.parity import TOLERANCE, ParityReport, Reference, check_parity, onnx_runner, torch_runner
+from models.reference import SEQSERVE_REFERENCE, ReferenceModel, cho_gru_reference
 from models.spec import ModelSpec
 from models.stack import SequenceModel
+
+ExportableModel = SequenceModel | ChoGRUModel
 
 SCHEMA_VERSION = 1
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -64,7 +69,7 @@ def example_inputs(spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
     return x, lengths
 
 
-def write_onnx(model: SequenceModel, path: Path) -> None:
+def write_onnx(model: ExportableModel, path: Path) -> None:
     """ONNX through the TorchScript-based exporter, with dynamic batch and time.
 
     NOTE: torch 2.13's default (dynamo) exporter fixes the time axis to the
@@ -75,6 +80,9 @@ def write_onnx(model: SequenceModel, path: Path) -> None:
     under a second; the signature and parity checks below guard the result.
     """
     spec = model.spec
+    if isinstance(model, ChoGRUModel):
+        cho.write_onnx(model, path, INPUT_NAME, LENGTHS_NAME, output_name(spec), ONNX_OPSET)
+        return
     x, lengths = example_inputs(spec)
     out = output_name(spec)
     dynamic = {INPUT_NAME: {0: "batch", 1: "time"}, LENGTHS_NAME: {0: "batch"}, out: {0: "batch"}}
@@ -94,7 +102,7 @@ def write_onnx(model: SequenceModel, path: Path) -> None:
         )
 
 
-def write_torchscript(model: SequenceModel, path: Path) -> None:
+def write_torchscript(model: ExportableModel, path: Path) -> None:
     x, lengths = example_inputs(model.spec)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in 2.13; users still deploy it
@@ -127,7 +135,7 @@ def check_onnx_signature(path: Path, spec: ModelSpec) -> list[str]:
 
 
 def model_json(spec: ModelSpec, version: int, formats: dict[str, str], parity: ParityReport,
-               provenance: dict[str, Any]) -> dict[str, Any]:
+               provenance: dict[str, Any], reference: str = SEQSERVE_REFERENCE) -> dict[str, Any]:
     tokenizer = None
     if spec.tokenizer is not None:
         t = spec.tokenizer
@@ -169,9 +177,16 @@ def model_json(spec: ModelSpec, version: int, formats: dict[str, str], parity: P
                 "input_normalization": "in graph" if spec.input_normalization else None,
                 "output_normalization": "in graph" if spec.output_normalization else None,
             },
+            "input_mlp": list(spec.input_mlp),
+            "activation": spec.activation,
+            "layer_norm": spec.layer_norm,
+            "concat_input_mean": spec.concat_input_mean,
+            "direction_stacks": "separate" if spec.separate_directions else "interleaved",
+            "gru_form": ("cho" if spec.family == "F9" else "torch") if spec.cell == "gru" else None,
         },
+        "family": spec.family,
         "metrics": spec.metrics,
-        "parity": {"tolerance": parity.tolerance, "max_abs_diff": parity.max_abs_diff},
+        "parity": {"tolerance": parity.tolerance, "max_abs_diff": parity.max_abs_diff, "reference": reference},
         "provenance": provenance,
     }
 
@@ -184,8 +199,22 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def seqserve_reference(model: ExportableModel) -> Reference:
+    """seqserve's own plain module, run on one sequence at a time."""
+    if isinstance(model, ChoGRUModel):
+        numpy_reference = cho_gru_reference(model)
+        return lambda seq: numpy_reference(seq)
+    reference = ReferenceModel(model)
+
+    def run(seq: np.ndarray) -> np.ndarray:
+        out = reference(torch.from_numpy(seq).unsqueeze(0))[0]
+        return out.numpy().astype(np.float64)
+
+    return run
+
+
 def export_model(
-    model: SequenceModel,
+    model: ExportableModel,
     repository: Path,
     version: int | None = None,
     *,
@@ -193,12 +222,18 @@ def export_model(
     seed: int = 0,
     tolerance: float = TOLERANCE,
     source: dict[str, Any] | None = None,
+    reference: Reference | None = None,
+    reference_name: str = SEQSERVE_REFERENCE,
 ) -> Path:
     """Write ``<repository>/<name>/<version>/`` or raise with nothing written.
 
+    ``reference`` answers for one unpadded sequence (the user's own module);
+    without it, seqserve's plain module does, and ``model.json`` says which.
     Raises ``ExportError`` for a bad name, version or graph signature and
     ``ParityError`` when a graph's answers differ from the reference.
     """
+    if reference is None:
+        reference, reference_name = seqserve_reference(model), SEQSERVE_REFERENCE
     spec = model.spec
     if not NAME_PATTERN.match(spec.name):
         raise ExportError(f"name {spec.name!r}: use lowercase letters, digits, '.', '_' or '-' (max 64)")
@@ -219,12 +254,6 @@ def export_model(
         problems = check_onnx_signature(onnx_path, spec)
         if problems:
             raise ExportError("ONNX graph signature: " + "; ".join(problems))
-        reference = ReferenceModel(model)
-
-        def run_reference(seq: np.ndarray) -> np.ndarray:
-            out = reference(torch.from_numpy(seq).unsqueeze(0))[0]
-            return out.numpy().astype(np.float64)
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             loaded_ts = torch.jit.load(str(ts_path))
@@ -233,7 +262,8 @@ def export_model(
             "onnx": onnx_runner(str(onnx_path), INPUT_NAME, LENGTHS_NAME),
             "torchscript": torch_runner(loaded_ts),
         }
-        report = check_parity(spec, graphs, run_reference, batches=batches, seed=seed, tolerance=tolerance)
+        report = check_parity(spec, graphs, reference, batches=batches, seed=seed, tolerance=tolerance,
+                              reference_name=reference_name)
         formats = {"onnx": onnx_path.name, "torchscript": ts_path.name}
         provenance = {
             "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -244,7 +274,7 @@ def export_model(
             **(source or {}),
             **spec.provenance,
         }
-        meta = model_json(spec, version, formats, report, provenance)
+        meta = model_json(spec, version, formats, report, provenance, reference_name)
         (staging / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         (staging / "parity.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         os.chmod(staging, 0o755)

@@ -70,11 +70,12 @@ class ParityReport:
     lengths_checked: tuple[int, int]
     batch_sizes: list[int]
     max_abs_diff: dict[str, float] = field(default_factory=dict)
+    reference_name: str = "seqserve reference"
 
     def to_dict(self) -> dict[str, object]:
         return {
             "tolerance": self.tolerance,
-            "reference": "the plain module run on each sequence alone, unpadded",
+            "reference": f"{self.reference_name}, run on each sequence alone, unpadded",
             "batches": self.batches,
             "sequences": self.sequences,
             "min_length": self.lengths_checked[0],
@@ -119,6 +120,7 @@ def check_parity(
     batches: int = 100,
     seed: int = 0,
     tolerance: float = TOLERANCE,
+    reference_name: str = "seqserve reference",
 ) -> ParityReport:
     """Run every graph on the same random batches; raise ``ParityError`` listing
     every sequence whose output is off, or return the measured worst diffs."""
@@ -156,6 +158,7 @@ def check_parity(
         lengths_checked=(int(all_lengths.min()), int(all_lengths.max())),
         batch_sizes=sorted({len(lengths) for _, lengths in data}),
         max_abs_diff=worst,
+        reference_name=reference_name,
     )
 
 

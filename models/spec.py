@@ -16,6 +16,23 @@ Cell = Literal["lstm", "gru"]
 Readout = Literal["last", "final", "mean", "max", "all"]
 Task = Literal["classification", "regression", "tagging"]
 InputKind = Literal["features", "text"]
+Family = Literal["F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8", "F9"]
+"""The tutorial-style model families of DESIGN.md a user's checkpoint can come from."""
+Activation = Literal["relu", "tanh", "gelu"]
+ReferenceInputs = Literal["batch", "batch_and_lengths", "sequence"]
+ArrayLayout = Literal["w_x", "x_w"]
+
+FAMILIES: dict[str, str] = {
+    "F1": "BiLSTM classifier: nn.LSTM(bidirectional=True), fc(out[:, -1, :])",
+    "F2": "LSTM regressor / forecaster: nn.LSTM, fc(out[:, -1, :])",
+    "F3": "GRU / BiGRU classifier: nn.GRU, last step or final states",
+    "F4": "text classifier: embedding, MLP, packed multi-layer LSTM, LayerNorm, masked mean, concat, MLP head",
+    "F5": "sequence tagger: BiLSTM with a per-step head",
+    "F6": "stacked LSTM with projections: nn.LSTM(proj_size=P)",
+    "F7": "step loop over nn.LSTMCell",
+    "F8": "BiLSTM from two nn.LSTMs and torch.flip",
+    "F9": "GRU in the original Cho et al. form, NumPy arrays",
+}
 
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
@@ -60,6 +77,96 @@ class Normalization:
 
 
 @dataclass(frozen=True)
+class NameMap:
+    """How a checkpoint's tensor names become seqserve's (``rnn.weight_ih_l0``,
+    ``head.weight``, ...), so a checkpoint maps without being edited.
+
+    Each name goes through the first rule that applies: an exact rename; else
+    the ``backward`` prefix (F8); else the first prefix rule, in order, whose
+    source starts it. A name no rule touches is used as it is.
+    """
+
+    prefixes: tuple[tuple[str, str], ...] = ()
+    """Ordered ``(from, to)`` prefix rules, e.g. ``("lstm.", "rnn."), ("fc.", "head.")``."""
+    renames: tuple[tuple[str, str], ...] = ()
+    """Exact ``(from, to)`` renames, e.g. ``("mlp.3.weight", "input_mlp.2.weight")``."""
+    backward: str | None = None
+    """F8: the checkpoint prefix of the LSTM that runs over the flipped input; its
+    ``weight_ih_l0`` becomes ``rnn.weight_ih_l0_reverse`` and so on."""
+    ignore: tuple[str, ...] = ()
+    """Checkpoint tensors that are not part of the served model (an auxiliary head)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prefixes": dict(self.prefixes), "renames": dict(self.renames), "backward": self.backward,
+                "ignore": list(self.ignore)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> NameMap:
+        if not isinstance(data, dict):
+            raise SpecError("names: a mapping with prefixes, renames, backward, ignore")
+        unknown = sorted(set(data) - {"prefixes", "renames", "backward", "ignore"})
+        if unknown:
+            raise SpecError(f"names: unknown field(s) {unknown}; known: ['backward', 'ignore', 'prefixes', 'renames']")
+        pairs = {}
+        for key in ("prefixes", "renames"):
+            value = data.get(key) or {}
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                      for k, v in value.items()):
+                raise SpecError(f"names.{key}: a mapping of checkpoint name to seqserve name")
+            pairs[key] = tuple(value.items())
+        backward = data.get("backward")
+        if backward is not None and not isinstance(backward, str):
+            raise SpecError("names.backward: a checkpoint prefix such as 'lstm_bwd.'")
+        return cls(pairs["prefixes"], pairs["renames"], backward, tuple(str(n) for n in data.get("ignore") or ()))
+
+
+@dataclass(frozen=True)
+class UserModule:
+    """The user's own model class, to check the export against.
+
+    Loaded from ``source`` (a ``.py`` file; relative to the spec file),
+    built as ``class(**kwargs)``, given the checkpoint strictly (a torch
+    module's ``load_state_dict(strict=True)``; for a plain Python object, each
+    array is set on the attribute of the same name), and run on each sequence
+    alone: ``batch`` calls ``module(x[None])``, ``batch_and_lengths``
+    ``module(x[None], lengths)``, ``sequence`` ``module(x)``. A tuple output
+    counts by its first element.
+    """
+
+    source: str
+    class_name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    inputs: ReferenceInputs = "batch"
+
+    def describe(self) -> str:
+        return f"user module {Path(self.source).name}:{self.class_name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "class": self.class_name, "kwargs": self.kwargs, "inputs": self.inputs}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> UserModule:
+        if not isinstance(data, dict):
+            raise SpecError("reference: a mapping with source, class, kwargs, inputs")
+        unknown = sorted(set(data) - {"source", "class", "kwargs", "inputs"})
+        if unknown:
+            raise SpecError(f"reference: unknown field(s) {unknown}; known: ['class', 'inputs', 'kwargs', 'source']")
+        problems = []
+        if not isinstance(data.get("source"), str):
+            problems.append("reference.source: the path of the .py file that defines the module")
+        if not isinstance(data.get("class"), str):
+            problems.append("reference.class: the name of the module's class")
+        if not isinstance(data.get("kwargs", {}), dict):
+            problems.append("reference.kwargs: a mapping of constructor arguments")
+        inputs = data.get("inputs", "batch")
+        if inputs not in get_args(ReferenceInputs):
+            problems.append(f"reference.inputs: {inputs!r} is not one of {list(get_args(ReferenceInputs))}")
+        if problems:
+            raise SpecError("; ".join(problems))
+        return cls(data["source"], data["class"], dict(data.get("kwargs", {})), inputs)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Architecture and serving metadata of one length-aware sequence model."""
 
@@ -80,7 +187,25 @@ class ModelSpec:
     dropout: float = 0.0
     readout: Readout = "last"
     head_hidden: int | None = None
-    """Width of a hidden ReLU layer in the head; ``None`` for one Linear."""
+    """Width of a hidden layer (``activation``) in the head; ``None`` for one Linear."""
+    family: Family | None = None
+    """Which tutorial family the checkpoint comes from; ``None`` for seqserve's own."""
+    names: NameMap = NameMap()
+    """How the checkpoint's tensor names map onto seqserve's."""
+    reference: UserModule | None = None
+    """The user's module that parity is checked against; ``None``: seqserve's reference."""
+    input_mlp: tuple[int, ...] = ()
+    """Widths of per-step Linear + ``activation`` layers between input and RNN (F4)."""
+    activation: Activation = "relu"
+    """Activation of the input MLP and of the head's hidden layer."""
+    layer_norm: bool = False
+    """LayerNorm over each step of the RNN output (F4)."""
+    concat_input_mean: bool = False
+    """Concatenate the masked mean over time of the RNN's input (the input MLP's
+    output) after the pooled RNN output (F4)."""
+    array_layout: ArrayLayout = "w_x"
+    """F9: ``w_x`` when the arrays are used as ``W @ x`` ([out, in], the paper's
+    form), ``x_w`` when as ``x @ W`` ([in, out])."""
     max_length: int = 256
     labels: tuple[str, ...] | None = None
     output_names: tuple[str, ...] | None = None
@@ -123,10 +248,63 @@ class ModelSpec:
                 yield f"labels: need one label per output ({self.num_outputs})"
         elif self.output_names is not None and len(self.output_names) != self.num_outputs:
             yield f"output_names: need one name per output ({self.num_outputs})"
+        for name, allowed in (("activation", Activation), ("array_layout", ArrayLayout)):
+            if getattr(self, name) not in get_args(allowed):
+                yield f"{name}: {getattr(self, name)!r} is not one of {list(get_args(allowed))}"
+        if not all(isinstance(w, int) and w > 0 for w in self.input_mlp):
+            yield f"input_mlp: widths must be positive integers, got {list(self.input_mlp)}"
+        if self.family is not None:
+            yield from self._family_problems()
         if self.input_normalization and self.input_size is not None:
             n = self.input_normalization
             if len(n.mean) != self.input_size or len(n.std) != self.input_size:
                 yield f"input_normalization: mean and std need {self.input_size} values"
+
+    def _family_problems(self) -> Any:
+        family = self.family
+        if family not in FAMILIES:
+            yield f"family: {family!r} is not one of {list(FAMILIES)}"
+            return
+        needs: dict[str, dict[str, Any]] = {
+            "F1": {"cell": "lstm", "bidirectional": True},
+            "F2": {"cell": "lstm", "bidirectional": False},
+            "F3": {"cell": "gru"},
+            "F4": {"cell": "lstm", "input_kind": "text"},
+            "F5": {"task": "tagging"},
+            "F6": {"cell": "lstm"},
+            "F7": {"cell": "lstm", "bidirectional": False, "num_layers": 1},
+            "F8": {"cell": "lstm", "bidirectional": True},
+            "F9": {"cell": "gru", "bidirectional": False, "num_layers": 1, "input_kind": "features"},
+        }
+        for name, value in needs[family].items():
+            if getattr(self, name) != value:
+                yield f"{name}: family {family} ({FAMILIES[family]}) needs {value!r}, got {getattr(self, name)!r}"
+        if family == "F6" and not self.proj_size:
+            yield f"proj_size: family F6 ({FAMILIES['F6']}) needs proj_size > 0"
+        if family == "F9":
+            if self.readout not in ("last", "final"):
+                yield f"readout: family F9 reads the final state ('last' or 'final'), got {self.readout!r}"
+            odd = [n for n in ("input_mlp", "layer_norm", "concat_input_mean", "head_hidden", "input_normalization",
+                               "output_normalization") if getattr(self, n)]
+            if odd:
+                yield f"family F9 is a GRU and a Linear head; it has no {', '.join(odd)}"
+        if self.array_layout != "w_x" and family != "F9":
+            yield "array_layout: only for family F9 (NumPy arrays)"
+
+    @property
+    def separate_directions(self) -> bool:
+        """F8: the backward direction is its own stack (its layer k > 0 sees
+        only backward outputs), not interleaved as in a bidirectional nn.LSTM."""
+        return self.family == "F8"
+
+    @property
+    def rnn_input_width(self) -> int:
+        """Width of what the RNN reads: the input MLP's output, else the input."""
+        return self.input_mlp[-1] if self.input_mlp else self.rnn_input_size
+
+    @property
+    def pooled_size(self) -> int:
+        return self.step_size + (self.rnn_input_width if self.concat_input_mean else 0)
 
     @property
     def directions(self) -> int:
@@ -144,7 +322,11 @@ class ModelSpec:
         return size
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["names"] = self.names.to_dict()
+        data["reference"] = self.reference.to_dict() if self.reference else None
+        data["input_mlp"] = list(self.input_mlp)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
@@ -163,6 +345,16 @@ class ModelSpec:
         for key in ("labels", "output_names"):
             if values.get(key) is not None:
                 values[key] = tuple(str(v) for v in values[key])
+        if values.get("names") is not None:
+            values["names"] = NameMap.from_dict(values["names"])
+        else:
+            values.pop("names", None)
+        if values.get("reference") is not None:
+            values["reference"] = UserModule.from_dict(values["reference"])
+        if values.get("input_mlp") is not None:
+            if not isinstance(values["input_mlp"], (list, tuple)):
+                raise SpecError("input_mlp: a list of layer widths")
+            values["input_mlp"] = tuple(values["input_mlp"])
         try:
             return cls(**values)
         except TypeError as exc:  # a required field is missing

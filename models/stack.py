@@ -13,6 +13,12 @@ ONNX LSTM/GRU ops with dynamic batch and time axes, where
 
 Parameters are named exactly as in ``nn.LSTM``/``nn.GRU`` (``rnn.weight_ih_l0``,
 ``rnn.weight_hh_l0_reverse``, ...), so a standard ``state_dict`` loads as is.
+
+An LSTM with projections (``proj_size=P``) runs as a plain LSTM of hidden size
+H whose recurrent weight is ``W_hh @ W_hr`` ([4H, P] x [P, H]), its output then
+projected by ``W_hr``: the gates only ever see ``h = W_hr m``, so this is the
+same computation, and it exports to the native ONNX LSTM op, which has no
+projection.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class LengthAwareRNN(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         proj_size: int = 0,
+        separate_directions: bool = False,
     ) -> None:
         super().__init__()
         self.cell = cell
@@ -66,15 +73,23 @@ class LengthAwareRNN(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.dropout = dropout
+        self.separate_directions = separate_directions and bidirectional
+
         # Borrow torch's own parameter names, shapes and initialisation.
-        if cell == "lstm":
-            template: nn.RNNBase = nn.LSTM(
-                input_size, hidden_size, num_layers, bidirectional=bidirectional, proj_size=proj_size
-            )
+        def template(bidirectional: bool) -> nn.RNNBase:
+            if cell == "lstm":
+                return nn.LSTM(input_size, hidden_size, num_layers, bidirectional=bidirectional, proj_size=proj_size)
+            return nn.GRU(input_size, hidden_size, num_layers, bidirectional=bidirectional)
+
+        if self.separate_directions:
+            # Two unidirectional stacks (F8): the backward stack's layer k > 0
+            # reads only backward outputs, so its weight_ih_l{k} is [G*H, H].
+            for suffix in ("", "_reverse"):
+                for name, param in template(False).named_parameters():
+                    self.register_parameter(name + suffix, nn.Parameter(param.detach().clone()))
         else:
-            template = nn.GRU(input_size, hidden_size, num_layers, bidirectional=bidirectional)
-        for name, param in template.named_parameters():
-            self.register_parameter(name, nn.Parameter(param.detach().clone()))
+            for name, param in template(bidirectional).named_parameters():
+                self.register_parameter(name, nn.Parameter(param.detach().clone()))
         self.output_size = (2 if bidirectional else 1) * (proj_size or hidden_size)
 
     def _weights(self, layer: int, suffix: str) -> list[Tensor]:
@@ -85,17 +100,31 @@ class LengthAwareRNN(nn.Module):
 
     def _run(self, x: Tensor, weights: list[Tensor]) -> Tensor:
         batch = x.shape[0]
-        state_size = self.proj_size or self.hidden_size
-        h0 = torch.zeros(1, batch, state_size, dtype=x.dtype, device=x.device)
+        h0 = torch.zeros(1, batch, self.hidden_size, dtype=x.dtype, device=x.device)
         if self.cell == "lstm":
             c0 = torch.zeros(1, batch, self.hidden_size, dtype=x.dtype, device=x.device)
+            if self.proj_size:
+                w_ih, w_hh, b_ih, b_hh, w_hr = weights
+                out, _, _ = torch.lstm(x, [h0, c0], [w_ih, w_hh @ w_hr, b_ih, b_hh], True, 1, 0.0, False, False, True)
+                return out @ w_hr.t()  # [B, T, H] -> [B, T, P]
             out, _, _ = torch.lstm(x, [h0, c0], weights, True, 1, 0.0, False, False, True)
         else:
             out, _ = torch.gru(x, h0, weights, True, 1, 0.0, False, False, True)
         return out
 
+    def _stack(self, x: Tensor, suffix: str) -> Tensor:
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0 and self.training:
+                x = nn.functional.dropout(x, self.dropout, training=True)
+            x = self._run(x, self._weights(layer, suffix))
+        return x
+
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         reverse = reversal_index(lengths, x.shape[1]) if self.bidirectional else None
+        if self.separate_directions:
+            assert reverse is not None
+            backward = self._stack(gather_steps(x, reverse), "_reverse")
+            return torch.cat([self._stack(x, ""), gather_steps(backward, reverse)], dim=2)
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0 and self.training:
                 x = nn.functional.dropout(x, self.dropout, training=True)
@@ -125,19 +154,30 @@ class SequenceModel(nn.Module):
             self.embedding = nn.Embedding(
                 len(spec.tokenizer.vocabulary), spec.embedding_dim, padding_idx=spec.tokenizer.padding_id
             )
+        self.input_mlp: nn.Sequential | None = None
+        if spec.input_mlp:
+            widths = (spec.rnn_input_size, *spec.input_mlp)
+            layers: list[nn.Module] = []
+            for width_in, width_out in zip(widths, widths[1:]):
+                layers += [nn.Linear(width_in, width_out), activation(spec.activation)]
+            self.input_mlp = nn.Sequential(*layers)
         self.rnn = LengthAwareRNN(
             spec.cell,
-            spec.rnn_input_size,
+            spec.rnn_input_width,
             spec.hidden_size,
             spec.num_layers,
             spec.bidirectional,
             spec.dropout,
             spec.proj_size,
+            spec.separate_directions,
         )
-        width = self.rnn.output_size
+        self.norm = nn.LayerNorm(self.rnn.output_size) if spec.layer_norm else None
+        self.concat_input_mean = spec.concat_input_mean
+        width = spec.pooled_size
         if spec.head_hidden:
             self.head: nn.Module = nn.Sequential(
-                nn.Linear(width, spec.head_hidden), nn.ReLU(), nn.Linear(spec.head_hidden, spec.num_outputs)
+                nn.Linear(width, spec.head_hidden), activation(spec.activation),
+                nn.Linear(spec.head_hidden, spec.num_outputs)
             )
         else:
             self.head = nn.Linear(width, spec.num_outputs)
@@ -149,15 +189,23 @@ class SequenceModel(nn.Module):
         self.register_buffer("output_std", _vector(spec.output_normalization, "std"), persistent=False)
 
     def encode(self, x: Tensor) -> Tensor:
+        """The RNN's input ``[B, T, F']``: embedded or scaled, then the input MLP."""
         if self.embedding is not None:
-            return self.embedding(x)
-        if self.input_mean is not None and self.input_std is not None:
-            return (x - self.input_mean) / self.input_std
+            x = self.embedding(x)
+        elif self.input_mean is not None and self.input_std is not None:
+            x = (x - self.input_mean) / self.input_std
+        if self.input_mlp is not None:
+            x = self.input_mlp(x)
         return x
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        out = self.rnn(self.encode(x), lengths)  # [B, T, D*H]
+        encoded = self.encode(x)
+        out = self.rnn(encoded, lengths)  # [B, T, D*H]
+        if self.norm is not None:
+            out = self.norm(out)
         pooled = self.pool(out, lengths)
+        if self.concat_input_mean:
+            pooled = torch.cat([pooled, masked_mean(encoded, lengths)], dim=1)
         y = self.head(pooled)
         if self.output_mean is not None and self.output_std is not None:
             y = y * self.output_std + self.output_mean
@@ -178,9 +226,19 @@ class SequenceModel(nn.Module):
             # and the graph keeps its lengths input even when unidirectional.
             return torch.where(mask, out, torch.zeros_like(out))
         if self.readout == "mean":
-            total = torch.where(mask, out, torch.zeros_like(out)).sum(dim=1)
-            return total / lengths.unsqueeze(1).to(out.dtype)
+            return masked_mean(out, lengths)
         return torch.where(mask, out, torch.full_like(out, float("-inf"))).max(dim=1).values
+
+
+def masked_mean(x: Tensor, lengths: Tensor) -> Tensor:
+    """Mean over each sequence's valid steps: ``[B, T, F]`` -> ``[B, F]``."""
+    mask = (torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(2)
+    total = torch.where(mask, x, torch.zeros_like(x)).sum(dim=1)
+    return total / lengths.unsqueeze(1).to(x.dtype)
+
+
+def activation(name: str) -> nn.Module:
+    return {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}[name]()
 
 
 def _vector(norm: object, attr: str) -> Tensor | None:

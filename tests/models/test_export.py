@@ -138,6 +138,9 @@ def test_cli_refuses_an_unknown_option_and_a_bad_spec(checkpoint: Path, tmp_path
 def test_inspect_reads_the_architecture_off_the_names(checkpoint: Path) -> None:
     result = seqserve("inspect", str(checkpoint))
     assert result.returncode == 0, result.stderr
-    guess = json.loads(result.stdout.split("looks like: ")[1])
-    assert guess == {"cell": "lstm", "hidden_size": 8, "num_layers": 1, "bidirectional": True,
-                     "input_size": 3, "num_outputs": 2}
+    assert "family: F1" in result.stdout
+    spec = json.loads(result.stdout.split("suggested spec")[1].split("\n", 1)[1])
+    assert {k: spec[k] for k in ("cell", "hidden_size", "num_layers", "bidirectional", "input_size",
+                                 "num_outputs")} == {"cell": "lstm", "hidden_size": 8, "num_layers": 1,
+                                                     "bidirectional": True, "input_size": 3, "num_outputs": 2}
+    assert spec["names"]["prefixes"] == {}  # seqserve's own names need no mapping

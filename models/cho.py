@@ -1,0 +1,135 @@
+"""Family F9: a GRU in the original Cho et al. (2014) form, from NumPy arrays.
+
+    z = sigmoid(W_z x + U_z h + b_z)         update gate
+    r = sigmoid(W_r x + U_r h + b_r)         reset gate
+    h~ = tanh(W_h x + U_h (r * h) + b_h)     reset applied to h before the product
+    h = (1 - z) * h_prev + z * h~
+
+torch's GRU applies the reset after the product (``r * (U_h h + b)``), so it
+cannot run this model. ONNX's GRU op with ``linear_before_reset=0`` is this
+form, with the update convention flipped (``h = (1 - z') h~ + z' h_prev``):
+``z' = 1 - z = sigmoid(-(W_z x + U_z h + b_z))``, so the update gate's weights
+and bias go into the ONNX graph negated. The graph is built directly with
+``onnx.helper``; eager and TorchScript run a scripted time loop that holds
+``h`` past each sequence's length.
+
+Parameters are one layer's ``rnn.{W,U,b}_{z,r,h}`` and ``head.weight``,
+``head.bias`` (``y = W_y h + b_y``), stored as the user's arrays are: ``[out,
+in]`` for ``array_layout="w_x"`` (``W @ x``), ``[in, out]`` for ``"x_w"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from models.spec import ModelSpec
+
+GATES = ("z", "r", "h")
+
+
+@torch.jit.script
+def cho_gru_final(
+    x: Tensor, lengths: Tensor, w: Tensor, u_z: Tensor, u_r: Tensor, u_h: Tensor, b: Tensor
+) -> Tensor:
+    """Final state of each sequence: ``x [B, T, F]``, ``w [F, 3H]`` (z, r, h),
+    ``u_* [H, H]`` used as ``h @ u``, ``b [3H]`` -> ``[B, H]``."""
+    hidden = u_z.shape[0]
+    projected = torch.matmul(x, w) + b  # [B, T, 3H]
+    h = torch.zeros(x.shape[0], hidden, dtype=x.dtype, device=x.device)
+    for t in range(x.shape[1]):
+        step = projected[:, t]
+        z = torch.sigmoid(step[:, :hidden] + torch.matmul(h, u_z))
+        r = torch.sigmoid(step[:, hidden : 2 * hidden] + torch.matmul(h, u_r))
+        candidate = torch.tanh(step[:, 2 * hidden :] + torch.matmul(r * h, u_h))
+        updated = (1 - z) * h + z * candidate
+        h = torch.where((lengths > t).unsqueeze(1), updated, h)
+    return h
+
+
+class ChoGRUModel(nn.Module):
+    """``forward(x [B, T, F], lengths [B]) -> [B, O]``; exact on padded batches."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        assert spec.input_size is not None
+        self.spec = spec
+        self.transposed = spec.array_layout == "x_w"
+        hidden, features = spec.hidden_size, spec.input_size
+        self.rnn = nn.Module()
+        for gate in GATES:
+            self.rnn.register_parameter(f"W_{gate}", nn.Parameter(self._empty(hidden, features)))
+            self.rnn.register_parameter(f"U_{gate}", nn.Parameter(self._empty(hidden, hidden)))
+            self.rnn.register_parameter(f"b_{gate}", nn.Parameter(torch.zeros(hidden)))
+        self.head = nn.Module()
+        self.head.register_parameter("weight", nn.Parameter(self._empty(spec.num_outputs, hidden)))
+        self.head.register_parameter("bias", nn.Parameter(torch.zeros(spec.num_outputs)))
+
+    def _empty(self, rows: int, cols: int) -> Tensor:
+        shape = (cols, rows) if self.transposed else (rows, cols)
+        return nn.init.uniform_(torch.empty(shape), -0.3, 0.3)
+
+    def _x_w(self, name: str, module: nn.Module | None = None) -> Tensor:
+        """The named matrix as used in ``x @ W``, whatever its stored layout."""
+        weight = getattr(module if module is not None else self.rnn, name)
+        return weight if self.transposed else weight.t()
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        rnn = self.rnn
+        w = torch.cat([self._x_w(f"W_{g}") for g in GATES], dim=1)
+        b = torch.cat([rnn.b_z, rnn.b_r, rnn.b_h])
+        h = cho_gru_final(x, lengths, w, self._x_w("U_z"), self._x_w("U_r"), self._x_w("U_h"), b)
+        return h @ self._x_w("weight", self.head) + self.head.bias
+
+
+def write_onnx(model: ChoGRUModel, path: Path, input_name: str, lengths_name: str, output_name: str,
+               opset: int) -> None:
+    """``input [B, T, F]``, ``lengths [B]`` -> ``output [B, O]`` with one ONNX GRU node."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def row_major(name: str, module: nn.Module | None = None) -> np.ndarray:  # [out, in], as W @ x
+        return model._x_w(name, module).detach().t().numpy().astype(np.float32)
+
+    rnn, spec = model.rnn, model.spec
+    # ONNX GRU: W [1, 3H, F], R [1, 3H, H] in gate order z, r, h; B [1, 6H] = Wb then Rb.
+    w = np.concatenate([-row_major("W_z"), row_major("W_r"), row_major("W_h")])[None]
+    r = np.concatenate([-row_major("U_z"), row_major("U_r"), row_major("U_h")])[None]
+    wb = np.concatenate([-rnn.b_z.detach().numpy(), rnn.b_r.detach().numpy(), rnn.b_h.detach().numpy()])
+    b = np.concatenate([wb, np.zeros_like(wb)]).astype(np.float32)[None]
+    head_w = row_major("weight", model.head)  # [O, H]
+    head_b = model.head.bias.detach().numpy().astype(np.float32)
+    nodes = [
+        helper.make_node("Transpose", [input_name], ["x_tbf"], perm=[1, 0, 2]),
+        helper.make_node("Cast", [lengths_name], ["lengths_i32"], to=TensorProto.INT32),
+        # NOTE: with sequence_lens, Y_h holds each sequence's state at its own last valid step.
+        helper.make_node("GRU", ["x_tbf", "W", "R", "B", "lengths_i32"], ["", "y_h"],
+                         hidden_size=spec.hidden_size, linear_before_reset=0),
+        helper.make_node("Squeeze", ["y_h", "axis0"], ["h"]),
+        helper.make_node("Gemm", ["h", "head_w", "head_b"], [output_name], transB=1),
+    ]
+    initializers = [
+        numpy_helper.from_array(w.astype(np.float32), "W"),
+        numpy_helper.from_array(r.astype(np.float32), "R"),
+        numpy_helper.from_array(b, "B"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
+        numpy_helper.from_array(head_w, "head_w"),
+        numpy_helper.from_array(head_b, "head_b"),
+    ]
+    assert spec.input_size is not None
+    graph = helper.make_graph(
+        nodes,
+        spec.name,
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", "time", spec.input_size]),
+         helper.make_tensor_value_info(lengths_name, TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", spec.num_outputs])],
+        initializers,
+    )
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                                   producer_name="seqserve")
+    onnx_model.ir_version = 9  # readable by every onnxruntime seqserve supports
+    onnx.checker.check_model(onnx_model, full_check=True)
+    onnx.save(onnx_model, str(path))
