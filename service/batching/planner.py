@@ -40,32 +40,40 @@ def capacity(policy: BatchPolicy, longest: int) -> int:
 
 
 def plan_batch(lengths: np.ndarray, policy: BatchPolicy) -> Plan:
-    """Choose the next batch from pending `lengths` [N] given oldest first; N >= 1."""
+    """Choose the next batch from pending `lengths` [N] given oldest first; N >= 1.
+
+    Pending sequences near the oldest one in length order are split into
+    contiguous groups of least total cost (dynamic programming over the
+    sorted lengths); the group holding the oldest sequence goes next.
+    """
     n = len(lengths)
     if policy.equal_length:
         same = np.flatnonzero(lengths == lengths[0])
         cap = capacity(policy, int(lengths[0]))
         return Plan(same[:cap], full=len(same) >= cap)
 
-    order = np.argsort(lengths, kind="stable")  # ties keep arrival order
+    order = np.argsort(lengths, kind="stable")  # ties keep arrival order: the oldest comes first
     anchor = int(np.flatnonzero(order == 0)[0])
-    span = min(policy.max_batch_size, n)
-    first = max(0, anchor - span + 1)
-    last = min(n - 1, anchor + span - 1)
-    window = lengths[order[first : last + 1]].astype(np.float64)
-    cumulative = np.concatenate(([0.0], np.cumsum(window)))
+    first = max(0, anchor - policy.max_batch_size)
+    window: list[int] = lengths[order[first : anchor + policy.max_batch_size + 1]].tolist()
+    m = len(window)
 
-    # Every contiguous run [lo, hi] of the sorted window that holds the anchor.
-    lo = np.arange(first, anchor + 1)[:, None] - first
-    hi = np.arange(anchor, last + 1)[None, :] - first
-    rows = hi - lo + 1
-    longest = window[hi]
-    real = cumulative[hi + 1] - cumulative[lo]
-    cost = longest * (rows + STEP_COST_ROWS) + BATCH_COST_CELLS
-    allowed = (rows <= policy.max_batch_size) & ((rows == 1) | (rows * longest <= policy.max_batch_tokens))
-    score = np.where(allowed, real / cost, -1.0)
-    best_lo, best_hi = np.unravel_index(int(np.argmax(score)), score.shape)
-    start, stop = first + int(best_lo), anchor + int(best_hi)
-    chosen = order[start : stop + 1]
-    cap = capacity(policy, int(lengths[order[stop]]))
+    # best[j]: least cost of serving window[j:]; group[j]: end of the first group in that plan.
+    best = [0.0] * (m + 1)
+    group = [m] * (m + 1)
+    for j in range(m - 1, -1, -1):
+        best[j] = float("inf")
+        for i in range(j + 1, m + 1):
+            longest = window[i - 1]
+            if i - j > capacity(policy, longest):
+                break
+            cost = best[i] + longest * (i - j + STEP_COST_ROWS) + BATCH_COST_CELLS
+            if cost <= best[j]:  # on a tie, the larger group
+                best[j], group[j] = cost, i
+    start = 0
+    while group[start] <= anchor - first:
+        start = group[start]
+    stop = group[start]
+    chosen = order[first + start : first + stop]
+    cap = capacity(policy, window[stop - 1])
     return Plan(np.sort(chosen), full=len(chosen) >= cap)
