@@ -118,7 +118,7 @@ class InputValidator:
             self._explain_steps(seq, where)
             # Every element is a number (e.g. integers beyond int64): convert them one by one.
             array = np.array(seq, dtype=np.float64)
-        return self._finite(array.astype(np.float32), where)
+        return self._finite(_float32(array), where)
 
     def _explain_steps(self, seq: list[Any], where: str) -> None:
         """Raise the precise error for the first malformed step or element of `seq`, if any."""
@@ -237,7 +237,7 @@ class InputValidator:
         self._check_count(batch, f"{where}.shape[0]")
         if features != self._features:
             raise InvalidInput(f"{where}.shape[2]: expected {self._features} features, got {features}")
-        values = self._finite(self._v2_numbers(tensor, where, shape, scan_types).astype(np.float32), where)
+        values = self._finite(_float32(self._v2_numbers(tensor, where, shape, scan_types)), where)
         if lengths_tensor is None:
             lengths = [time] * batch
         else:
@@ -272,6 +272,11 @@ class InputValidator:
         if len(texts) != shape[0]:
             raise InvalidInput(f"{where}.data: {len(texts)} strings, shape {shape} needs {shape[0]}")
         return [self._text(text, f"{where}[{i}]") for i, text in enumerate(texts)]
+
+
+def _float32(array: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # out-of-range values become inf, refused as not finite
+        return array.astype(np.float32)
 
 
 def _flatten(data: list[Any]) -> Iterator[Any]:
