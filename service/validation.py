@@ -142,7 +142,10 @@ class InputValidator:
 
     # -- Open Inference Protocol V2 ----------------------------------------
 
-    def v2_request(self, body: Any, *, scan_types: bool, known_outputs: Sequence[str]) -> V2Request:
+    def v2_request(
+        self, body: Any, *, scan_types: bool, known_outputs: Sequence[str], binary: bytes = b""
+    ) -> V2Request:
+        """`binary`: tensor bytes of the binary data extension, for inputs with `binary_data_size`."""
         if not isinstance(body, dict):
             raise InvalidInput(f"body: expected a JSON object, got {describe(body)}")
         request_id = body.get("id")
@@ -153,7 +156,8 @@ class InputValidator:
             raise InvalidInput("inputs: expected a non-empty array of tensors")
         main_name = V2_TEXT if self.is_text else V2_FEATURES
         allowed = (main_name,) if self.is_text else (main_name, V2_LENGTHS)
-        tensors: dict[str, tuple[str, dict[str, Any]]] = {}
+        tensors: dict[str, _Tensor] = {}
+        offset = 0
         for i, tensor in enumerate(inputs):
             where = f"inputs[{i}]"
             if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
@@ -163,12 +167,21 @@ class InputValidator:
                 raise InvalidInput(f"{where}: unknown input '{name}'; this model takes {' and '.join(map(repr, allowed))}")
             if name in tensors:
                 raise InvalidInput(f"{where}: input '{name}' given twice")
-            tensors[name] = (where, tensor)
+            chunk = None
+            parameters = tensor.get("parameters")
+            if isinstance(parameters, dict) and "binary_data_size" in parameters:
+                size = parameters["binary_data_size"]
+                if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary) - offset:
+                    raise InvalidInput(f"{where}: binary_data_size {size!r} does not fit the binary data")
+                chunk, offset = binary[offset : offset + size], offset + size
+            tensors[name] = _Tensor(where, tensor, chunk)
+        if offset != len(binary):
+            raise InvalidInput(f"inputs: {len(binary) - offset} bytes of binary data belong to no input")
         if main_name not in tensors:
             raise InvalidInput(f"inputs: input '{main_name}' is required")
 
         if self.is_text:
-            sequences = self._v2_text(*tensors[V2_TEXT])
+            sequences = self._v2_text(tensors[V2_TEXT])
         else:
             sequences = self._v2_features(tensors[V2_FEATURES], tensors.get(V2_LENGTHS), scan_types)
         return V2Request(request_id, sequences, self._v2_outputs(body.get("outputs"), known_outputs))
@@ -188,11 +201,12 @@ class InputValidator:
         return tuple(names)
 
     @staticmethod
-    def _header(tensor: dict[str, Any], where: str, datatypes: tuple[str, ...], rank: tuple[int, ...]) -> list[int]:
-        datatype = tensor.get("datatype")
+    def _header(tensor: _Tensor, datatypes: tuple[str, ...], rank: tuple[int, ...]) -> list[int]:
+        where, fields = tensor.where, tensor.fields
+        datatype = fields.get("datatype")
         if datatype not in datatypes:
             raise InvalidInput(f"{where}: datatype {datatype!r}, expected {' or '.join(datatypes)}")
-        shape = tensor.get("shape")
+        shape = fields.get("shape")
         if (
             not isinstance(shape, list)
             or len(shape) not in rank
@@ -200,18 +214,21 @@ class InputValidator:
         ):
             dims = " or ".join(map(str, rank))
             raise InvalidInput(f"{where}: shape {shape!r}, expected a list of {dims} non-negative integers")
-        if "data" not in tensor:
-            parameters = tensor.get("parameters")
-            if isinstance(parameters, dict) and "binary_data_size" in parameters:
-                raise InvalidInput(f"{where}: binary tensor data is not supported; send JSON 'data'")
+        if tensor.binary is None and "data" not in fields:
             raise InvalidInput(f"{where}: 'data' is required")
         return shape
 
-    def _v2_numbers(self, tensor: dict[str, Any], where: str, shape: list[int], scan_types: bool) -> np.ndarray:
-        data = tensor["data"]
+    def _v2_numbers(self, tensor: _Tensor, shape: list[int], scan_types: bool) -> np.ndarray:
+        where = tensor.where
+        expected = math.prod(shape)
+        if tensor.binary is not None:
+            dtype = np.dtype(_BINARY_DTYPES[tensor.fields["datatype"]])
+            if len(tensor.binary) != expected * dtype.itemsize:
+                raise InvalidInput(f"{where}: {len(tensor.binary)} bytes of binary data, shape {shape} needs {expected * dtype.itemsize}")
+            return np.frombuffer(tensor.binary, dtype=dtype).reshape(shape)
+        data = tensor.fields["data"]
         if not isinstance(data, list):
             raise InvalidInput(f"{where}.data: expected an array, got {describe(data)}")
-        expected = math.prod(shape)
         if scan_types:
             _scan_numbers(data, where)
         try:
@@ -225,34 +242,28 @@ class InputValidator:
             raise InvalidInput(f"{where}.data: {array.size} elements, shape {shape} needs {expected}")
         return array.reshape(shape)
 
-    def _v2_features(
-        self,
-        main: tuple[str, dict[str, Any]],
-        lengths_tensor: tuple[str, dict[str, Any]] | None,
-        scan_types: bool,
-    ) -> list[np.ndarray]:
-        where, tensor = main
-        shape = self._header(tensor, where, ("FP32",), (3,))
+    def _v2_features(self, main: _Tensor, lengths_tensor: _Tensor | None, scan_types: bool) -> list[np.ndarray]:
+        where = main.where
+        shape = self._header(main, ("FP32",), (3,))
         batch, time, features = shape
         self._check_count(batch, f"{where}.shape[0]")
         if features != self._features:
             raise InvalidInput(f"{where}.shape[2]: expected {self._features} features, got {features}")
-        values = self._finite(_float32(self._v2_numbers(tensor, where, shape, scan_types)), where)
+        values = self._finite(_float32(self._v2_numbers(main, shape, scan_types)), where)
         if lengths_tensor is None:
             lengths = [time] * batch
         else:
-            lengths = self._v2_lengths(*lengths_tensor, batch, time, scan_types)
+            lengths = self._v2_lengths(lengths_tensor, batch, time, scan_types)
         for row, length in enumerate(lengths):
             self._check_length(length, f"{where}[{row}]", "steps")
         return [values[row, :length] for row, length in enumerate(lengths)]
 
-    def _v2_lengths(
-        self, where: str, tensor: dict[str, Any], batch: int, time: int, scan_types: bool
-    ) -> list[int]:
-        shape = self._header(tensor, where, ("INT64", "INT32"), (1,))
+    def _v2_lengths(self, tensor: _Tensor, batch: int, time: int, scan_types: bool) -> list[int]:
+        where = tensor.where
+        shape = self._header(tensor, ("INT64", "INT32"), (1,))
         if shape != [batch]:
             raise InvalidInput(f"{where}: shape {shape}, expected [{batch}] (one length per sequence)")
-        lengths = self._v2_numbers(tensor, where, shape, scan_types)
+        lengths = self._v2_numbers(tensor, shape, scan_types)
         if lengths.dtype.kind not in "iu":
             raise InvalidInput(f"{where}.data: lengths must be integers")
         for row, length in enumerate(lengths.tolist()):
@@ -260,18 +271,50 @@ class InputValidator:
                 raise InvalidInput(f"{where}[{row}]: length {length} is outside 1..{time}")
         return [int(length) for length in lengths]
 
-    def _v2_text(self, where: str, tensor: dict[str, Any]) -> list[np.ndarray]:
-        shape = self._header(tensor, where, ("BYTES",), (1, 2))
+    def _v2_text(self, tensor: _Tensor) -> list[np.ndarray]:
+        where = tensor.where
+        shape = self._header(tensor, ("BYTES",), (1, 2))
         if len(shape) == 2 and shape[1] != 1:
             raise InvalidInput(f"{where}: shape {shape}, expected [batch] or [batch, 1]")
-        data = tensor["data"]
-        if not isinstance(data, list):
-            raise InvalidInput(f"{where}.data: expected an array of strings, got {describe(data)}")
-        texts = list(_flatten(data))
+        if tensor.binary is not None:
+            texts: list[Any] = _decode_bytes(tensor.binary, where)
+        else:
+            data = tensor.fields["data"]
+            if not isinstance(data, list):
+                raise InvalidInput(f"{where}.data: expected an array of strings, got {describe(data)}")
+            texts = list(_flatten(data))
         self._check_count(len(texts), f"{where}.data")
         if len(texts) != shape[0]:
             raise InvalidInput(f"{where}.data: {len(texts)} strings, shape {shape} needs {shape[0]}")
         return [self._text(text, f"{where}[{i}]") for i, text in enumerate(texts)]
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    where: str  # "inputs[i]", for messages
+    fields: dict[str, Any]
+    binary: bytes | None  # its bytes under the binary data extension
+
+
+_BINARY_DTYPES = {"FP32": "<f4", "INT64": "<i8", "INT32": "<i4"}
+
+
+def _decode_bytes(blob: bytes, where: str) -> list[str]:
+    """BYTES elements of the binary extension: each a 4-byte little-endian length, then the bytes."""
+    texts: list[str] = []
+    offset = 0
+    while offset < len(blob):
+        if offset + 4 > len(blob):
+            raise InvalidInput(f"{where}: truncated binary BYTES element {len(texts)}")
+        size = int.from_bytes(blob[offset : offset + 4], "little")
+        start, offset = offset + 4, offset + 4 + size
+        if offset > len(blob):
+            raise InvalidInput(f"{where}: truncated binary BYTES element {len(texts)}")
+        try:
+            texts.append(blob[start:offset].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{where}[{len(texts)}]: not valid UTF-8") from None
+    return texts
 
 
 def _float32(array: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -10,24 +11,41 @@ from fastapi import Request
 
 from service.errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType
 
+# Open Inference Protocol binary tensor extension: the JSON header's length;
+# tensor bytes follow it in the body.
+BINARY_HEADER = "inference-header-content-length"
 
-async def read_json(request: Request, limit: int) -> tuple[Any, bytes]:
-    """The parsed body and its raw bytes; raises 415, 413 or 400 class errors."""
+
+@dataclass(frozen=True)
+class Body:
+    document: Any  # the parsed JSON
+    raw: bytes  # the JSON text
+    binary: bytes = b""  # V2 binary tensor data after the JSON header
+
+
+async def read_body(request: Request, limit: int, *, binary_extension: bool = False) -> Body:
+    """The parsed body; raises 415, 413 or 400 class errors."""
+    header_length = request.headers.get(BINARY_HEADER) if binary_extension else None
     content_type = request.headers.get("content-type")
-    if content_type is not None:
+    if content_type is not None and header_length is None:
         media_type = content_type.split(";", 1)[0].strip().lower()
         if media_type != "application/json" and not media_type.endswith("+json"):
             raise UnsupportedMediaType(f"content type {media_type!r} is not supported; send application/json")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
-    body = bytearray()
+    received = bytearray()
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+        received += chunk
+        if len(received) > limit:
             raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-    raw = bytes(body)
-    return parse_json(raw), raw
+    raw = bytes(received)
+    if header_length is None:
+        return Body(parse_json(raw), raw)
+    if not header_length.isdigit() or not 0 < int(header_length) <= len(raw):
+        raise InvalidJSON(f"Inference-Header-Content-Length {header_length!r} does not fit a body of {len(raw)} bytes")
+    split = int(header_length)
+    return Body(parse_json(raw[:split]), raw[:split], raw[split:])
 
 
 def parse_json(raw: bytes) -> Any:

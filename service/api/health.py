@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from service.api import schemas
 from service.api.auth import require_api_key
-from service.api.errors import error_response
+from service.api.errors import error_response, is_v2
 from service.api.responses import json_response
 from service.api.state import app_state
 from service.metrics import CONTENT_TYPE
@@ -20,7 +20,7 @@ def readiness_response(request: Request, body: dict[str, object]) -> Response:
     if ready:
         return json_response(body)
     code = "draining" if "draining" in reasons else "not_ready"
-    return error_response(503, code, "; ".join(reasons))
+    return error_response(503, code, "; ".join(reasons), v2=is_v2(request))
 
 
 @router.get("/healthz", response_model=schemas.LiveResponse, summary="Liveness: the process answers")

@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
-
 import numpy as np
 from fastapi import Request
 from starlette.responses import Response
 
-from service.api.body import read_json
+from service.api.body import Body, read_body
 from service.api.errors import (
     CLIENT_CLOSED_REQUEST,
     ClientDisconnected,
@@ -25,10 +23,12 @@ from service.api.state import app_state
 from service.errors import Draining, ServiceError
 from service.registry import ModelVersion
 
-Handler = Callable[[ModelVersion, Any, bytes], Awaitable[Response]]
+Handler = Callable[[ModelVersion, Body], Awaitable[Response]]
 
 
-async def handle(request: Request, name: str | None, version: str | None, handler: Handler) -> Response:
+async def handle(
+    request: Request, name: str | None, version: str | None, handler: Handler, *, v2: bool = False
+) -> Response:
     state = app_state(request)
     started = time.perf_counter()
     labels = ("", "")
@@ -38,18 +38,18 @@ async def handle(request: Request, name: str | None, version: str | None, handle
             raise Draining("the server is shutting down; retry on another replica")
         model = state.registry.resolve(name, version)
         labels = (model.name, str(model.version))
-        body, raw = await read_json(request, state.settings.max_body_bytes)
-        response = await handler(model, body, raw)
+        body = await read_body(request, state.settings.max_body_bytes, binary_extension=v2)
+        response = await handler(model, body)
         status = response.status_code
         return response
     except ServiceError as exc:
         status = status_for(exc)
-        return service_error_response(exc)
+        return service_error_response(exc, v2=v2)
     except ClientDisconnected:
         status = CLIENT_CLOSED_REQUEST
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     except Exception as exc:
-        return internal_error_response(exc)
+        return internal_error_response(exc, v2=v2)
     finally:
         state.metrics.requests.labels(*labels, str(status)).inc()
         if labels[0]:

@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from service.api import schemas
 from service.api.auth import require_api_key
+from service.api.body import Body
 from service.api.inference import handle, run_model
 from service.api.responses import json_response
 from service.api.state import app_state
@@ -25,26 +26,26 @@ _PREDICT = {
 }
 
 
-async def _predict(model: ModelVersion, body: Any, raw: bytes, request: Request) -> Response:
+async def _predict(model: ModelVersion, body: Body, request: Request) -> Response:
     assert model.validator is not None and model.formatter is not None
-    sequences = model.validator.predict_request(body, scan_types=may_hold_booleans(raw))
+    sequences = model.validator.predict_request(body.document, scan_types=may_hold_booleans(body.raw))
     outputs = await run_model(request, model, sequences)
     return json_response({"model": model.name, "version": model.version, "outputs": model.formatter.predict(outputs)})
 
 
 @router.post("/predict", summary="Predict with the default model", **_PREDICT)  # type: ignore[arg-type]
 async def predict_default(request: Request) -> Response:
-    return await handle(request, None, None, lambda m, b, r: _predict(m, b, r, request))
+    return await handle(request, None, None, lambda model, body: _predict(model, body, request))
 
 
 @router.post("/v1/models/{name}/predict", summary="Predict with a model's default version", **_PREDICT)  # type: ignore[arg-type]
 async def predict(name: str, request: Request) -> Response:
-    return await handle(request, name, None, lambda m, b, r: _predict(m, b, r, request))
+    return await handle(request, name, None, lambda model, body: _predict(model, body, request))
 
 
 @router.post("/v1/models/{name}/versions/{version}/predict", summary="Predict with a pinned version", **_PREDICT)  # type: ignore[arg-type]
 async def predict_version(name: str, version: str, request: Request) -> Response:
-    return await handle(request, name, version, lambda m, b, r: _predict(m, b, r, request))
+    return await handle(request, name, version, lambda model, body: _predict(model, body, request))
 
 
 def _version_info(version: ModelVersion) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from service import __version__
 from service.api import schemas
 from service.api.auth import require_api_key
+from service.api.body import Body
 from service.api.errors import error_response
 from service.api.health import readiness_response
 from service.api.inference import handle, run_model
@@ -102,7 +103,7 @@ def _model_ready(request: Request, name: str, version: str | None) -> Response:
     try:
         registry.resolve(name, version)
     except ModelNotReady as exc:
-        return error_response(503, exc.code, exc.message)
+        return error_response(503, exc.code, exc.message, v2=True)
     return json_response({"name": name, "ready": True})
 
 
@@ -116,10 +117,13 @@ async def version_ready(name: str, version: str, request: Request) -> Response:
     return _model_ready(request, name, version)
 
 
-async def _infer(model: ModelVersion, body: Any, raw: bytes, request: Request) -> Response:
+async def _infer(model: ModelVersion, body: Body, request: Request) -> Response:
     assert model.validator is not None and model.formatter is not None
     parsed = model.validator.v2_request(
-        body, scan_types=may_hold_booleans(raw), known_outputs=model.formatter.v2_output_names()
+        body.document,
+        scan_types=may_hold_booleans(body.raw),
+        known_outputs=model.formatter.v2_output_names(),
+        binary=body.binary,
     )
     outputs = await run_model(request, model, parsed.sequences)
     answer: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
@@ -137,9 +141,9 @@ _INFER = {
 
 @router.post("/models/{name}/infer", summary="V2 inference", **_INFER)  # type: ignore[arg-type]
 async def infer(name: str, request: Request) -> Response:
-    return await handle(request, name, None, lambda m, b, r: _infer(m, b, r, request))
+    return await handle(request, name, None, lambda model, body: _infer(model, body, request), v2=True)
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="V2 inference, pinned version", **_INFER)  # type: ignore[arg-type]
 async def infer_version(name: str, version: str, request: Request) -> Response:
-    return await handle(request, name, version, lambda m, b, r: _infer(m, b, r, request))
+    return await handle(request, name, version, lambda model, body: _infer(model, body, request), v2=True)

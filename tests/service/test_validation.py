@@ -98,9 +98,11 @@ def test_bad_text_inputs(body: Any, message: str) -> None:
 # -- V2 -----------------------------------------------------------------------------
 
 
-def v2(validator: InputValidator, body: Any, known: tuple[str, ...] = ("probabilities", "label")) -> Any:
+def v2(
+    validator: InputValidator, body: Any, known: tuple[str, ...] = ("probabilities", "label"), binary: bytes = b""
+) -> Any:
     raw = json.dumps(body).encode()
-    return validator.v2_request(parse_json(raw), scan_types=may_hold_booleans(raw), known_outputs=known)
+    return validator.v2_request(parse_json(raw), scan_types=may_hold_booleans(raw), known_outputs=known, binary=binary)
 
 
 def tensor(name: str, shape: list[int], datatype: str, data: Any) -> dict[str, Any]:
@@ -159,7 +161,11 @@ def test_v2_text() -> None:
             [tensor("input", [2, 2, 3], "FP32", [0] * 12), tensor("lengths", [1], "INT64", [2])],
             "inputs[1]: shape [1], expected [2]",
         ),
-        ([{"name": "input", "shape": [1, 1, 3], "datatype": "FP32", "parameters": {"binary_data_size": 12}}], "inputs[0]: binary tensor data is not supported"),
+        (
+            [{"name": "input", "shape": [1, 1, 3], "datatype": "FP32", "parameters": {"binary_data_size": 12}}],
+            "inputs[0]: binary_data_size 12 does not fit the binary data",
+        ),
+        ([{"name": "input", "shape": [1, 1, 3], "datatype": "FP32"}], "inputs[0]: 'data' is required"),
     ],
 )
 def test_bad_v2_tensors_name_the_offending_index(inputs: list[Any], message: str) -> None:
@@ -177,3 +183,30 @@ def test_v2_nan_is_named_by_its_index() -> None:
 def test_v2_unknown_output_is_refused() -> None:
     with pytest.raises(InvalidInput, match=r"outputs\[0\]: unknown output 'nope'"):
         v2(features(), {"inputs": [tensor("input", [1, 1, 3], "FP32", [0, 0, 0])], "outputs": [{"name": "nope"}]})
+
+
+def binary_tensor(name: str, shape: list[int], datatype: str, size: int) -> dict[str, Any]:
+    return {"name": name, "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": size}}
+
+
+def test_v2_binary_tensor_data() -> None:
+    values = np.arange(6, dtype="<f4")
+    lengths = np.array([2, 1], dtype="<i8")
+    body = {"inputs": [binary_tensor("input", [2, 1, 3], "FP32", 24), binary_tensor("lengths", [2], "INT64", 16)]}
+    with pytest.raises(InvalidInput, match=r"inputs\[1\]\[0\]: length 2 is outside 1..1"):
+        v2(features(), body, binary=values.tobytes() + lengths.tobytes())
+    lengths = np.array([1, 1], dtype="<i8")
+    first, second = v2(features(), body, binary=values.tobytes() + lengths.tobytes()).sequences
+    assert first.tolist() == [[0, 1, 2]] and second.tolist() == [[3, 4, 5]]
+    with pytest.raises(InvalidInput, match="4 bytes of binary data belong to no input"):
+        v2(features(), body, binary=values.tobytes() + lengths.tobytes() + b"more")
+    with pytest.raises(InvalidInput, match="24 bytes of binary data, shape \\[2, 2, 3\\] needs 48"):
+        v2(features(), {"inputs": [binary_tensor("input", [2, 2, 3], "FP32", 24)]}, binary=values.tobytes())
+
+
+def test_v2_binary_bytes() -> None:
+    blob = b"".join(len(t).to_bytes(4, "little") + t for t in (b"ab", b"C"))
+    request = v2(text(), {"inputs": [binary_tensor("text", [2], "BYTES", len(blob))]}, binary=blob)
+    assert [s.tolist() for s in request.sequences] == [[2, 3], [4]]
+    with pytest.raises(InvalidInput, match="truncated"):
+        v2(text(), {"inputs": [binary_tensor("text", [2], "BYTES", len(blob) - 1)]}, binary=blob[:-1])
