@@ -53,6 +53,9 @@ def build_test_repository(root: Path, only: str | None = None) -> dict[str, Refe
     from torch import nn
 
     warnings.filterwarnings("ignore")
+    # NOTE: one thread: OpenMP workers spinning beside the servers under test
+    # (on a small machine) made each reference call take up to a second.
+    torch.set_num_threads(1)
     torch.manual_seed(1234 if only is None else sum(map(ord, only)))
 
     def reverse_within_length(lengths: torch.Tensor, time: int) -> torch.Tensor:
