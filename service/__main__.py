@@ -28,9 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = f"{field.description or ''} [env {env}; default {default}]"
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
         if field.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
         else:
-            parser.add_argument(flag, dest=name, choices=choices, default=argparse.SUPPRESS, help=help_text, metavar=None)
+            parser.add_argument(
+                flag, dest=name, choices=choices, default=argparse.SUPPRESS, help=help_text, metavar=None
+            )
     return parser
 
 
@@ -43,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**vars(args))
     except ValidationError as exc:
         for error in exc.errors():
-            print(f"seqserve serve: --{'-'.join(map(str, error['loc'])).replace('_', '-')}: {error['msg']}", file=sys.stderr)
+            print(
+                f"seqserve serve: --{'-'.join(map(str, error['loc'])).replace('_', '-')}: {error['msg']}",
+                file=sys.stderr,
+            )
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),

@@ -37,12 +37,17 @@ class OutputFormatter:
         if self._task == "classification":
             probabilities = self._probabilities(np.stack(raw))
             labels = self._labels[probabilities.argmax(axis=-1)]
-            return [{"label": label, "probabilities": row} for label, row in zip(labels.tolist(), probabilities)]
+            return [
+                {"label": label, "probabilities": row}
+                for label, row in zip(labels.tolist(), probabilities, strict=True)
+            ]
         if self._task == "tagging":
             answers = []
             for steps in raw:
                 probabilities = self._probabilities(steps)
-                answers.append({"labels": self._labels[probabilities.argmax(axis=-1)].tolist(), "probabilities": probabilities})
+                answers.append(
+                    {"labels": self._labels[probabilities.argmax(axis=-1)].tolist(), "probabilities": probabilities}
+                )
             return answers
         return [{"values": np.atleast_1d(values).astype(np.float64)} for values in raw]
 

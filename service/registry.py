@@ -130,7 +130,9 @@ class ModelRegistry:
         """Blocking: open the entry with the preferred runtime that works, warm it up, check its outputs."""
         assert entry.spec is not None
         spec = entry.spec
-        order: list[RuntimeKind] = ["torchscript", "onnx"] if self._settings.runtime == "torchscript" else ["onnx", "torchscript"]
+        order: list[RuntimeKind] = (
+            ["torchscript", "onnx"] if self._settings.runtime == "torchscript" else ["onnx", "torchscript"]
+        )
         threads = ThreadSettings(self._settings.onnx_threads, self._settings.torch_threads)
         problems: list[str] = []
         for kind in order:

@@ -13,7 +13,6 @@ import logging
 import signal
 import socket
 from types import FrameType
-from typing import Any
 
 import uvicorn
 
@@ -58,7 +57,7 @@ class DrainingServer(uvicorn.Server):
         except TimeoutError:
             log.warning("grace period over with requests still queued; they will get 503")
         # What is left of the grace period bounds uvicorn's wait for the answers to go out.
-        self.config.timeout_graceful_shutdown = max(0.5, deadline - loop.time())
+        self.config.timeout_graceful_shutdown = int(max(1.0, deadline - loop.time()))
         self.should_exit = True
 
 
@@ -79,5 +78,3 @@ def serve(settings: Settings) -> None:
     )
     registry: ModelRegistry = app.state.seqserve.registry
     DrainingServer(config, registry, settings.grace_period_seconds).run()
-
-

@@ -164,7 +164,9 @@ class InputValidator:
                 raise InvalidInput(f"{where}: expected a tensor object with a 'name'")
             name = tensor["name"]
             if name not in allowed:
-                raise InvalidInput(f"{where}: unknown input '{name}'; this model takes {' and '.join(map(repr, allowed))}")
+                raise InvalidInput(
+                    f"{where}: unknown input '{name}'; this model takes {' and '.join(map(repr, allowed))}"
+                )
             if name in tensors:
                 raise InvalidInput(f"{where}: input '{name}' given twice")
             chunk = None
@@ -195,7 +197,7 @@ class InputValidator:
         names: list[str] = []
         for i, output in enumerate(requested):
             name = output.get("name") if isinstance(output, dict) else None
-            if name not in known:
+            if not isinstance(name, str) or name not in known:
                 raise InvalidInput(f"outputs[{i}]: unknown output {name!r}; this model has {', '.join(known)}")
             names.append(name)
         return tuple(names)
@@ -223,8 +225,9 @@ class InputValidator:
         expected = math.prod(shape)
         if tensor.binary is not None:
             dtype = np.dtype(_BINARY_DTYPES[tensor.fields["datatype"]])
-            if len(tensor.binary) != expected * dtype.itemsize:
-                raise InvalidInput(f"{where}: {len(tensor.binary)} bytes of binary data, shape {shape} needs {expected * dtype.itemsize}")
+            needed = expected * dtype.itemsize
+            if len(tensor.binary) != needed:
+                raise InvalidInput(f"{where}: {len(tensor.binary)} bytes of binary data, shape {shape} needs {needed}")
             return np.frombuffer(tensor.binary, dtype=dtype).reshape(shape)
         data = tensor.fields["data"]
         if not isinstance(data, list):

@@ -7,14 +7,17 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from service.repository import RuntimeKind
+from service.runtime import DeviceKind
+
 
 class FakeRuntime:
     """Records every batch it runs. Its output for a row is [sum of the valid steps, valid length],
     computed from `lengths` (or the whole padded time axis when the graph takes none), so a test
     can tell exact padding from wrong padding; `per_step=True` outputs a running sum [B, T, 1]."""
 
-    name = "onnx"
-    device = "cpu"
+    name: RuntimeKind = "onnx"
+    device: DeviceKind = "cpu"
 
     def __init__(
         self,

@@ -49,7 +49,7 @@ def status_for(exc: BaseException) -> int:
         return CLIENT_CLOSED_REQUEST
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 

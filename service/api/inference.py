@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+
 import numpy as np
 from fastapi import Request
 from starlette.responses import Response

@@ -112,7 +112,9 @@ async def model_ready(name: str, request: Request) -> Response:
     return _model_ready(request, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready", response_model=schemas.V2ModelReady, summary="V2 version readiness")
+@router.get(
+    "/models/{name}/versions/{version}/ready", response_model=schemas.V2ModelReady, summary="V2 version readiness"
+)
 async def version_ready(name: str, version: str, request: Request) -> Response:
     return _model_ready(request, name, version)
 

@@ -238,7 +238,7 @@ class Batcher:
                         timeout = nearest if timeout is None else min(timeout, nearest)
                     if inflight is None and not self._pending and not self._inbox:
                         self._idle.set()
-                except Exception as exc:  # NOTE: nothing may leave a caller hanging
+                except Exception:  # NOTE: nothing may leave a caller hanging
                     error_id = uuid.uuid4().hex[:12]
                     log.exception("batcher %s failed (error id %s)", self._name, error_id)
                     self._fail_all(InferenceFailed("batching failed", error_id))
@@ -307,7 +307,9 @@ class Batcher:
         self._observer.queue_depth(self._queued)
         for item in batch:
             self._observer.queue_wait(now - item.request.enqueued_at)
-        future = loop.run_in_executor(self._executor, self._compute, [item.request.sequences[item.index] for item in batch])
+        future = loop.run_in_executor(
+            self._executor, self._compute, [item.request.sequences[item.index] for item in batch]
+        )
         future.add_done_callback(lambda _: self._wake.set())
         return future
 
@@ -318,7 +320,9 @@ class Batcher:
         except BaseException as exc:  # the worker thread itself failed (e.g. shut down)
             outcome = _Outcome([exc] * len(batch), 0.0)
         longest = max(item.length for item in batch)
-        self._observer.batch(len(batch), len(batch) * longest, sum(item.length for item in batch), outcome.compute_seconds)
+        self._observer.batch(
+            len(batch), len(batch) * longest, sum(item.length for item in batch), outcome.compute_seconds
+        )
         for item, output in zip(batch, outcome.outputs, strict=True):
             if isinstance(output, BaseException):
                 error_id = uuid.uuid4().hex[:12]

@@ -46,7 +46,6 @@ def plan_batch(lengths: np.ndarray, policy: BatchPolicy) -> Plan:
     contiguous groups of least total cost (dynamic programming over the
     sorted lengths); the group holding the oldest sequence goes next.
     """
-    n = len(lengths)
     if policy.equal_length:
         same = np.flatnonzero(lengths == lengths[0])
         cap = capacity(policy, int(lengths[0]))

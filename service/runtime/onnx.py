@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from service.repository import ModelSpec
+from service.repository import ModelSpec, RuntimeKind
 from service.runtime import DeviceKind, DeviceUnavailable, RuntimeUnavailable, zero_batch
 
 try:
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 except ImportError as _exc:  # pragma: no cover - onnxruntime is a runtime dependency
     raise RuntimeUnavailable(f"onnxruntime is not installed ({_exc})") from _exc
 
@@ -30,7 +30,7 @@ def cuda_available() -> tuple[bool, str]:
 
 
 class OnnxRuntime:
-    name = "onnx"
+    name: RuntimeKind = "onnx"
 
     def __init__(self, path: Path, spec: ModelSpec, *, device: DeviceKind, threads: int) -> None:
         self._spec = spec
@@ -60,7 +60,9 @@ class OnnxRuntime:
         if graph.output not in outputs:
             problems.append(f"graph has no output '{graph.output}' (it has {outputs})")
         if graph.input in inputs and inputs[graph.input].type != _ORT_DTYPES[graph.input_dtype]:
-            problems.append(f"graph input '{graph.input}' is {inputs[graph.input].type}, model.json says {graph.input_dtype}")
+            problems.append(
+                f"graph input '{graph.input}' is {inputs[graph.input].type}, model.json says {graph.input_dtype}"
+            )
         if graph.lengths and graph.lengths in inputs and inputs[graph.lengths].type != "tensor(int64)":
             problems.append(f"graph input '{graph.lengths}' is {inputs[graph.lengths].type}, expected int64")
         if problems:

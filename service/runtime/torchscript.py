@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.repository import ModelSpec
+from service.repository import ModelSpec, RuntimeKind
 from service.runtime import DeviceKind, DeviceUnavailable, zero_batch
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ def cuda_available() -> tuple[bool, str]:
 
 
 class TorchScriptRuntime:
-    name = "torchscript"
+    name: RuntimeKind = "torchscript"
     fixed_batch: int | None = None
     fixed_length: int | None = None
 
@@ -34,7 +34,7 @@ class TorchScriptRuntime:
         self._spec = spec
         self._device = torch.device(device)
         self.device: DeviceKind = device
-        self._module = torch.jit.load(str(path), map_location=self._device)
+        self._module = torch.jit.load(str(path), map_location=self._device)  # type: ignore[no-untyped-call]
         self._module.eval()
         self._uses_lengths = spec.graph.lengths is not None
 

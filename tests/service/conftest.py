@@ -283,7 +283,9 @@ def build_test_repository(root: Path, only: str | None = None) -> dict[str, Refe
             if len(children) == 2:  # two cores
                 _wait_for_export(children.pop(0))
             command = [sys.executable, "-c", script, str(root), name]
-            children.append(subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+            children.append(
+                subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            )
         for child in children:
             _wait_for_export(child)
     finally:

@@ -33,7 +33,13 @@ def spec_document(kind: str = "features", task: str = "classification", **overri
             "kind": "text",
             "features": None,
             "max_length": 8,
-            "tokenizer": {"type": "char", "lowercase": True, "vocabulary": VOCABULARY, "padding_id": 0, "unknown_id": 1},
+            "tokenizer": {
+                "type": "char",
+                "lowercase": True,
+                "vocabulary": VOCABULARY,
+                "padding_id": 0,
+                "unknown_id": 1,
+            },
         }
         document["graph"]["input_dtype"] = "int64"
     document.update(overrides)

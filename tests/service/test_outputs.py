@@ -36,7 +36,9 @@ def test_regression_answers_values() -> None:
 def test_v2_classification_tensors() -> None:
     formatter = OutputFormatter(make_spec())
     assert formatter.v2_output_names() == ("probabilities", "label", "logits")
-    tensors = formatter.v2([np.array([2.0, 0.0], np.float32), np.array([0.0, 3.0], np.float32)], ("label", "probabilities"))
+    tensors = formatter.v2(
+        [np.array([2.0, 0.0], np.float32), np.array([0.0, 3.0], np.float32)], ("label", "probabilities")
+    )
     assert [t["name"] for t in tensors] == ["label", "probabilities"]
     assert tensors[0] == {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["x", "y"]}
     assert tensors[1]["shape"] == [2, 2] and tensors[1]["datatype"] == "FP32"

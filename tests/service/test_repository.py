@@ -10,7 +10,9 @@ from service.repository import scan_repository
 from tests.service.specs import spec_document
 
 
-def write_entry(root: Path, name: str = "m", version: str = "1", files: tuple[str, ...] = ("model.onnx",), **overrides: Any) -> Path:
+def write_entry(
+    root: Path, name: str = "m", version: str = "1", files: tuple[str, ...] = ("model.onnx",), **overrides: Any
+) -> Path:
     directory = root / name / version
     directory.mkdir(parents=True)
     document = spec_document(**overrides)
@@ -46,7 +48,10 @@ def test_entries_are_sorted_and_odd_directories_skipped(tmp_path: Path) -> None:
     ("change", "reason"),
     [
         ({"task": "dancing"}, "model.json is invalid: task"),
-        ({"padding": "exact", "graph": {"input": "input", "lengths": None, "output": "y", "input_dtype": "float32"}}, "padding 'exact' needs a graph lengths input"),
+        (
+            {"padding": "exact", "graph": {"input": "input", "lengths": None, "output": "y", "input_dtype": "float32"}},
+            "padding 'exact' needs a graph lengths input",
+        ),
         ({"labels": None}, "labels are required"),
         ({"formats": {"onnx": "../other/model.onnx"}}, "formats.onnx"),
         ({"schema_version": 2}, "schema_version"),

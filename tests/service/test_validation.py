@@ -141,9 +141,18 @@ def test_v2_text() -> None:
         ([tensor("input", [1, 2, 4], "FP32", [0] * 8)], "inputs[0].shape[2]: expected 3 features, got 4"),
         ([tensor("input", [1, 2, 3], "FP64", [0] * 6)], "inputs[0]: datatype 'FP64', expected FP32"),
         ([tensor("input", [1, 2, 3], "FP32", [0] * 5)], "inputs[0].data: 5 elements, shape [1, 2, 3] needs 6"),
-        ([tensor("input", [1, 2, 3], "FP32", [0, 0, 0, 0, "a", 0])], "inputs[0].data[4]: expected a number, got string"),
-        ([tensor("input", [1, 2, 3], "FP32", [0, 0, 0, 0, False, 0])], "inputs[0].data[4]: expected a number, got boolean"),
-        ([tensor("input", [1, 2], "FP32", [0, 0])], "inputs[0]: shape [1, 2], expected a list of 3 non-negative integers"),
+        (
+            [tensor("input", [1, 2, 3], "FP32", [0, 0, 0, 0, "a", 0])],
+            "inputs[0].data[4]: expected a number, got string",
+        ),
+        (
+            [tensor("input", [1, 2, 3], "FP32", [0, 0, 0, 0, False, 0])],
+            "inputs[0].data[4]: expected a number, got boolean",
+        ),
+        (
+            [tensor("input", [1, 2], "FP32", [0, 0])],
+            "inputs[0]: shape [1, 2], expected a list of 3 non-negative integers",
+        ),
         ([tensor("input", [0, 2, 3], "FP32", [])], "inputs[0].shape[0]: no sequences"),
         ([tensor("input", [5, 1, 3], "FP32", [0] * 15)], "inputs[0].shape[0]: 5 sequences, at most 4 per request"),
         ([tensor("input", [1, 11, 3], "FP32", [0] * 33)], "inputs[0][0]: 11 steps, longer than max_length 10"),

@@ -109,7 +109,8 @@ def server(test_repository: BuiltRepository, tmp_path_factory: pytest.TempPathFa
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    result: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return result
 
 
 def sample_value(metrics: str, sample: str, labels: dict[str, str] | None = None) -> float:

@@ -66,9 +66,21 @@ def test_nan_and_infinity_are_422(client: httpx.Client) -> None:
 
 
 def test_text_model_errors(client: httpx.Client) -> None:
-    assert_error(client.post("/v1/models/text/predict", json={"inputs": ["ok", ""]}), 422, "invalid_input", "inputs[1]: empty")
-    assert_error(client.post("/v1/models/text/predict", json={"inputs": ["x" * 33]}), 422, "invalid_input", "longer than max_length 32")
-    assert_error(client.post("/v1/models/text/predict", json={"inputs": [["a"]]}), 422, "invalid_input", "inputs[0]: expected a string")
+    assert_error(
+        client.post("/v1/models/text/predict", json={"inputs": ["ok", ""]}), 422, "invalid_input", "inputs[1]: empty"
+    )
+    assert_error(
+        client.post("/v1/models/text/predict", json={"inputs": ["x" * 33]}),
+        422,
+        "invalid_input",
+        "longer than max_length 32",
+    )
+    assert_error(
+        client.post("/v1/models/text/predict", json={"inputs": [["a"]]}),
+        422,
+        "invalid_input",
+        "inputs[0]: expected a string",
+    )
     assert client.post("/v1/models/text/predict", json={"inputs": ["ok"]}).status_code == 200
 
 
@@ -95,7 +107,9 @@ def test_bad_json_is_400(client: httpx.Client) -> None:
 
 
 def test_wrong_content_type_is_415(client: httpx.Client) -> None:
-    response = client.post("/v1/models/feat/predict", content=b"inputs=1", headers={"content-type": "application/x-www-form-urlencoded"})
+    response = client.post(
+        "/v1/models/feat/predict", content=b"inputs=1", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert_error(response, 415, "unsupported_media_type", "application/json")
     assert_still_serving(client)
 
@@ -117,7 +131,12 @@ def test_body_over_the_limit_is_413_by_header_and_by_stream(client: httpx.Client
 
 def test_v2_bad_inputs_are_422(client: httpx.Client) -> None:
     body = {"inputs": [{"name": "input", "shape": [1, 2, 4], "datatype": "FP32", "data": [0] * 8}]}
-    assert_error(client.post("/v2/models/feat/infer", json=body), 422, "invalid_input", "inputs[0].shape[2]: expected 5 features, got 4")
+    assert_error(
+        client.post("/v2/models/feat/infer", json=body),
+        422,
+        "invalid_input",
+        "inputs[0].shape[2]: expected 5 features, got 4",
+    )
     body = {"inputs": [{"name": "input", "shape": [1, 1, 5], "datatype": "INT8", "data": [0] * 5}]}
     assert_error(client.post("/v2/models/feat/infer", json=body), 422, "invalid_input", "datatype 'INT8'")
     assert_still_serving(client)

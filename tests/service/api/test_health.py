@@ -37,7 +37,10 @@ def test_model_listing_and_metadata(server: Server) -> None:
 
 def test_metrics_cover_requests_latency_batches_padding_queue_and_models(server: Server) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        assert client.post("/v1/models/regress/predict", json={"inputs": [[[1, 2, 3]], [[1, 2, 3]] * 5]}).status_code == 200
+        assert (
+            client.post("/v1/models/regress/predict", json={"inputs": [[[1, 2, 3]], [[1, 2, 3]] * 5]}).status_code
+            == 200
+        )
         assert client.post("/v1/models/regress/predict", json={"inputs": [[[1, 2]]]}).status_code == 422
         assert client.post("/v1/models/nope/predict", json={"inputs": []}).status_code == 404
         response = client.get("/metrics")
@@ -57,8 +60,10 @@ def test_metrics_cover_requests_latency_batches_padding_queue_and_models(server:
     ):
         assert sample_value(metrics, f"{histogram}_count", regress) >= 1, histogram
     assert sample_value(metrics, "seqserve_batch_padded_tokens_sum", regress) >= 10  # 2 sequences padded to 5
-    assert 0 < sample_value(metrics, "seqserve_padding_efficiency_sum", regress) <= sample_value(
-        metrics, "seqserve_padding_efficiency_count", regress
+    assert (
+        0
+        < sample_value(metrics, "seqserve_padding_efficiency_sum", regress)
+        <= sample_value(metrics, "seqserve_padding_efficiency_count", regress)
     )
     assert sample_value(metrics, "seqserve_queue_depth", regress) == 0
     info = {"model": "feat", "version": "2", "device": "cpu", "runtime": "onnx"}
@@ -70,7 +75,9 @@ def test_openapi_describes_the_real_shapes(server: Server) -> None:
     schema = httpx.get(f"{server.url}/openapi.json").json()
     components = schema["components"]["schemas"]
     predict = schema["paths"]["/v1/models/{name}/predict"]["post"]
-    assert predict["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PredictRequest"}
+    assert predict["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PredictRequest"
+    }
     assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictResponse")
     assert predict["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
     assert "inputs" in components["PredictRequest"]["properties"]
@@ -120,7 +127,9 @@ def test_a_broken_entry_keeps_readiness_off_while_others_serve(
             wait_until(lambda: "loading" not in client.get("/readyz").text)
             ready = client.get("/readyz")
             assert ready.status_code == 503
-            assert ready.json()["error"]["code"] == "not_ready" and "broken/1 failed" in ready.json()["error"]["message"]
+            assert (
+                ready.json()["error"]["code"] == "not_ready" and "broken/1 failed" in ready.json()["error"]["message"]
+            )
             assert client.get("/v2/health/ready").status_code == 503
             assert client.get("/healthz").status_code == 200
             listing = {m["name"]: m for m in client.get("/v1/models").json()["models"]}

@@ -44,7 +44,9 @@ def test_overload_gets_503_with_retry_after_and_every_request_one_answer(
 
     before = small_queue_server.metrics()
     answers = asyncio.run(fire())
-    assert all(isinstance(a, httpx.Response) for a in answers), [a for a in answers if not isinstance(a, httpx.Response)]
+    assert all(isinstance(a, httpx.Response) for a in answers), [
+        a for a in answers if not isinstance(a, httpx.Response)
+    ]
     responses: list[httpx.Response] = answers  # type: ignore[assignment]
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503}

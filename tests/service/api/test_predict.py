@@ -120,7 +120,9 @@ def test_concurrent_mixed_lengths_equal_one_by_one(
         np.testing.assert_allclose(as_array(batched), as_array(one), atol=TOLERANCE, rtol=0)
         np.testing.assert_allclose(as_array(batched), expected(model, test_repository, seq), atol=TOLERANCE, rtol=0)
         if "label" in one:
-            assert batched["label"] == one["label"] or np.isclose(max(one["probabilities"]), sorted(one["probabilities"])[-2])
+            assert batched["label"] == one["label"] or np.isclose(
+                max(one["probabilities"]), sorted(one["probabilities"])[-2]
+            )
         if "labels" in one:
             assert len(batched["labels"]) == len(seq)
 

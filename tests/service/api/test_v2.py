@@ -34,13 +34,19 @@ def test_model_metadata_and_readiness(client: httpx.Client) -> None:
         {"name": "input", "datatype": "FP32", "shape": [-1, -1, 5]},
         {"name": "lengths", "datatype": "INT64", "shape": [-1]},
     ]
-    assert {o["name"]: o["shape"] for o in feat["outputs"]} == {"probabilities": [-1, 3], "label": [-1], "logits": [-1, 3]}
+    assert {o["name"]: o["shape"] for o in feat["outputs"]} == {
+        "probabilities": [-1, 3],
+        "label": [-1],
+        "logits": [-1, 3],
+    }
     assert client.get("/v2/models/feat/versions/1").json()["versions"] == ["1"]
     text = client.get("/v2/models/text").json()
     assert text["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     tagger = client.get("/v2/models/tagger").json()
     assert {o["name"]: o["shape"] for o in tagger["outputs"]}["probabilities"] == [-1, -1, 4]
-    assert client.get("/v2/models/regress").json()["outputs"] == [{"name": "values", "datatype": "FP32", "shape": [-1, 2]}]
+    assert client.get("/v2/models/regress").json()["outputs"] == [
+        {"name": "values", "datatype": "FP32", "shape": [-1, 2]}
+    ]
     assert client.get("/v2/models/feat/ready").json() == {"name": "feat", "ready": True}
     assert client.get("/v2/models/feat/versions/1/ready").status_code == 200
     assert client.get("/v2/models/feat/versions/7/ready").status_code == 404
@@ -77,7 +83,10 @@ def test_infer_with_lengths_matches_predict_and_the_reference(
 
 def test_infer_with_nested_data_without_lengths_and_chosen_outputs(client: httpx.Client) -> None:
     data = [[[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]], [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]]
-    body = {"inputs": [{"name": "input", "shape": [2, 2, 3], "datatype": "FP32", "data": data}], "outputs": [{"name": "label"}]}
+    body = {
+        "inputs": [{"name": "input", "shape": [2, 2, 3], "datatype": "FP32", "data": data}],
+        "outputs": [{"name": "label"}],
+    }
     answer = client.post("/v2/models/equal/versions/1/infer", json=body).json()
     assert [o["name"] for o in answer["outputs"]] == ["label"]
     assert answer["outputs"][0]["shape"] == [2] and "id" not in answer
@@ -100,9 +109,9 @@ def test_infer_text_and_tagging(client: httpx.Client, test_repository: BuiltRepo
     assert outputs["probabilities"]["shape"] == [2, 3, 4] and outputs["label"]["shape"] == [2, 3]
     labels: list[Any] = outputs["label"]["data"]
     assert labels[5] == "" and all(labels[:5]), "steps past a sequence's length are padding"
-    probabilities = np.asarray(outputs["probabilities"]["data"]).reshape(2, 3, 4)
+    steps_probabilities = np.asarray(outputs["probabilities"]["data"]).reshape(2, 3, 4)
     np.testing.assert_allclose(
-        probabilities[1, :2], softmax(test_repository.references["tagger"](steps[1, :2].tolist())), atol=1e-4
+        steps_probabilities[1, :2], softmax(test_repository.references["tagger"](steps[1, :2].tolist())), atol=1e-4
     )
 
 

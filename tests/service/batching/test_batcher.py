@@ -81,7 +81,10 @@ def test_requests_that_arrive_while_a_batch_computes_are_batched_together() -> N
         try:
             first = asyncio.ensure_future(batcher.infer([seq(2)], timeout_seconds=TIMEOUT))
             await wait_for_thread(runtime.started)  # the idle model took the first request at once
-            others = [asyncio.ensure_future(batcher.infer([seq(n, float(n))], timeout_seconds=TIMEOUT)) for n in (4, 2, 3, 4, 1)]
+            others = [
+                asyncio.ensure_future(batcher.infer([seq(n, float(n))], timeout_seconds=TIMEOUT))
+                for n in (4, 2, 3, 4, 1)
+            ]
             await asyncio.sleep(0)
             gate.set()
             return [await first, *[await o for o in others]]
@@ -151,7 +154,9 @@ def test_equal_length_graphs_get_batches_of_one_length_without_lengths() -> None
         try:
             blocker = asyncio.ensure_future(batcher.infer([seq(1)], timeout_seconds=TIMEOUT))
             await wait_for_thread(runtime.started)
-            mixed = [asyncio.ensure_future(batcher.infer([seq(n, 1.0)], timeout_seconds=TIMEOUT)) for n in (3, 5, 3, 5, 2)]
+            mixed = [
+                asyncio.ensure_future(batcher.infer([seq(n, 1.0)], timeout_seconds=TIMEOUT)) for n in (3, 5, 3, 5, 2)
+            ]
             await asyncio.sleep(0)
             gate.set()
             await blocker

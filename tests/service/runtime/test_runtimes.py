@@ -43,12 +43,12 @@ def test_onnx_refuses_a_graph_whose_names_differ_from_model_json(test_repository
     feat = entry(test_repository, "feat")
     assert feat.spec is not None
     spec = feat.spec.model_copy(update={"graph": feat.spec.graph.model_copy(update={"lengths": "lens", "output": "y"})})
-    with pytest.raises(ValueError, match="graph has no input 'lens'.*graph has no output 'y'"):
+    with pytest.raises(ValueError, match=r"graph has no input 'lens'.*graph has no output 'y'"):
         open_runtime("onnx", feat.files["onnx"], spec, "cpu", ThreadSettings())
 
 
 def test_select_device_for_onnx(caplog: pytest.LogCaptureFixture) -> None:
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]
 
     assert select_device("cpu", "onnx").device == "cpu"
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
@@ -62,7 +62,9 @@ def test_select_device_for_onnx(caplog: pytest.LogCaptureFixture) -> None:
     assert "device=cuda was requested" in caplog.text
 
 
-def test_torchscript_without_torch_is_unavailable(test_repository: BuiltRepository, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchscript_without_torch_is_unavailable(
+    test_repository: BuiltRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
     feat = entry(test_repository, "feat")
     assert feat.spec is not None
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
