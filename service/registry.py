@@ -67,6 +67,11 @@ class ModelRegistry:
                 self._fail(version, entry.error or "invalid entry")
         if not self._models:
             log.error("no model found in repository %s", self._settings.repository)
+        default = self.default_model()
+        if default is not None and default not in self._models:
+            log.error("default model %r is not in the repository; POST /predict will answer 404", default)
+        elif default is not None:
+            log.info("default model for POST /predict: %s", default)
         self._task = asyncio.get_running_loop().create_task(self._load_all(to_load), name="load-repository")
         self._task.add_done_callback(self._load_ended)
 
@@ -219,6 +224,12 @@ class ModelRegistry:
         if not self._models:
             reasons.append("no models in the repository")
         reasons += [f"{v.name}/{v.version} failed: {v.error}" for v in self.versions() if v.state == "failed"]
+        if not self._draining:
+            reasons += [
+                f"{v.name}/{v.version}: batcher stopped"
+                for v in self.versions()
+                if v.batcher is not None and not v.batcher.running
+            ]
         return not reasons, reasons
 
     def _update_ready_metric(self) -> None:

@@ -280,7 +280,7 @@ class InputValidator:
         if len(shape) == 2 and shape[1] != 1:
             raise InvalidInput(f"{where}: shape {shape}, expected [batch] or [batch, 1]")
         if tensor.binary is not None:
-            texts: list[Any] = _decode_bytes(tensor.binary, where)
+            texts: list[Any] = _decode_bytes(tensor.binary, where, self._max_sequences + 1)
         else:
             data = tensor.fields["data"]
             if not isinstance(data, list):
@@ -302,11 +302,12 @@ class _Tensor:
 _BINARY_DTYPES = {"FP32": "<f4", "INT64": "<i8", "INT32": "<i4"}
 
 
-def _decode_bytes(blob: bytes, where: str) -> list[str]:
-    """BYTES elements of the binary extension: each a 4-byte little-endian length, then the bytes."""
+def _decode_bytes(blob: bytes, where: str, most: int) -> list[str]:
+    """BYTES elements of the binary extension: each a 4-byte little-endian length, then the bytes.
+    Stops after `most` elements (the caller refuses that many)."""
     texts: list[str] = []
     offset = 0
-    while offset < len(blob):
+    while offset < len(blob) and len(texts) < most:
         if offset + 4 > len(blob):
             raise InvalidInput(f"{where}: truncated binary BYTES element {len(texts)}")
         size = int.from_bytes(blob[offset : offset + 4], "little")

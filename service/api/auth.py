@@ -10,8 +10,11 @@ from service.api.state import app_state
 from service.errors import Unauthorized
 
 
-def require_api_key(request: Request) -> None:
-    """FastAPI dependency; a no-op when no key is configured."""
+async def require_api_key(request: Request) -> None:
+    """FastAPI dependency; a no-op when no key is configured.
+
+    NOTE: async on purpose: FastAPI runs a plain `def` dependency in a worker thread.
+    """
     expected = app_state(request).api_key
     if expected is None:
         return

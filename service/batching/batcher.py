@@ -161,6 +161,11 @@ class Batcher:
     def queued(self) -> int:
         return self._queued
 
+    @property
+    def running(self) -> bool:
+        """False once the task that owns the queue has ended (stopped or crashed)."""
+        return self._task is not None and not self._task.done()
+
     # -- callers' interface -----------------------------------------------
 
     def submit(self, sequences: Sequence[np.ndarray], *, timeout_seconds: float) -> PendingRequest:
