@@ -61,7 +61,7 @@ class Metrics:
         self.queue_depth = Gauge("seqserve_queue_depth", "Sequences waiting in the queue.", labels, registry=r)
         self.dropped = Counter(
             "seqserve_dropped_sequences",
-            "Queued sequences dropped before compute (client gone or timed out).",
+            "Queued sequences dropped before compute: cancelled (client gone), timeout, failed (a sibling failed).",
             [*labels, "reason"],
             registry=r,
         )

@@ -88,6 +88,13 @@ class PendingRequest:
             self.future.set_exception(error)
 
 
+def _ended_by(future: asyncio.Future[list[np.ndarray]]) -> str:
+    """Why a request ended before all its sequences ran: cancelled, timeout or failed."""
+    if future.cancelled():
+        return "cancelled"
+    return "timeout" if isinstance(future.exception(), RequestTimeout) else "failed"
+
+
 @dataclass(eq=False, slots=True)
 class _Item:
     """One sequence of a pending request: the unit the planner batches."""
@@ -188,7 +195,7 @@ class Batcher:
             deadline=now + timeout_seconds,
             arrived_idle=self._inflight is None and self._queued == 0,
         )
-        request.future.add_done_callback(self._on_request_done)
+        request.future.add_done_callback(lambda _: self._on_request_done(request))
         self._inbox.append(request)
         self._queued += count
         self._idle.clear()
@@ -201,18 +208,18 @@ class Batcher:
         request = self.submit(sequences, timeout_seconds=timeout_seconds)
         try:
             async with asyncio.timeout_at(request.deadline):
-                return await request.future
+                return await asyncio.shield(request.future)
         except TimeoutError:
-            request.cancel()
-            raise RequestTimeout(f"no answer within {timeout_seconds:g} s") from None
+            request._fail(RequestTimeout(f"no answer within {timeout_seconds:g} s"))
+            return await request.future  # raises whatever ended it first
         finally:
             request.cancel()  # a no-op once answered; drops leftovers when the caller is cancelled
 
     # -- the task that owns the queue --------------------------------------
 
-    def _on_request_done(self, future: asyncio.Future[list[np.ndarray]]) -> None:
-        if future.cancelled():
-            self._wake.set()  # let the task drop its sequences now, freeing queue space
+    def _on_request_done(self, request: PendingRequest) -> None:
+        if request._remaining > 0:
+            self._wake.set()  # ended early: let the task drop its sequences now, freeing queue space
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -268,24 +275,22 @@ class Batcher:
 
     def _drop_dead(self, now: float) -> None:
         kept: list[_Item] = []
-        cancelled = expired = 0
+        dropped: dict[str, int] = {}
         for item in self._pending:
             request = item.request
-            if request.future.done():
-                cancelled += 1
-            elif now >= request.deadline:
+            if not request.future.done() and now >= request.deadline:
                 request._fail(RequestTimeout("no answer within the request timeout"))
-                expired += 1
+            if request.future.done():
+                reason = _ended_by(request.future)
+                dropped[reason] = dropped.get(reason, 0) + 1
             else:
                 kept.append(item)
-        if cancelled or expired:
+        if dropped:
             self._pending = kept
-            self._queued -= cancelled + expired
+            self._queued -= sum(dropped.values())
             self._observer.queue_depth(self._queued)
-            if cancelled:
-                self._observer.dropped("cancelled", cancelled)
-            if expired:
-                self._observer.dropped("timeout", expired)
+            for reason, count in dropped.items():
+                self._observer.dropped(reason, count)
 
     def _hold_seconds(self, now: float) -> float:
         """How long to wait for company before dispatching; <= 0 means now."""

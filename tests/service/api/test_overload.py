@@ -91,3 +91,18 @@ def test_a_client_that_leaves_has_its_queued_work_dropped(feat_only: Path, tmp_p
         answer = httpx.post(f"{server.url}/predict", json={"inputs": [sequences[0]]}, timeout=30)
         assert answer.status_code == 200
         assert sample_value(server.metrics(), "seqserve_requests_total", {"status": "499"}) == 1
+
+
+def test_a_request_past_its_timeout_gets_504_and_its_work_is_dropped(feat_only: Path, tmp_path: Path) -> None:
+    """2048 sequences as batches of one take longer than the 0.2 s request timeout."""
+    sequences = np.random.default_rng(23).normal(size=(2048, 40, 5)).round(3).tolist()
+    flags = ("--max-batch-size", "1", "--max-sequences-per-request", "4096", "--max-queue", "4096")
+    flags += ("--request-timeout-seconds", "0.2", "--max-body-bytes", str(64 << 20))
+    with run_server(feat_only, *flags, log_dir=tmp_path) as server:
+        response = httpx.post(f"{server.url}/v1/models/feat/predict", json={"inputs": sequences}, timeout=60)
+        assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
+        wait_until(lambda: sample_value(server.metrics(), "seqserve_queue_depth") == 0)
+        dropped = sample_value(server.metrics(), "seqserve_dropped_sequences_total", {"reason": "timeout"})
+        assert dropped > 0
+        answer = httpx.post(f"{server.url}/predict", json={"inputs": [sequences[0]]}, timeout=30)
+        assert answer.status_code == 200

@@ -244,9 +244,10 @@ def test_cancelled_requests_are_dropped_before_compute() -> None:
 def test_a_request_past_its_deadline_times_out_and_is_not_computed() -> None:
     gate = threading.Event()
     runtime = FakeRuntime(gate=gate)
+    observer = RecordingObserver()
 
     async def scenario() -> None:
-        batcher = make(runtime)
+        batcher = make(runtime, observer)
         batcher.start()
         try:
             running = asyncio.ensure_future(batcher.infer([seq(1)], timeout_seconds=TIMEOUT))
@@ -261,6 +262,7 @@ def test_a_request_past_its_deadline_times_out_and_is_not_computed() -> None:
 
     run(scenario)
     assert all((batch != 9.0).all() for batch, _ in runtime.calls)
+    assert observer.drops == {"timeout": 1}
 
 
 def test_a_failing_sequence_fails_only_its_own_request() -> None:
