@@ -241,19 +241,16 @@ class ModelRegistry:
             raise ModelNotFound(f"model '{name}' not found")
         return versions
 
-    def resolve(self, name: str | None, version: str | int | None = None) -> ModelVersion:
-        """The version that serves a request: pinned, or the highest loaded one."""
-        if name is None:
-            name = self.default_model()
-            if name is None:
-                raise ModelNotFound("no default model: the repository is empty")
+    def default_version(self, name: str) -> int | None:
+        """The version answering requests that name none: the highest one ready."""
+        ready = [number for number, v in self.model_versions(name).items() if v.state == "ready"]
+        return max(ready) if ready else None
+
+    def lookup(self, name: str, version: str | int | None = None) -> ModelVersion:
+        """A version in any state: pinned, else the default one, else the highest."""
         versions = self.model_versions(name)
         if version is None:
-            ready = [v for _, v in sorted(versions.items()) if v.state == "ready"]
-            if ready:
-                return ready[-1]
-            highest = versions[max(versions)]
-            raise ModelNotReady(_not_ready_message(highest))
+            return versions[self.default_version(name) or max(versions)]
         if isinstance(version, str):
             if not VERSION_PATTERN.match(version):
                 raise VersionNotFound(f"model '{name}' has no version '{version}'")
@@ -261,6 +258,15 @@ class ModelRegistry:
         found = versions.get(version)
         if found is None:
             raise VersionNotFound(f"model '{name}' has no version {version}")
+        return found
+
+    def resolve(self, name: str | None, version: str | int | None = None) -> ModelVersion:
+        """The version that serves a request now: pinned, or the default one; it must be ready."""
+        if name is None:
+            name = self.default_model()
+            if name is None:
+                raise ModelNotFound("no default model: the repository is empty")
+        found = self.lookup(name, version)
         if found.state != "ready":
             raise ModelNotReady(_not_ready_message(found))
         return found

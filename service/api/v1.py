@@ -13,7 +13,7 @@ from service.api.body import Body
 from service.api.inference import handle, run_model
 from service.api.responses import json_response
 from service.api.state import app_state
-from service.errors import ModelNotReady, VersionNotFound
+from service.errors import ModelNotReady
 from service.registry import ModelVersion
 from service.validation import may_hold_booleans
 
@@ -60,11 +60,6 @@ def _version_info(version: ModelVersion) -> dict[str, Any]:
     }
 
 
-def _default_version(versions: dict[int, ModelVersion]) -> int | None:
-    ready = [number for number, v in versions.items() if v.state == "ready"]
-    return max(ready) if ready else None
-
-
 @router.get("/v1/models", response_model=schemas.ModelList, tags=["models"], summary="List models and versions")
 async def list_models(request: Request) -> Response:
     registry = app_state(request).registry
@@ -74,7 +69,7 @@ async def list_models(request: Request) -> Response:
         models.append(
             {
                 "name": name,
-                "default_version": _default_version(versions),
+                "default_version": registry.default_version(name),
                 "versions": [_version_info(v) for _, v in sorted(versions.items())],
             }
         )
@@ -83,29 +78,22 @@ async def list_models(request: Request) -> Response:
 
 def _metadata(request: Request, name: str, version: str | None) -> Response:
     registry = app_state(request).registry
-    versions = registry.model_versions(name)
-    if version is None:
-        number = _default_version(versions) or max(versions)
-    elif version.isdigit() and int(version) in versions:
-        number = int(version)
-    else:
-        raise VersionNotFound(f"model '{name}' has no version '{version}'")
-    chosen = versions[number]
+    chosen = registry.lookup(name, version)
     spec = chosen.spec
     if spec is None:
-        raise ModelNotReady(f"model {name}/{number} failed to load: {chosen.error}")
+        raise ModelNotReady(f"model {name}/{chosen.version} failed to load: {chosen.error}")
     return json_response(
         {
             "name": spec.name,
             "version": spec.version,
-            "default_version": _default_version(versions),
+            "default_version": registry.default_version(name),
             "task": spec.task,
             "description": spec.description,
             "input": {"kind": spec.input.kind, "features": spec.input.features, "max_length": spec.input.max_length},
             "labels": spec.labels,
             "output_names": spec.output_names,
             "padding": spec.padding,
-            "versions": [_version_info(v) for _, v in sorted(versions.items())],
+            "versions": [_version_info(v) for _, v in sorted(registry.model_versions(name).items())],
         }
     )
 

@@ -67,12 +67,7 @@ def _tensors(spec: ModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]
 def _metadata(request: Request, name: str, version: str | None) -> Response:
     registry = app_state(request).registry
     versions = registry.model_versions(name)
-    try:
-        chosen = registry.resolve(name, version)
-    except ModelNotReady:
-        if version is not None:
-            raise
-        chosen = versions[max(versions)]
+    chosen = registry.lookup(name, version)
     if chosen.spec is None:
         raise ModelNotReady(f"model {name}/{chosen.version} failed to load: {chosen.error}")
     inputs, outputs = _tensors(chosen.spec)
