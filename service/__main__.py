@@ -47,10 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**vars(args))
     except ValidationError as exc:
         for error in exc.errors():
-            print(
-                f"seqserve serve: --{'-'.join(map(str, error['loc'])).replace('_', '-')}: {error['msg']}",
-                file=sys.stderr,
-            )
+            where = "-".join(map(str, error["loc"])).replace("_", "-")
+            print(f"seqserve serve: {'--' + where + ': ' if where else ''}{error['msg']}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),

@@ -115,9 +115,9 @@ class ModelRegistry:
         )
         batcher.start()
         version.runtime, version.device_reason, version.batcher = runtime, reason, batcher
-        version.validator = InputValidator(
-            spec, max_sequences=self._settings.max_sequences_per_request, fixed_length=runtime.fixed_length
-        )
+        # NOTE: a request larger than the queue could never be queued: refuse it as too large.
+        max_sequences = min(self._settings.max_sequences_per_request, self._settings.max_queue)
+        version.validator = InputValidator(spec, max_sequences=max_sequences, fixed_length=runtime.fixed_length)
         version.formatter = OutputFormatter(spec)
         version.state = "ready"
         self._metrics.model_info.labels(spec.name, str(spec.version), runtime.device, runtime.name).set(1)
@@ -144,10 +144,13 @@ class ModelRegistry:
             path = entry.files.get(kind)
             if path is None:
                 continue
-            try:
-                runtime, reason = open_runtime(kind, path, spec, self._settings.device, threads)
+
+            def prepare(runtime: Runtime) -> None:
                 runtime.warmup(self._warmup_shapes(spec, runtime))
                 _check_outputs(spec, runtime)
+
+            try:
+                runtime, reason = open_runtime(kind, path, spec, self._settings.device, threads, prepare)
             except RuntimeUnavailable as exc:
                 log.info("%s/%s: skipping %s (%s)", spec.name, spec.version, kind, exc)
                 problems.append(f"{kind}: {exc}")

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     """Largest request body accepted (413 past it)."""
 
     max_sequences_per_request: int = Field(default=256, ge=1, le=65536)
-    """Most sequences in one request (422 past it)."""
+    """Most sequences in one request (422 past it); never more than max_queue."""
 
     request_timeout_seconds: float = Field(default=30.0, gt=0.0, le=3600.0)
     """A request not answered within this time gets 504 timeout; its queued sequences are dropped."""

@@ -8,7 +8,7 @@ that choice and falls back to the CPU, with a warning, when the GPU fails.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -91,15 +91,25 @@ def open_runtime(
     spec: ModelSpec,
     requested_device: Literal["auto", "cpu", "cuda"],
     threads: ThreadSettings,
+    prepare: Callable[[Runtime], None] | None = None,
 ) -> tuple[Runtime, str]:
-    """Open `path` with runtime `kind`; returns the runtime and why it got its device.
+    """Open `path` with runtime `kind`, then `prepare` it (warm-up, checks); returns the
+    runtime and why it got its device. A failure on the GPU, opening or preparing, is
+    retried on the CPU.
 
     Raises RuntimeUnavailable when the runtime's package is missing, and any
     other exception when the file can't be served.
     """
+
+    def opened(device: DeviceKind) -> Runtime:
+        runtime = _open(kind, path, spec, device, threads)
+        if prepare is not None:
+            prepare(runtime)
+        return runtime
+
     choice = select_device(requested_device, kind)
     try:
-        return _open(kind, path, spec, choice.device, threads), choice.reason
+        return opened(choice.device), choice.reason
     except DeviceUnavailable as exc:
         log.warning("%s/%s: %s; falling back to the CPU", spec.name, spec.version, exc)
         reason = f"{exc}; fell back to the CPU"
@@ -110,7 +120,7 @@ def open_runtime(
             raise
         log.warning("%s/%s: opening on the GPU failed (%s); falling back to the CPU", spec.name, spec.version, exc)
         reason = f"opening on the GPU failed ({exc}); fell back to the CPU"
-    return _open(kind, path, spec, "cpu", threads), reason
+    return opened("cpu"), reason
 
 
 def _open(kind: RuntimeKind, path: Path, spec: ModelSpec, device: DeviceKind, threads: ThreadSettings) -> Runtime:

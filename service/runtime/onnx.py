@@ -46,6 +46,8 @@ class OnnxRuntime:
         options.log_severity_level = 3
         providers: list[str] = ["CPUExecutionProvider"]
         if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise DeviceUnavailable("this onnxruntime has no CUDAExecutionProvider")
             providers.insert(0, "CUDAExecutionProvider")
         self._session = ort.InferenceSession(str(path), options, providers=providers)
         if device == "cuda" and "CUDAExecutionProvider" not in self._session.get_providers():

@@ -106,3 +106,9 @@ def test_a_request_past_its_timeout_gets_504_and_its_work_is_dropped(feat_only: 
         assert dropped > 0
         answer = httpx.post(f"{server.url}/predict", json={"inputs": [sequences[0]]}, timeout=30)
         assert answer.status_code == 200
+
+
+def test_a_request_larger_than_the_queue_is_refused_as_too_large(small_queue_server: Server) -> None:
+    response = httpx.post(f"{small_queue_server.url}/predict", json={"inputs": [[[0.0] * 5]] * 9}, timeout=30)
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == "inputs: 9 sequences, at most 8 per request"

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service import runtime as runtime_package
 from service.repository import scan_repository
-from service.runtime import RuntimeUnavailable, ThreadSettings, open_runtime, select_device
+from service.runtime import DeviceChoice, RuntimeUnavailable, ThreadSettings, open_runtime, select_device
 from tests.service.conftest import BuiltRepository
 
 
@@ -60,6 +61,26 @@ def test_select_device_for_onnx(caplog: pytest.LogCaptureFixture) -> None:
         choice = select_device("cuda", "onnx")
     assert choice.device == "cpu" and "fell back to the CPU" in choice.reason
     assert "device=cuda was requested" in caplog.text
+
+
+def test_a_gpu_that_does_not_work_falls_back_to_the_cpu(
+    test_repository: BuiltRepository, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As if CUDA were listed but unusable (onnxruntime-gpu without the CUDA libraries)."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return  # a working GPU: nothing to fall back from (the GPU tests cover this machine)
+    feat = entry(test_repository, "feat")
+    assert feat.spec is not None
+    monkeypatch.setattr(runtime_package, "select_device", lambda requested, kind: DeviceChoice("cuda", "test"))
+    prepared: list[str] = []
+    with caplog.at_level(logging.WARNING):
+        runtime, reason = open_runtime(
+            "onnx", feat.files["onnx"], feat.spec, "cuda", ThreadSettings(), lambda r: prepared.append(r.device)
+        )
+    assert runtime.device == "cpu" and prepared == ["cpu"]
+    assert "fell back to the CPU" in reason and "falling back to the CPU" in caplog.text
 
 
 def test_torchscript_without_torch_is_unavailable(
