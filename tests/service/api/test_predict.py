@@ -130,3 +130,5 @@ def test_concurrent_mixed_lengths_equal_one_by_one(
     batches, singles = batches_after - batches_before, singles_after - singles_before
     assert batches > 0
     assert batches - singles > 0, "no batch of more than one sequence formed"
+    # Each request alone would need a batch of its own: fewer batches means requests shared them.
+    assert batches < len(groups), f"{len(groups)} requests ran in {batches} batches"
