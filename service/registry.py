@@ -51,6 +51,7 @@ class ModelRegistry:
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._loading = True
         self._draining = False
+        self._drain_deadline: float | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle (owned by the app's lifespan) ---------------------------
@@ -180,17 +181,27 @@ class ModelRegistry:
         log.error("model %s/%s failed to load: %s", version.name, version.version, reason)
 
     def begin_drain(self) -> None:
-        """Readiness off and no new work, at once; queued work still runs."""
+        """Readiness off and no new work, at once; queued work still runs, for at most the grace period."""
+        if self._drain_deadline is None:
+            self._drain_deadline = asyncio.get_running_loop().time() + self._settings.grace_period_seconds
         self._draining = True
         self._update_ready_metric()
         for version in self.versions():
             if version.batcher is not None:
                 version.batcher.begin_drain()
 
-    async def drain(self) -> None:
-        """Wait until every queued and in-flight request is answered."""
+    async def drain(self) -> bool:
+        """Wait until every queued and in-flight request is answered, or the grace period
+        (counted from the first `begin_drain`) is over; True if everything was answered."""
         self.begin_drain()
-        await asyncio.gather(*(v.batcher.drain() for v in self.versions() if v.batcher is not None))
+        assert self._drain_deadline is not None
+        remaining = max(0.0, self._drain_deadline - asyncio.get_running_loop().time())
+        waits = [v.batcher.drain() for v in self.versions() if v.batcher is not None]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), remaining)
+        except TimeoutError:
+            return False
+        return True
 
     async def stop(self) -> None:
         self.begin_drain()

@@ -51,11 +51,11 @@ class DrainingServer(uvicorn.Server):
     async def _drain_then_exit(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._grace
-        try:
-            await asyncio.wait_for(self._registry.drain(), self._grace)
+        if await self._registry.drain():
             log.info("drained: every queued request answered")
-        except TimeoutError:
-            log.warning("grace period over with requests still queued; they will get 503")
+        else:
+            log.warning("grace period over with requests still queued: answering them 503 draining")
+            await self._registry.stop()
         # What is left of the grace period bounds uvicorn's wait for the answers to go out.
         self.config.timeout_graceful_shutdown = int(max(1.0, deadline - loop.time()))
         self.should_exit = True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -32,9 +31,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
         try:
             yield
         finally:
-            # After SIGTERM the runner has drained already; this covers other shutdowns.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(registry.drain(), settings.grace_period_seconds)
+            # After SIGTERM the runner has drained already (the grace period is not
+            # counted twice); this covers other shutdowns.
+            await registry.drain()
             await registry.stop()
 
     app = FastAPI(

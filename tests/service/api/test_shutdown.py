@@ -64,3 +64,35 @@ def test_sigterm_under_load_loses_nothing(test_repository: BuiltRepository, tmp_
             np.testing.assert_allclose(output["probabilities"], expected, atol=1e-4, rtol=0)
     log = server.log()
     assert "draining" in log and "drained: every queued request answered" in log
+
+
+def test_past_the_grace_period_what_is_left_gets_503_and_the_process_exits_0(
+    test_repository: BuiltRepository, tmp_path: Path
+) -> None:
+    """4096 sequences as batches of one take longer than a 0.5 s grace period."""
+    root = tmp_path / "repository"
+    shutil.copytree(test_repository.path / "feat", root / "feat")
+    sequences = np.random.default_rng(32).normal(size=(4096, 40, 5)).round(3).tolist()
+    flags = ("--max-batch-size", "1", "--grace-period-seconds", "0.5", "--max-queue", "8192")
+    flags += ("--max-sequences-per-request", "4096", "--max-body-bytes", str(64 << 20))
+    with run_server(root, *flags, log_dir=tmp_path) as server:
+        answer: list[httpx.Response | BaseException] = []
+
+        def post() -> None:
+            try:
+                answer.append(httpx.post(f"{server.url}/predict", json={"inputs": sequences}, timeout=120))
+            except httpx.HTTPError as exc:
+                answer.append(exc)
+
+        client = threading.Thread(target=post)
+        client.start()
+        try:
+            wait_until(lambda: sample_value(server.metrics(), "seqserve_queue_depth") > 0)
+            server.process.send_signal(signal.SIGTERM)
+        finally:
+            client.join(timeout=120)
+        assert server.process.wait(timeout=60) == 0, server.log()
+    [response] = answer
+    assert isinstance(response, httpx.Response), repr(response)
+    assert response.status_code == 503 and response.json()["error"]["code"] == "draining"
+    assert "grace period over" in server.log()
