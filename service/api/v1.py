@@ -19,7 +19,7 @@ from service.validation import may_hold_booleans
 
 router = APIRouter(dependencies=[Depends(require_api_key)], responses=schemas.ERRORS)
 
-_PREDICT = {
+_PREDICT: dict[str, Any] = {
     "response_model": schemas.PredictResponse,
     "openapi_extra": schemas.request_body(schemas.PredictRequest),
     "tags": ["predict"],
@@ -33,17 +33,17 @@ async def _predict(model: ModelVersion, body: Body, request: Request) -> Respons
     return json_response({"model": model.name, "version": model.version, "outputs": model.formatter.predict(outputs)})
 
 
-@router.post("/predict", summary="Predict with the default model", **_PREDICT)  # type: ignore[arg-type]
+@router.post("/predict", summary="Predict with the default model", **_PREDICT)
 async def predict_default(request: Request) -> Response:
     return await handle(request, None, None, lambda model, body: _predict(model, body, request))
 
 
-@router.post("/v1/models/{name}/predict", summary="Predict with a model's default version", **_PREDICT)  # type: ignore[arg-type]
+@router.post("/v1/models/{name}/predict", summary="Predict with a model's default version", **_PREDICT)
 async def predict(name: str, request: Request) -> Response:
     return await handle(request, name, None, lambda model, body: _predict(model, body, request))
 
 
-@router.post("/v1/models/{name}/versions/{version}/predict", summary="Predict with a pinned version", **_PREDICT)  # type: ignore[arg-type]
+@router.post("/v1/models/{name}/versions/{version}/predict", summary="Predict with a pinned version", **_PREDICT)
 async def predict_version(name: str, version: str, request: Request) -> Response:
     return await handle(request, name, version, lambda model, body: _predict(model, body, request))
 

@@ -130,17 +130,17 @@ async def _infer(model: ModelVersion, body: Body, request: Request) -> Response:
     return json_response(answer)
 
 
-_INFER = {
+_INFER: dict[str, Any] = {
     "response_model": schemas.V2InferResponse,
     "openapi_extra": schemas.request_body(schemas.V2InferRequest),
 }
 
 
-@router.post("/models/{name}/infer", summary="V2 inference", **_INFER)  # type: ignore[arg-type]
+@router.post("/models/{name}/infer", summary="V2 inference", **_INFER)
 async def infer(name: str, request: Request) -> Response:
     return await handle(request, name, None, lambda model, body: _infer(model, body, request), v2=True)
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="V2 inference, pinned version", **_INFER)  # type: ignore[arg-type]
+@router.post("/models/{name}/versions/{version}/infer", summary="V2 inference, pinned version", **_INFER)
 async def infer_version(name: str, version: str, request: Request) -> Response:
     return await handle(request, name, version, lambda model, body: _infer(model, body, request), v2=True)
