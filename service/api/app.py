@@ -1,0 +1,71 @@
+"""create_app(settings): the FastAPI application over a model registry."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.api import health, schemas, v1, v2
+from service.api.errors import install_handlers
+from service.api.state import AppState
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI:
+    metrics = metrics if metrics is not None else Metrics()
+    registry = ModelRegistry(settings, metrics)
+    api_key = settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry.start()
+        try:
+            yield
+        finally:
+            # After SIGTERM the runner has drained already (the grace period is not
+            # counted twice); this covers other shutdowns.
+            await registry.drain()
+            await registry.stop()
+
+    app = FastAPI(
+        title="seqserve",
+        version=__version__,
+        description="Exact dynamic micro-batching for LSTM, BiLSTM and GRU sequence models.",
+        lifespan=lifespan,
+    )
+    app.state.seqserve = AppState(settings=settings, registry=registry, metrics=metrics, api_key=api_key)
+    install_handlers(app)
+    app.include_router(health.router)
+    app.include_router(v2.health)
+    app.include_router(v1.router)
+    app.include_router(v2.router)
+    _describe_request_bodies(app)
+    return app
+
+
+def _describe_request_bodies(app: FastAPI) -> None:
+    """Bodies are parsed by hand (fast); put their models into the OpenAPI components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in schemas.REQUEST_MODELS:
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

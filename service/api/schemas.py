@@ -1,0 +1,202 @@
+"""Request and response shapes, for the OpenAPI schema.
+
+Bodies are parsed with orjson and validated by `service.validation` (fast,
+with errors that name the offending index); these models document them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["invalid_input"])
+    message: str = Field(examples=["inputs[3][7]: expected 12 features, got 11"])
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# -- /predict ------------------------------------------------------------------
+
+
+class PredictRequest(BaseModel):
+    inputs: list[list[list[float]] | str] = Field(
+        min_length=1,
+        description="Sequences: for feature models each a list of time steps, each a list of `features` numbers; "
+        "for text models each a string.",
+        examples=[[[[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]]],
+    )
+
+
+class ClassificationOutput(BaseModel):
+    label: str
+    probabilities: list[float] = Field(description="Aligned with the model's labels.")
+
+
+class TaggingOutput(BaseModel):
+    labels: list[str] = Field(description="One label per step of the sequence.")
+    probabilities: list[list[float]]
+
+
+class RegressionOutput(BaseModel):
+    values: list[float] = Field(description="Aligned with the model's output_names.")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    outputs: list[ClassificationOutput | TaggingOutput | RegressionOutput] = Field(
+        description="One output per input sequence, in the same order."
+    )
+
+
+# -- /v1/models ------------------------------------------------------------------
+
+
+class VersionInfo(BaseModel):
+    version: int
+    state: Literal["loading", "ready", "failed"]
+    runtime: str | None = None
+    device: str | None = None
+    device_reason: str | None = None
+    error: str | None = None
+
+
+class ModelSummary(BaseModel):
+    name: str
+    default_version: int | None
+    versions: list[VersionInfo]
+
+
+class ModelList(BaseModel):
+    default_model: str | None
+    models: list[ModelSummary]
+
+
+class InputInfo(BaseModel):
+    kind: Literal["features", "text"]
+    features: int | None
+    max_length: int
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    version: int
+    default_version: int | None
+    task: Literal["classification", "regression", "tagging"]
+    description: str
+    input: InputInfo
+    labels: list[str] | None
+    output_names: list[str] | None
+    padding: Literal["exact", "equal-length"]
+    versions: list[VersionInfo]
+
+
+# -- health ------------------------------------------------------------------------
+
+
+class LiveResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+
+
+# -- Open Inference Protocol V2 ------------------------------------------------------
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class V2InferInput(BaseModel):
+    name: str = Field(description="'input' (FP32 [B, T, F]) and optional 'lengths' (INT64 [B]); 'text' (BYTES [B]).")
+    shape: list[int]
+    datatype: Literal["FP32", "INT64", "INT32", "BYTES"]
+    data: list[Any] = Field(description="Row-major, flat or nested.")
+    parameters: dict[str, Any] | None = None
+
+
+class V2RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    id: str | None = None
+    inputs: list[V2InferInput]
+    outputs: list[V2RequestedOutput] | None = Field(default=None, description="Omitted: every output.")
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferOutput(BaseModel):
+    name: str
+    datatype: Literal["FP32", "BYTES"]
+    shape: list[int]
+    data: list[Any]
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[V2InferOutput]
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (PredictRequest, V2InferRequest)
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` declaring a JSON body of `model` (listed in REQUEST_MODELS)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "Body is not valid JSON"),
+        (401, "Missing or wrong API key"),
+        (404, "Unknown model or version"),
+        (413, "Body over the size limit"),
+        (415, "Content type is not JSON"),
+        (422, "Invalid input; the message names the offending index"),
+        (500, "The model failed; the message holds an error id found in the logs"),
+        (503, "Overloaded, draining or model not ready; see Retry-After"),
+        (504, "No answer within the request timeout"),
+    )
+}

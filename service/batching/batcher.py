@@ -1,0 +1,393 @@
+"""Dynamic micro-batching for one model version.
+
+Callers `submit()` a request of one or more sequences; one task owns the
+queue, forms batches with `plan_batch` and hands each to a single worker
+thread, so the event loop keeps serving HTTP while a batch computes and the
+next one gathers. A request's future resolves once all of its sequences are
+done, or fails once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from service.batching.planner import BatchPolicy, plan_batch
+from service.errors import Draining, InferenceFailed, Overloaded, RequestTimeout
+from service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class BatchObserver(Protocol):
+    """Where the batcher reports what it did (metrics); every call is made on the event loop."""
+
+    def queue_depth(self, sequences: int) -> None: ...
+
+    def queue_wait(self, seconds: float) -> None: ...
+
+    def batch(self, size: int, padded_tokens: int, real_tokens: int, compute_seconds: float) -> None: ...
+
+    def dropped(self, reason: str, sequences: int) -> None: ...
+
+
+class _NullObserver:
+    def queue_depth(self, sequences: int) -> None:
+        pass
+
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+    def batch(self, size: int, padded_tokens: int, real_tokens: int, compute_seconds: float) -> None:
+        pass
+
+    def dropped(self, reason: str, sequences: int) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    """One request: its sequences and the future that answers it with one output per sequence."""
+
+    sequences: Sequence[np.ndarray]
+    future: asyncio.Future[list[np.ndarray]]
+    enqueued_at: float
+    deadline: float
+    arrived_idle: bool
+    _results: list[np.ndarray | None] = field(default_factory=list)
+    _remaining: int = 0
+
+    def __post_init__(self) -> None:
+        self._results = [None] * len(self.sequences)
+        self._remaining = len(self.sequences)
+
+    def cancel(self) -> None:
+        """Give up on the request: its sequences still queued are dropped before compute."""
+        self.future.cancel()
+
+    def _set_output(self, index: int, output: np.ndarray) -> None:
+        if self.future.done():
+            return
+        self._results[index] = output
+        self._remaining -= 1
+        if self._remaining == 0:
+            self.future.set_result(self._results)  # type: ignore[arg-type]
+
+    def _fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+def _ended_by(future: asyncio.Future[list[np.ndarray]]) -> str:
+    """Why a request ended before all its sequences ran: cancelled, timeout or failed."""
+    if future.cancelled():
+        return "cancelled"
+    return "timeout" if isinstance(future.exception(), RequestTimeout) else "failed"
+
+
+@dataclass(eq=False, slots=True)
+class _Item:
+    """One sequence of a pending request: the unit the planner batches."""
+
+    request: PendingRequest
+    index: int
+    length: int
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    outputs: list[np.ndarray | BaseException]
+    compute_seconds: float
+
+
+class Batcher:
+    def __init__(
+        self,
+        runtime: Runtime,
+        policy: BatchPolicy,
+        *,
+        pad_value: float | int,
+        dtype: type[np.generic],
+        uses_lengths: bool,
+        observer: BatchObserver | None = None,
+        name: str = "model",
+    ) -> None:
+        self._runtime = runtime
+        self._policy = policy
+        self._pad_value = pad_value
+        self._dtype = dtype
+        self._uses_lengths = uses_lengths
+        self._observer: BatchObserver = observer or _NullObserver()
+        self._name = name
+        self._inbox: deque[PendingRequest] = deque()
+        self._pending: list[_Item] = []
+        self._inflight: list[_Item] | None = None
+        self._queued = 0  # sequences submitted and not yet dispatched or dropped
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"seqserve-{name}")
+
+    # -- owner's interface ------------------------------------------------
+
+    def start(self) -> None:
+        """Start the task that owns the queue; needs a running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._name}")
+        self._task.add_done_callback(self._task_ended)
+
+    def begin_drain(self) -> None:
+        """Refuse new requests from now on; those already queued still run."""
+        self._closing = True
+
+    async def drain(self) -> None:
+        """Wait until every queued and in-flight sequence is answered."""
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Stop the task; requests still waiting fail with `Draining`."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    @property
+    def running(self) -> bool:
+        """False once the task that owns the queue has ended (stopped or crashed)."""
+        return self._task is not None and not self._task.done()
+
+    # -- callers' interface -----------------------------------------------
+
+    def submit(self, sequences: Sequence[np.ndarray], *, timeout_seconds: float) -> PendingRequest:
+        """Queue a request at once, or raise `Overloaded` / `Draining` at once; never waits."""
+        if self._closing:
+            raise Draining("the server is shutting down")
+        count = len(sequences)
+        if count == 0:
+            raise ValueError("a request needs at least one sequence")
+        if self._queued + count > self._policy.max_queue:
+            raise Overloaded(
+                f"model {self._name} has {self._queued} sequences queued (limit {self._policy.max_queue}); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        request = PendingRequest(
+            sequences=sequences,
+            future=loop.create_future(),
+            enqueued_at=now,
+            deadline=now + timeout_seconds,
+            arrived_idle=self._inflight is None and self._queued == 0,
+        )
+        request.future.add_done_callback(lambda _: self._on_request_done(request))
+        self._inbox.append(request)
+        self._queued += count
+        self._idle.clear()
+        self._observer.queue_depth(self._queued)
+        self._wake.set()
+        return request
+
+    async def infer(self, sequences: Sequence[np.ndarray], *, timeout_seconds: float) -> list[np.ndarray]:
+        """Submit and wait; cancelling the caller (e.g. a client gone) drops its queued sequences."""
+        request = self.submit(sequences, timeout_seconds=timeout_seconds)
+        try:
+            async with asyncio.timeout_at(request.deadline):
+                return await asyncio.shield(request.future)
+        except TimeoutError:
+            request._fail(RequestTimeout(f"no answer within {timeout_seconds:g} s"))
+            return await request.future  # raises whatever ended it first
+        finally:
+            request.cancel()  # a no-op once answered; drops leftovers when the caller is cancelled
+
+    # -- the task that owns the queue --------------------------------------
+
+    def _on_request_done(self, request: PendingRequest) -> None:
+        if request._remaining > 0:
+            self._wake.set()  # ended early: let the task drop its sequences now, freeing queue space
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("batcher %s stopped", self._name, exc_info=task.exception())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        inflight: asyncio.Future[_Outcome] | None = None
+        try:
+            while True:
+                self._wake.clear()
+                timeout: float | None = None
+                try:
+                    self._admit()
+                    now = loop.time()
+                    self._drop_dead(now)
+                    if inflight is not None and inflight.done():
+                        self._finish(inflight)
+                        inflight = None
+                    if inflight is None and self._pending:
+                        hold = self._hold_seconds(now)
+                        if hold <= 0:
+                            inflight = self._dispatch(loop, now)
+                            continue
+                        timeout = hold
+                    if self._pending:
+                        nearest = min(item.request.deadline for item in self._pending) - now
+                        timeout = nearest if timeout is None else min(timeout, nearest)
+                    if inflight is None and not self._pending and not self._inbox:
+                        self._idle.set()
+                except Exception:  # NOTE: nothing may leave a caller hanging
+                    error_id = uuid.uuid4().hex[:12]
+                    log.exception("batcher %s failed (error id %s)", self._name, error_id)
+                    self._fail_all(InferenceFailed("batching failed", error_id))
+                    if inflight is not None:
+                        inflight.cancel()
+                        inflight = None
+                    self._idle.set()
+                    continue
+                if timeout is None:
+                    await self._wake.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), max(timeout, 0.0))
+        finally:
+            self._fail_all(Draining("the server is shutting down"))
+            self._idle.set()
+
+    def _admit(self) -> None:
+        while self._inbox:
+            request = self._inbox.popleft()
+            self._pending.extend(_Item(request, i, len(seq)) for i, seq in enumerate(request.sequences))
+
+    def _drop_dead(self, now: float) -> None:
+        kept: list[_Item] = []
+        dropped: dict[str, int] = {}
+        for item in self._pending:
+            request = item.request
+            if not request.future.done() and now >= request.deadline:
+                request._fail(RequestTimeout("no answer within the request timeout"))
+            if request.future.done():
+                reason = _ended_by(request.future)
+                dropped[reason] = dropped.get(reason, 0) + 1
+            else:
+                kept.append(item)
+        if dropped:
+            self._pending = kept
+            self._queued -= sum(dropped.values())
+            self._observer.queue_depth(self._queued)
+            for reason, count in dropped.items():
+                self._observer.dropped(reason, count)
+
+    def _hold_seconds(self, now: float) -> float:
+        """How long to wait for company before dispatching; <= 0 means now."""
+        oldest = self._pending[0].request
+        if oldest.arrived_idle or self._policy.max_delay_ms <= 0:
+            return 0.0
+        if len(self._pending) >= self._policy.max_batch_size:
+            return 0.0
+        hold = oldest.enqueued_at + self._policy.max_delay_ms / 1000.0 - now
+        if hold > 0 and plan_batch(self._lengths(), self._policy).full:
+            return 0.0
+        return hold
+
+    def _lengths(self) -> np.ndarray:
+        return np.fromiter((item.length for item in self._pending), dtype=np.int64, count=len(self._pending))
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop, now: float) -> asyncio.Future[_Outcome]:
+        plan = plan_batch(self._lengths(), self._policy)
+        chosen = set(plan.indices.tolist())
+        batch = [self._pending[i] for i in plan.indices]
+        self._pending = [item for i, item in enumerate(self._pending) if i not in chosen]
+        self._queued -= len(batch)
+        self._inflight = batch
+        self._observer.queue_depth(self._queued)
+        for item in batch:
+            self._observer.queue_wait(now - item.request.enqueued_at)
+        future = loop.run_in_executor(
+            self._executor, self._compute, [item.request.sequences[item.index] for item in batch]
+        )
+        future.add_done_callback(lambda _: self._wake.set())
+        return future
+
+    def _finish(self, inflight: asyncio.Future[_Outcome]) -> None:
+        batch, self._inflight = self._inflight or [], None
+        try:
+            outcome = inflight.result()
+        except BaseException as exc:  # the worker thread itself failed (e.g. shut down)
+            outcome = _Outcome([exc] * len(batch), 0.0)
+        longest = max(item.length for item in batch)
+        self._observer.batch(
+            len(batch), len(batch) * longest, sum(item.length for item in batch), outcome.compute_seconds
+        )
+        for item, output in zip(batch, outcome.outputs, strict=True):
+            if isinstance(output, BaseException):
+                error_id = uuid.uuid4().hex[:12]
+                log.error("model %s failed on a batch (error id %s)", self._name, error_id, exc_info=output)
+                item.request._fail(InferenceFailed(f"model {self._name} failed", error_id))
+            else:
+                item.request._set_output(item.index, output)
+
+    def _fail_all(self, error: Exception) -> None:
+        self._admit()
+        for item in self._pending + (self._inflight or []):
+            item.request._fail(error)
+        self._pending = []
+        self._inflight = None
+        self._queued = 0
+        self._observer.queue_depth(0)
+
+    # -- the worker thread -------------------------------------------------
+
+    def _compute(self, sequences: list[np.ndarray]) -> _Outcome:
+        started = time.perf_counter()
+        try:
+            outputs: list[np.ndarray | BaseException] = list(self._run_batch(sequences))
+        except Exception as exc:
+            if len(sequences) == 1:
+                outputs = [exc]
+            else:
+                # Run each alone so that one bad sequence fails only its own request.
+                log.warning("model %s failed on a batch of %d; retrying one by one", self._name, len(sequences))
+                outputs = []
+                for seq in sequences:
+                    try:
+                        outputs.extend(self._run_batch([seq]))
+                    except Exception as single:
+                        outputs.append(single)
+        return _Outcome(outputs, time.perf_counter() - started)
+
+    def _run_batch(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        rows, longest = len(sequences), int(lengths.max())
+        fixed_batch = self._runtime.fixed_batch
+        padded_rows = fixed_batch if fixed_batch is not None else rows
+        tail = sequences[0].shape[1:]
+        padded = np.full((padded_rows, longest, *tail), self._pad_value, dtype=self._dtype)
+        for row, seq in enumerate(sequences):
+            padded[row, : len(seq)] = seq
+        feed_lengths = None
+        if self._uses_lengths:
+            feed_lengths = np.full(padded_rows, longest, dtype=np.int64)
+            feed_lengths[:rows] = lengths
+        out = np.asarray(self._runtime.predict(padded, feed_lengths))
+        if out.shape[0] != padded_rows:
+            raise ValueError(f"runtime returned {out.shape[0]} rows for a batch of {padded_rows}")
+        if out.ndim >= 3:  # per-step output [B, T, C]: drop the padded steps
+            if out.shape[1] != longest:
+                raise ValueError(f"runtime returned {out.shape[1]} steps for a batch of {longest}")
+            return [out[row, : lengths[row]] for row in range(rows)]
+        return [out[row] for row in range(rows)]

@@ -1,0 +1,85 @@
+"""Domain errors of the server, free of any web framework.
+
+Each carries a stable machine-readable `code`; the HTTP edge maps each class
+to a status code in one table (`service.api.errors`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    """Base of every error a client may see; `message` is safe to show."""
+
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ServiceError):
+    """The request's content is wrong; the message names the offending index."""
+
+    code = "invalid_input"
+
+
+class InvalidJSON(ServiceError):
+    code = "invalid_json"
+
+
+class UnsupportedMediaType(ServiceError):
+    code = "unsupported_media_type"
+
+
+class PayloadTooLarge(ServiceError):
+    code = "payload_too_large"
+
+
+class Unauthorized(ServiceError):
+    code = "unauthorized"
+
+
+class ModelNotFound(ServiceError):
+    code = "model_not_found"
+
+
+class VersionNotFound(ServiceError):
+    code = "version_not_found"
+
+
+class RetryableError(ServiceError):
+    """The server can't take this request now; the client may retry later."""
+
+    retry_after_seconds: int = 1
+
+
+class ModelNotReady(RetryableError):
+    code = "model_not_ready"
+
+
+class Overloaded(RetryableError):
+    """The model's queue is full: the request was refused before queueing."""
+
+    code = "overloaded"
+
+
+class Draining(RetryableError):
+    """The server is shutting down and accepts no new work."""
+
+    code = "draining"
+
+
+class RequestTimeout(ServiceError):
+    code = "timeout"
+
+
+class InferenceFailed(ServiceError):
+    """The runtime failed on a batch; `error_id` ties the answer to the logged traceback."""
+
+    code = "inference_failed"
+
+    def __init__(self, message: str, error_id: str) -> None:
+        super().__init__(f"{message} (error id {error_id})")
+        self.error_id = error_id

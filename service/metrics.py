@@ -1,0 +1,109 @@
+"""Prometheus metrics, declared once; each app owns its registry so tests stay isolated."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024, 4096)
+_PADDED_TOKENS_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 65536, 262144)
+_EFFICIENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        labels = ["model", "version"]
+        self.requests = Counter(
+            "seqserve_requests", "Inference requests answered, by HTTP status.", [*labels, "status"], registry=r
+        )
+        self.request_latency = Histogram(
+            "seqserve_request_latency_seconds",
+            "End-to-end time of an inference request, body read to response.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "seqserve_queue_wait_seconds",
+            "Time a sequence waited in the queue before its batch started.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            "seqserve_compute_seconds",
+            "Time the runtime took for one batch, padding included.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "seqserve_batch_size", "Sequences per batch.", labels, buckets=_BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.batch_padded_tokens = Histogram(
+            "seqserve_batch_padded_tokens",
+            "Padded cells per batch (batch size x longest sequence).",
+            labels,
+            buckets=_PADDED_TOKENS_BUCKETS,
+            registry=r,
+        )
+        self.padding_efficiency = Histogram(
+            "seqserve_padding_efficiency",
+            "Real steps / padded steps per batch (1.0: no padding).",
+            labels,
+            buckets=_EFFICIENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("seqserve_queue_depth", "Sequences waiting in the queue.", labels, registry=r)
+        self.dropped = Counter(
+            "seqserve_dropped_sequences",
+            "Queued sequences dropped before compute: cancelled (client gone), timeout, failed (a sibling failed).",
+            [*labels, "reason"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "seqserve_model_info",
+            "1 for each loaded model version, with its device and runtime.",
+            [*labels, "device", "runtime"],
+            registry=r,
+        )
+        self.ready = Gauge("seqserve_ready", "1 while /readyz answers 200.", registry=r)
+
+    def observer(self, model: str, version: int) -> BatchMetrics:
+        return BatchMetrics(self, model, str(version))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class BatchMetrics:
+    """The batcher's observer for one model version (see `service.batching.BatchObserver`)."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self._queue_depth = metrics.queue_depth.labels(model, version)
+        self._queue_wait = metrics.queue_wait.labels(model, version)
+        self._compute = metrics.compute.labels(model, version)
+        self._batch_size = metrics.batch_size.labels(model, version)
+        self._padded = metrics.batch_padded_tokens.labels(model, version)
+        self._efficiency = metrics.padding_efficiency.labels(model, version)
+        self._dropped = metrics.dropped
+        self._labels = (model, version)
+
+    def queue_depth(self, sequences: int) -> None:
+        self._queue_depth.set(sequences)
+
+    def queue_wait(self, seconds: float) -> None:
+        self._queue_wait.observe(seconds)
+
+    def batch(self, size: int, padded_tokens: int, real_tokens: int, compute_seconds: float) -> None:
+        self._batch_size.observe(size)
+        self._padded.observe(padded_tokens)
+        self._efficiency.observe(real_tokens / padded_tokens if padded_tokens else 1.0)
+        self._compute.observe(compute_seconds)
+
+    def dropped(self, reason: str, sequences: int) -> None:
+        self._dropped.labels(*self._labels, reason).inc(sequences)

@@ -1,0 +1,84 @@
+"""Turn a model's raw outputs into answers: /predict objects and V2 output tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from service.repository import ModelSpec
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, computed stably in float64."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    result: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return result
+
+
+class OutputFormatter:
+    def __init__(self, spec: ModelSpec) -> None:
+        self._task = spec.task
+        self._softmax = spec.graph.output_activation == "softmax"
+        self._labels = np.asarray(spec.labels or (), dtype=object)
+
+    def v2_output_names(self) -> tuple[str, ...]:
+        if self._task == "regression":
+            return ("values",)
+        return ("probabilities", "label") + (("logits",) if self._softmax else ())
+
+    def _probabilities(self, raw: np.ndarray) -> np.ndarray:
+        return softmax(raw) if self._softmax else raw.astype(np.float64)
+
+    def predict(self, raw: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+        """One /predict output per sequence (`raw` as the batcher returned them)."""
+        if self._task == "classification":
+            probabilities = self._probabilities(np.stack(raw))
+            labels = self._labels[probabilities.argmax(axis=-1)]
+            return [
+                {"label": label, "probabilities": row}
+                for label, row in zip(labels.tolist(), probabilities, strict=True)
+            ]
+        if self._task == "tagging":
+            answers = []
+            for steps in raw:
+                probabilities = self._probabilities(steps)
+                answers.append(
+                    {"labels": self._labels[probabilities.argmax(axis=-1)].tolist(), "probabilities": probabilities}
+                )
+            return answers
+        return [{"values": np.atleast_1d(values).astype(np.float64)} for values in raw]
+
+    def v2(self, raw: Sequence[np.ndarray], wanted: tuple[str, ...] | None) -> list[dict[str, Any]]:
+        """V2 output tensors for the whole request; per-step outputs are padded to the longest sequence."""
+        names = wanted if wanted is not None else self.v2_output_names()
+        tensors: dict[str, dict[str, Any]] = {}
+        if self._task == "regression":
+            values = np.stack([np.atleast_1d(v) for v in raw]).astype(np.float32)
+            tensors["values"] = _tensor("values", "FP32", values)
+            return [tensors[name] for name in names]
+
+        if self._task == "classification":
+            logits = np.stack(raw)
+            probabilities = self._probabilities(logits)
+            labels = self._labels[probabilities.argmax(axis=-1)]
+        else:
+            longest = max(len(steps) for steps in raw)
+            logits = np.zeros((len(raw), longest, raw[0].shape[-1]), dtype=np.float32)
+            probabilities = np.zeros(logits.shape, dtype=np.float64)
+            labels = np.full((len(raw), longest), "", dtype=object)
+            for row, steps in enumerate(raw):
+                logits[row, : len(steps)] = steps
+                probabilities[row, : len(steps)] = self._probabilities(steps)
+                labels[row, : len(steps)] = self._labels[probabilities[row, : len(steps)].argmax(axis=-1)]
+        tensors["probabilities"] = _tensor("probabilities", "FP32", probabilities.astype(np.float32))
+        tensors["label"] = _tensor("label", "BYTES", labels)
+        tensors["logits"] = _tensor("logits", "FP32", logits.astype(np.float32))
+        return [tensors[name] for name in names]
+
+
+def _tensor(name: str, datatype: str, array: np.ndarray) -> dict[str, Any]:
+    data: Any = array.ravel().tolist() if datatype == "BYTES" else np.ascontiguousarray(array).ravel()
+    return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}

@@ -1,0 +1,80 @@
+"""Run the app on uvicorn, with drain-on-SIGTERM.
+
+On the first SIGTERM (or SIGINT) readiness turns off at once and new
+inference requests get 503 `draining`; queued and in-flight requests finish;
+then uvicorn closes the listener, lets the answers go out and exits with
+status 0, all within the grace period. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from types import FrameType
+
+import uvicorn
+
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, registry: ModelRegistry, grace_period_seconds: float) -> None:
+        super().__init__(config)
+        self._registry = registry
+        self._grace = grace_period_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self._draining = False
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or self._loop is None or sig not in (signal.SIGTERM, signal.SIGINT):
+            super().handle_exit(sig, frame)  # a second signal: stop now
+            return
+        # NOTE: a signal handler may interrupt any code; do the rest on the loop.
+        self._draining = True
+        self._loop.call_soon_threadsafe(self._start_drain, signal.Signals(sig).name)
+
+    def _start_drain(self, name: str) -> None:
+        log.info("%s received: draining (readiness off, no new requests, grace %.1f s)", name, self._grace)
+        self._registry.begin_drain()
+        self._drain = asyncio.get_running_loop().create_task(self._drain_then_exit(), name="drain")
+
+    async def _drain_then_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._grace
+        if await self._registry.drain():
+            log.info("drained: every queued request answered")
+        else:
+            log.warning("grace period over with requests still queued: answering them 503 draining")
+            await self._registry.stop()
+        # What is left of the grace period bounds uvicorn's wait for the answers to go out.
+        self.config.timeout_graceful_shutdown = int(max(1.0, deadline - loop.time()))
+        self.should_exit = True
+
+
+def serve(settings: Settings) -> None:
+    from service.api import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=int(max(1.0, settings.grace_period_seconds)),
+        server_header=False,
+    )
+    registry: ModelRegistry = app.state.seqserve.registry
+    DrainingServer(config, registry, settings.grace_period_seconds).run()

@@ -1,0 +1,145 @@
+"""Runtimes: what runs a padded batch through a model file.
+
+A runtime is blocking and knows nothing of HTTP or batching. `select_device`
+is the one place that decides between GPU and CPU; `open_runtime` applies
+that choice and falls back to the CPU, with a warning, when the GPU fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from service.repository import ModelSpec, RuntimeKind
+
+log = logging.getLogger(__name__)
+
+DeviceKind = Literal["cpu", "cuda"]
+
+
+class Runtime(Protocol):
+    """Runs `[B, T, F]` float32 (or `[B, T]` int64 tokens) plus `lengths [B]`."""
+
+    name: RuntimeKind
+    device: DeviceKind
+    # Static sizes of the graph's batch and time axes, when it fixes them.
+    fixed_batch: int | None
+    fixed_length: int | None
+
+    def predict(self, batch: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        """Blocking: the graph's output for the whole batch, `[B, C]` or `[B, T, C]`."""
+        ...
+
+    def warmup(self, shapes: Sequence[tuple[int, int]]) -> None:
+        """Run zero batches of the given `(batch, time)` shapes so first requests are not slow."""
+        ...
+
+
+class RuntimeUnavailable(Exception):
+    """The runtime's package is not installed; another format may still serve the entry."""
+
+
+class DeviceUnavailable(Exception):
+    """The GPU was asked for but could not be used."""
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: DeviceKind
+    reason: str
+
+
+def select_device(requested: Literal["auto", "cpu", "cuda"], runtime: RuntimeKind) -> DeviceChoice:
+    """The only GPU-or-CPU decision: what `requested` means for `runtime` on this machine."""
+    if requested == "cpu":
+        return DeviceChoice("cpu", "device=cpu was requested")
+    usable, why = _cuda_usable(runtime)
+    if usable:
+        return DeviceChoice("cuda", f"CUDA is usable ({why})")
+    if requested == "cuda":
+        log.warning("device=cuda was requested but %s is not usable for %s; using the CPU", why, runtime)
+        return DeviceChoice("cpu", f"device=cuda was requested but {why}; fell back to the CPU")
+    return DeviceChoice("cpu", f"no usable GPU ({why})")
+
+
+def _cuda_usable(runtime: RuntimeKind) -> tuple[bool, str]:
+    if runtime == "onnx":
+        from service.runtime import onnx
+
+        return onnx.cuda_available()
+    try:
+        from service.runtime import torchscript
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"torch is not installed ({exc})") from exc
+    return torchscript.cuda_available()
+
+
+@dataclass(frozen=True)
+class ThreadSettings:
+    onnx_threads: int = 0
+    torch_threads: int = 0
+
+
+def open_runtime(
+    kind: RuntimeKind,
+    path: Path,
+    spec: ModelSpec,
+    requested_device: Literal["auto", "cpu", "cuda"],
+    threads: ThreadSettings,
+    prepare: Callable[[Runtime], None] | None = None,
+) -> tuple[Runtime, str]:
+    """Open `path` with runtime `kind`, then `prepare` it (warm-up, checks); returns the
+    runtime and why it got its device. A failure on the GPU, opening or preparing, is
+    retried on the CPU.
+
+    Raises RuntimeUnavailable when the runtime's package is missing, and any
+    other exception when the file can't be served.
+    """
+
+    def opened(device: DeviceKind) -> Runtime:
+        runtime = _open(kind, path, spec, device, threads)
+        if prepare is not None:
+            prepare(runtime)
+        return runtime
+
+    choice = select_device(requested_device, kind)
+    try:
+        return opened(choice.device), choice.reason
+    except DeviceUnavailable as exc:
+        log.warning("%s/%s: %s; falling back to the CPU", spec.name, spec.version, exc)
+        reason = f"{exc}; fell back to the CPU"
+    except RuntimeUnavailable:
+        raise
+    except Exception as exc:
+        if choice.device == "cpu":
+            raise
+        log.warning("%s/%s: opening on the GPU failed (%s); falling back to the CPU", spec.name, spec.version, exc)
+        reason = f"opening on the GPU failed ({exc}); fell back to the CPU"
+    return opened("cpu"), reason
+
+
+def _open(kind: RuntimeKind, path: Path, spec: ModelSpec, device: DeviceKind, threads: ThreadSettings) -> Runtime:
+    if kind == "onnx":
+        from service.runtime.onnx import OnnxRuntime
+
+        return OnnxRuntime(path, spec, device=device, threads=threads.onnx_threads)
+    try:
+        from service.runtime.torchscript import TorchScriptRuntime
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"torch is not installed ({exc})") from exc
+    return TorchScriptRuntime(path, spec, device=device, threads=threads.torch_threads)
+
+
+def zero_batch(spec: ModelSpec, batch: int, time: int) -> tuple[np.ndarray, np.ndarray]:
+    """A padded input of the given shape (all padding) and its lengths, for warm-up and probes."""
+    if spec.input.kind == "text":
+        assert spec.input.tokenizer is not None
+        tokens = np.full((batch, time), spec.input.tokenizer.padding_id, dtype=np.int64)
+        return tokens, np.full(batch, time, dtype=np.int64)
+    assert spec.input.features is not None
+    return np.zeros((batch, time, spec.input.features), dtype=np.float32), np.full(batch, time, dtype=np.int64)

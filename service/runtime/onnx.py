@@ -1,0 +1,90 @@
+"""ONNX Runtime: the default runtime (fastest on CPU, CUDA provider on a GPU)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from service.repository import ModelSpec, RuntimeKind
+from service.runtime import DeviceKind, DeviceUnavailable, RuntimeUnavailable, zero_batch
+
+try:
+    import onnxruntime as ort  # type: ignore[import-untyped]
+except ImportError as _exc:  # pragma: no cover - onnxruntime is a runtime dependency
+    raise RuntimeUnavailable(f"onnxruntime is not installed ({_exc})") from _exc
+
+log = logging.getLogger(__name__)
+
+_ORT_DTYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
+
+
+def cuda_available() -> tuple[bool, str]:
+    # NOTE: onnxruntime-gpu lists CUDAExecutionProvider even without the CUDA
+    # libraries; the session's own provider list is checked again after opening.
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return True, "onnxruntime lists CUDAExecutionProvider"
+    return False, "onnxruntime has no CUDAExecutionProvider"
+
+
+class OnnxRuntime:
+    name: RuntimeKind = "onnx"
+
+    def __init__(self, path: Path, spec: ModelSpec, *, device: DeviceKind, threads: int) -> None:
+        self._spec = spec
+        graph = spec.graph
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # NOTE: spinning pool threads would compete with the event loop for the
+        # few cores of a typical replica between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        providers: list[str] = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise DeviceUnavailable("this onnxruntime has no CUDAExecutionProvider")
+            providers.insert(0, "CUDAExecutionProvider")
+        self._session = ort.InferenceSession(str(path), options, providers=providers)
+        if device == "cuda" and "CUDAExecutionProvider" not in self._session.get_providers():
+            raise DeviceUnavailable("ONNX Runtime could not enable CUDAExecutionProvider")
+        self.device: DeviceKind = device
+
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        wanted = [graph.input] + ([graph.lengths] if graph.lengths else [])
+        problems = [f"graph has no input '{name}'" for name in wanted if name not in inputs]
+        problems += [f"graph input '{name}' is not named in model.json" for name in inputs if name not in wanted]
+        outputs = [o.name for o in self._session.get_outputs()]
+        if graph.output not in outputs:
+            problems.append(f"graph has no output '{graph.output}' (it has {outputs})")
+        if graph.input in inputs and inputs[graph.input].type != _ORT_DTYPES[graph.input_dtype]:
+            problems.append(
+                f"graph input '{graph.input}' is {inputs[graph.input].type}, model.json says {graph.input_dtype}"
+            )
+        if graph.lengths and graph.lengths in inputs and inputs[graph.lengths].type != "tensor(int64)":
+            problems.append(f"graph input '{graph.lengths}' is {inputs[graph.lengths].type}, expected int64")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+        shape = inputs[graph.input].shape
+        self.fixed_batch = shape[0] if len(shape) > 0 and isinstance(shape[0], int) and shape[0] > 0 else None
+        self.fixed_length = shape[1] if len(shape) > 1 and isinstance(shape[1], int) and shape[1] > 0 else None
+        self._input = graph.input
+        self._lengths = graph.lengths
+        self._output = [graph.output]
+
+    def predict(self, batch: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        feeds = {self._input: batch}
+        if self._lengths is not None:
+            assert lengths is not None
+            feeds[self._lengths] = lengths
+        result: np.ndarray = self._session.run(self._output, feeds)[0]
+        return result
+
+    def warmup(self, shapes: Sequence[tuple[int, int]]) -> None:
+        for batch, time in shapes:
+            self.predict(*zero_batch(self._spec, batch, time))

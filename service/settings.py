@@ -1,0 +1,85 @@
+"""Every setting of `seqserve serve`, one typed and bounded field each.
+
+Each field is read from a `--flag` (see `__main__`), then the matching
+`SEQSERVE_*` environment variable, then its default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Device = Literal["auto", "cpu", "cuda"]
+RuntimePreference = Literal["auto", "onnx", "torchscript"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SEQSERVE_",
+        use_attribute_docstrings=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    repository: Path = Path("repository")
+    """Model repository: <repository>/<model>/<version>/model.json."""
+
+    host: str = "127.0.0.1"
+    """Interface to listen on (0.0.0.0 inside a container)."""
+
+    port: int = Field(default=8000, ge=0, le=65535)
+    """TCP port to listen on (0 picks a free one)."""
+
+    device: Device = "auto"
+    """auto: the GPU when usable, else the CPU; cuda: ask for the GPU (falls back to the CPU with a warning); cpu."""
+
+    runtime: RuntimePreference = "auto"
+    """Preferred runtime when an entry has both files; auto prefers ONNX Runtime."""
+
+    default_model: str | None = None
+    """Model answered by POST /predict; unset: the first model name in sorted order."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    """Most sequences in one batch."""
+
+    max_batch_tokens: int = Field(default=8192, ge=1, le=1 << 24)
+    """Most padded cells (batch size x longest sequence) in one batch; a single longer sequence still runs alone."""
+
+    max_delay_ms: float = Field(default=2.0, ge=0.0, le=10_000.0)
+    """Longest wait for a fuller batch while the model is busy; an idle model runs a request at once."""
+
+    max_queue: int = Field(default=1024, ge=1, le=1 << 20)
+    """Most sequences waiting per model version; past it requests get 503 with Retry-After at once."""
+
+    max_body_bytes: int = Field(default=8 * MiB, ge=1024, le=1024 * MiB)
+    """Largest request body accepted (413 past it)."""
+
+    max_sequences_per_request: int = Field(default=256, ge=1, le=65536)
+    """Most sequences in one request (422 past it); never more than max_queue."""
+
+    request_timeout_seconds: float = Field(default=30.0, gt=0.0, le=3600.0)
+    """A request not answered within this time gets 504 timeout; its queued sequences are dropped."""
+
+    api_key: SecretStr | None = None
+    """When set, every endpoint but liveness and readiness needs `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+
+    grace_period_seconds: float = Field(default=20.0, ge=0.0, le=3600.0)
+    """After SIGTERM: time allowed to finish queued and in-flight requests before the process exits."""
+
+    onnx_threads: int = Field(default=0, ge=0, le=1024)
+    """ONNX Runtime intra-op threads per model; 0: one per CPU core."""
+
+    torch_threads: int = Field(default=0, ge=0, le=1024)
+    """torch intra-op threads for TorchScript models; 0: torch's default."""
+
+    log_level: LogLevel = "info"
+    """Log level of the server and uvicorn."""
+
+    access_log: bool = False
+    """Log one line per HTTP request (uvicorn's access log)."""

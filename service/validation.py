@@ -1,0 +1,340 @@
+"""Validate request payloads once, into trusted NumPy sequences for one model.
+
+Parsed JSON (from orjson) goes in; a list of sequences comes out, each
+`[T, F]` float32 (features) or `[T]` int64 token ids (text), already checked
+against the model: feature count, non-empty, max length, finite, types. Every
+error names the offending index. The fast path converts whole sequences with
+NumPy; element-by-element Python runs only to explain an error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.errors import InvalidInput
+from service.repository import ModelSpec
+from service.tokenizer import CharTokenizer
+
+# V2 tensor names this server takes, whatever the graph's own names are.
+V2_FEATURES = "input"
+V2_LENGTHS = "lengths"
+V2_TEXT = "text"
+
+
+def may_hold_booleans(body: bytes) -> bool:
+    """NumPy turns a JSON `true` among numbers into 1.0: only bodies that may hold one get a type scan."""
+    return b"true" in body or b"false" in body
+
+
+@dataclass(frozen=True)
+class V2Request:
+    id: str | None
+    sequences: list[np.ndarray]
+    outputs: tuple[str, ...] | None  # None: every output
+
+
+def describe(value: object) -> str:
+    """The JSON type of a parsed value, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+class InputValidator:
+    def __init__(self, spec: ModelSpec, *, max_sequences: int, fixed_length: int | None = None) -> None:
+        self._spec = spec
+        self._max_sequences = max_sequences
+        self._max_length = spec.input.max_length if fixed_length is None else min(spec.input.max_length, fixed_length)
+        self._fixed_length = fixed_length
+        self._features = spec.input.features
+        self._tokenizer = CharTokenizer(spec.input.tokenizer) if spec.input.tokenizer is not None else None
+
+    @property
+    def is_text(self) -> bool:
+        return self._tokenizer is not None
+
+    # -- /predict ----------------------------------------------------------
+
+    def predict_request(self, body: Any, *, scan_types: bool) -> list[np.ndarray]:
+        if not isinstance(body, dict):
+            raise InvalidInput(f"body: expected a JSON object with 'inputs', got {describe(body)}")
+        if "inputs" not in body:
+            raise InvalidInput("inputs: field required")
+        inputs = body["inputs"]
+        if not isinstance(inputs, list):
+            raise InvalidInput(f"inputs: expected an array of sequences, got {describe(inputs)}")
+        self._check_count(len(inputs), "inputs")
+        if self._tokenizer is not None:
+            return [self._text(seq, f"inputs[{i}]") for i, seq in enumerate(inputs)]
+        return [self._feature_sequence(seq, f"inputs[{i}]", scan_types) for i, seq in enumerate(inputs)]
+
+    def _check_count(self, count: int, where: str) -> None:
+        if count == 0:
+            raise InvalidInput(f"{where}: no sequences")
+        if count > self._max_sequences:
+            raise InvalidInput(f"{where}: {count} sequences, at most {self._max_sequences} per request")
+
+    def _check_length(self, length: int, where: str, unit: str) -> None:
+        if length == 0:
+            raise InvalidInput(f"{where}: empty sequence")
+        if self._fixed_length is not None and length != self._fixed_length:
+            raise InvalidInput(f"{where}: this model takes exactly {self._fixed_length} {unit}, got {length}")
+        if length > self._max_length:
+            raise InvalidInput(f"{where}: {length} {unit}, longer than max_length {self._max_length}")
+
+    def _text(self, text: Any, where: str) -> np.ndarray:
+        assert self._tokenizer is not None
+        if not isinstance(text, str):
+            raise InvalidInput(f"{where}: expected a string, got {describe(text)}")
+        normalised = self._tokenizer.normalise(text)
+        self._check_length(len(normalised), where, "characters")
+        return self._tokenizer.encode(normalised)
+
+    def _feature_sequence(self, seq: Any, where: str, scan_types: bool) -> np.ndarray:
+        features = self._features
+        if not isinstance(seq, list):
+            raise InvalidInput(f"{where}: expected an array of time steps, got {describe(seq)}")
+        self._check_length(len(seq), where, "steps")
+        if scan_types:
+            self._explain_steps(seq, where)
+        try:
+            array = np.asarray(seq)
+        except (ValueError, TypeError, OverflowError):
+            array = None
+        if array is None or array.ndim != 2 or array.shape[1] != features or array.dtype.kind not in "iuf":
+            self._explain_steps(seq, where)
+            # Every element is a number (e.g. integers beyond int64): convert them one by one.
+            array = np.array(seq, dtype=np.float64)
+        return self._finite(_float32(array), where)
+
+    def _explain_steps(self, seq: list[Any], where: str) -> None:
+        """Raise the precise error for the first malformed step or element of `seq`, if any."""
+        features = self._features
+        for t, step in enumerate(seq):
+            if not isinstance(step, list):
+                raise InvalidInput(f"{where}[{t}]: expected an array of {features} numbers, got {describe(step)}")
+            if len(step) != features:
+                raise InvalidInput(f"{where}[{t}]: expected {features} features, got {len(step)}")
+            for f, x in enumerate(step):
+                if isinstance(x, bool) or not isinstance(x, (int, float)):
+                    raise InvalidInput(f"{where}[{t}][{f}]: expected a number, got {describe(x)}")
+
+    @staticmethod
+    def _finite(values: np.ndarray, where: str) -> np.ndarray:
+        finite = np.isfinite(values)
+        if not finite.all():
+            index = "".join(f"[{i}]" for i in np.argwhere(~finite)[0])
+            raise InvalidInput(f"{where}{index}: not a finite float32 number (NaN, Infinity or out of range)")
+        return values
+
+    # -- Open Inference Protocol V2 ----------------------------------------
+
+    def v2_request(
+        self, body: Any, *, scan_types: bool, known_outputs: Sequence[str], binary: bytes = b""
+    ) -> V2Request:
+        """`binary`: tensor bytes of the binary data extension, for inputs with `binary_data_size`."""
+        if not isinstance(body, dict):
+            raise InvalidInput(f"body: expected a JSON object, got {describe(body)}")
+        request_id = body.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise InvalidInput(f"id: expected a string, got {describe(request_id)}")
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            raise InvalidInput("inputs: expected a non-empty array of tensors")
+        main_name = V2_TEXT if self.is_text else V2_FEATURES
+        allowed = (main_name,) if self.is_text else (main_name, V2_LENGTHS)
+        tensors: dict[str, _Tensor] = {}
+        offset = 0
+        for i, tensor in enumerate(inputs):
+            where = f"inputs[{i}]"
+            if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+                raise InvalidInput(f"{where}: expected a tensor object with a 'name'")
+            name = tensor["name"]
+            if name not in allowed:
+                raise InvalidInput(
+                    f"{where}: unknown input '{name}'; this model takes {' and '.join(map(repr, allowed))}"
+                )
+            if name in tensors:
+                raise InvalidInput(f"{where}: input '{name}' given twice")
+            chunk = None
+            parameters = tensor.get("parameters")
+            if isinstance(parameters, dict) and "binary_data_size" in parameters:
+                size = parameters["binary_data_size"]
+                if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary) - offset:
+                    raise InvalidInput(f"{where}: binary_data_size {size!r} does not fit the binary data")
+                chunk, offset = binary[offset : offset + size], offset + size
+            tensors[name] = _Tensor(where, tensor, chunk)
+        if offset != len(binary):
+            raise InvalidInput(f"inputs: {len(binary) - offset} bytes of binary data belong to no input")
+        if main_name not in tensors:
+            raise InvalidInput(f"inputs: input '{main_name}' is required")
+
+        if self.is_text:
+            sequences = self._v2_text(tensors[V2_TEXT])
+        else:
+            sequences = self._v2_features(tensors[V2_FEATURES], tensors.get(V2_LENGTHS), scan_types)
+        return V2Request(request_id, sequences, self._v2_outputs(body.get("outputs"), known_outputs))
+
+    @staticmethod
+    def _v2_outputs(requested: Any, known: Sequence[str]) -> tuple[str, ...] | None:
+        if requested is None:
+            return None
+        if not isinstance(requested, list):
+            raise InvalidInput(f"outputs: expected an array, got {describe(requested)}")
+        names: list[str] = []
+        for i, output in enumerate(requested):
+            name = output.get("name") if isinstance(output, dict) else None
+            if not isinstance(name, str) or name not in known:
+                raise InvalidInput(f"outputs[{i}]: unknown output {name!r}; this model has {', '.join(known)}")
+            names.append(name)
+        return tuple(names)
+
+    @staticmethod
+    def _header(tensor: _Tensor, datatypes: tuple[str, ...], rank: tuple[int, ...]) -> list[int]:
+        where, fields = tensor.where, tensor.fields
+        datatype = fields.get("datatype")
+        if datatype not in datatypes:
+            raise InvalidInput(f"{where}: datatype {datatype!r}, expected {' or '.join(datatypes)}")
+        shape = fields.get("shape")
+        if (
+            not isinstance(shape, list)
+            or len(shape) not in rank
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            dims = " or ".join(map(str, rank))
+            raise InvalidInput(f"{where}: shape {shape!r}, expected a list of {dims} non-negative integers")
+        if tensor.binary is None and "data" not in fields:
+            raise InvalidInput(f"{where}: 'data' is required")
+        return shape
+
+    def _v2_numbers(self, tensor: _Tensor, shape: list[int], scan_types: bool) -> np.ndarray:
+        where = tensor.where
+        expected = math.prod(shape)
+        if tensor.binary is not None:
+            dtype = np.dtype(_BINARY_DTYPES[tensor.fields["datatype"]])
+            needed = expected * dtype.itemsize
+            if len(tensor.binary) != needed:
+                raise InvalidInput(f"{where}: {len(tensor.binary)} bytes of binary data, shape {shape} needs {needed}")
+            return np.frombuffer(tensor.binary, dtype=dtype).reshape(shape)
+        data = tensor.fields["data"]
+        if not isinstance(data, list):
+            raise InvalidInput(f"{where}.data: expected an array, got {describe(data)}")
+        if scan_types:
+            _scan_numbers(data, where)
+        try:
+            array = np.asarray(data)
+        except (ValueError, TypeError, OverflowError):
+            array = None
+        if array is None or array.dtype.kind not in "iuf":
+            _scan_numbers(data, where)
+            array = np.array(list(_flatten(data)), dtype=np.float64)
+        if array.size != expected:
+            raise InvalidInput(f"{where}.data: {array.size} elements, shape {shape} needs {expected}")
+        return array.reshape(shape)
+
+    def _v2_features(self, main: _Tensor, lengths_tensor: _Tensor | None, scan_types: bool) -> list[np.ndarray]:
+        where = main.where
+        shape = self._header(main, ("FP32",), (3,))
+        batch, time, features = shape
+        self._check_count(batch, f"{where}.shape[0]")
+        if features != self._features:
+            raise InvalidInput(f"{where}.shape[2]: expected {self._features} features, got {features}")
+        values = self._finite(_float32(self._v2_numbers(main, shape, scan_types)), where)
+        if lengths_tensor is None:
+            lengths = [time] * batch
+        else:
+            lengths = self._v2_lengths(lengths_tensor, batch, time, scan_types)
+        for row, length in enumerate(lengths):
+            self._check_length(length, f"{where}[{row}]", "steps")
+        return [values[row, :length] for row, length in enumerate(lengths)]
+
+    def _v2_lengths(self, tensor: _Tensor, batch: int, time: int, scan_types: bool) -> list[int]:
+        where = tensor.where
+        shape = self._header(tensor, ("INT64", "INT32"), (1,))
+        if shape != [batch]:
+            raise InvalidInput(f"{where}: shape {shape}, expected [{batch}] (one length per sequence)")
+        lengths = self._v2_numbers(tensor, shape, scan_types)
+        if lengths.dtype.kind not in "iu":
+            raise InvalidInput(f"{where}.data: lengths must be integers")
+        for row, length in enumerate(lengths.tolist()):
+            if not 1 <= length <= time:
+                raise InvalidInput(f"{where}[{row}]: length {length} is outside 1..{time}")
+        return [int(length) for length in lengths]
+
+    def _v2_text(self, tensor: _Tensor) -> list[np.ndarray]:
+        where = tensor.where
+        shape = self._header(tensor, ("BYTES",), (1, 2))
+        if len(shape) == 2 and shape[1] != 1:
+            raise InvalidInput(f"{where}: shape {shape}, expected [batch] or [batch, 1]")
+        if tensor.binary is not None:
+            texts: list[Any] = _decode_bytes(tensor.binary, where, self._max_sequences + 1)
+        else:
+            data = tensor.fields["data"]
+            if not isinstance(data, list):
+                raise InvalidInput(f"{where}.data: expected an array of strings, got {describe(data)}")
+            texts = list(_flatten(data))
+        self._check_count(len(texts), f"{where}.data")
+        if len(texts) != shape[0]:
+            raise InvalidInput(f"{where}.data: {len(texts)} strings, shape {shape} needs {shape[0]}")
+        return [self._text(text, f"{where}[{i}]") for i, text in enumerate(texts)]
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    where: str  # "inputs[i]", for messages
+    fields: dict[str, Any]
+    binary: bytes | None  # its bytes under the binary data extension
+
+
+_BINARY_DTYPES = {"FP32": "<f4", "INT64": "<i8", "INT32": "<i4"}
+
+
+def _decode_bytes(blob: bytes, where: str, most: int) -> list[str]:
+    """BYTES elements of the binary extension: each a 4-byte little-endian length, then the bytes.
+    Stops after `most` elements (the caller refuses that many)."""
+    texts: list[str] = []
+    offset = 0
+    while offset < len(blob) and len(texts) < most:
+        if offset + 4 > len(blob):
+            raise InvalidInput(f"{where}: truncated binary BYTES element {len(texts)}")
+        size = int.from_bytes(blob[offset : offset + 4], "little")
+        start, offset = offset + 4, offset + 4 + size
+        if offset > len(blob):
+            raise InvalidInput(f"{where}: truncated binary BYTES element {len(texts)}")
+        try:
+            texts.append(blob[start:offset].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{where}[{len(texts)}]: not valid UTF-8") from None
+    return texts
+
+
+def _float32(array: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # out-of-range values become inf, refused as not finite
+        return array.astype(np.float32)
+
+
+def _flatten(data: list[Any]) -> Iterator[Any]:
+    for value in data:
+        if isinstance(value, list):
+            yield from _flatten(value)
+        else:
+            yield value
+
+
+def _scan_numbers(data: list[Any], where: str) -> None:
+    for i, value in enumerate(_flatten(data)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidInput(f"{where}.data[{i}]: expected a number, got {describe(value)}")

@@ -1,0 +1,354 @@
+"""The batcher through its public seam, `submit()` / `infer()`, over a recording fake runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+
+from service.batching import Batcher, BatchPolicy
+from service.errors import Draining, InferenceFailed, Overloaded, RequestTimeout
+from tests.fakes import FakeRuntime, RecordingObserver
+
+T = TypeVar("T")
+TIMEOUT = 60.0  # no answer may take this long; a hang fails instead of blocking the suite
+
+
+def policy(**overrides: Any) -> BatchPolicy:
+    fields: dict[str, Any] = {"max_batch_size": 32, "max_batch_tokens": 8192, "max_delay_ms": 2.0, "max_queue": 1024}
+    fields.update(overrides)
+    return BatchPolicy(**fields)
+
+
+def make(runtime: FakeRuntime, observer: RecordingObserver | None = None, **overrides: Any) -> Batcher:
+    equal = overrides.pop("equal_length", False)
+    return Batcher(
+        runtime,
+        policy(equal_length=equal, **overrides),
+        pad_value=overrides.pop("pad_value", 0.0) if "pad_value" in overrides else 0.0,
+        dtype=np.float32,
+        uses_lengths=not equal,
+        observer=observer,
+        name="fake/1",
+    )
+
+
+def run(test: Callable[[], Awaitable[T]]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(test(), TIMEOUT)
+
+    return asyncio.run(bounded())
+
+
+def seq(length: int, value: float = 1.0, features: int = 2) -> np.ndarray:
+    return np.full((length, features), value, dtype=np.float32)
+
+
+async def wait_for_thread(event: threading.Event) -> None:
+    assert await asyncio.to_thread(event.wait, TIMEOUT)
+
+
+def test_a_request_gets_one_output_per_sequence_in_order() -> None:
+    runtime = FakeRuntime()
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = make(runtime)
+        batcher.start()
+        try:
+            return await batcher.infer([seq(3, 1.0), seq(1, 2.0), seq(5, 0.5)], timeout_seconds=TIMEOUT)
+        finally:
+            await batcher.stop()
+
+    outputs = run(scenario)
+    # [sum of valid cells, length]: exact only if padding was masked by lengths.
+    assert [o.tolist() for o in outputs] == [[6.0, 3.0], [4.0, 1.0], [5.0, 5.0]]
+    [(batch, lengths)] = runtime.calls
+    assert batch.shape == (3, 5, 2) and lengths is not None and lengths.tolist() == [3, 1, 5]
+    assert (batch[1, 1:] == 0).all(), "padding is zeros"
+
+
+def test_requests_that_arrive_while_a_batch_computes_are_batched_together() -> None:
+    gate = threading.Event()
+    runtime = FakeRuntime(gate=gate)
+
+    async def scenario() -> list[list[np.ndarray]]:
+        batcher = make(runtime)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.infer([seq(2)], timeout_seconds=TIMEOUT))
+            await wait_for_thread(runtime.started)  # the idle model took the first request at once
+            others = [
+                asyncio.ensure_future(batcher.infer([seq(n, float(n))], timeout_seconds=TIMEOUT))
+                for n in (4, 2, 3, 4, 1)
+            ]
+            await asyncio.sleep(0)
+            gate.set()
+            return [await first, *[await o for o in others]]
+        finally:
+            await batcher.stop()
+
+    answers = run(scenario)
+    assert runtime.batch_sizes == [1, 5]
+    assert [a[0].tolist() for a in answers[1:]] == [[32.0, 4.0], [8.0, 2.0], [18.0, 3.0], [32.0, 4.0], [2.0, 1.0]]
+
+
+def test_an_idle_model_does_not_wait_for_company() -> None:
+    runtime = FakeRuntime()
+
+    async def scenario() -> None:
+        batcher = make(runtime, max_delay_ms=3_600_000)  # an hour: a hold would time the test out
+        batcher.start()
+        try:
+            await batcher.infer([seq(2)], timeout_seconds=TIMEOUT)
+            await batcher.infer([seq(3)], timeout_seconds=TIMEOUT)
+        finally:
+            await batcher.stop()
+
+    run(scenario)
+    assert runtime.batch_sizes == [1, 1]
+
+
+def test_a_request_is_split_across_batches_and_gathered_in_order() -> None:
+    runtime = FakeRuntime()
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = make(runtime, max_batch_size=2)
+        batcher.start()
+        try:
+            return await batcher.infer([seq(n, float(n)) for n in (1, 2, 3, 4, 5)], timeout_seconds=TIMEOUT)
+        finally:
+            await batcher.stop()
+
+    outputs = run(scenario)
+    assert max(runtime.batch_sizes) == 2 and sum(runtime.batch_sizes) == 5
+    assert [o[1] for o in outputs] == [1, 2, 3, 4, 5]
+
+
+def test_token_budget_limits_padded_cells_per_batch() -> None:
+    runtime = FakeRuntime()
+
+    async def scenario() -> None:
+        batcher = make(runtime, max_batch_tokens=10)
+        batcher.start()
+        try:
+            await batcher.infer([seq(5) for _ in range(5)], timeout_seconds=TIMEOUT)
+        finally:
+            await batcher.stop()
+
+    run(scenario)
+    assert all(batch.shape[0] * batch.shape[1] <= 10 for batch, _ in runtime.calls)
+    assert sum(runtime.batch_sizes) == 5
+
+
+def test_equal_length_graphs_get_batches_of_one_length_without_lengths() -> None:
+    gate = threading.Event()
+    runtime = FakeRuntime(gate=gate)
+
+    async def scenario() -> list[list[np.ndarray]]:
+        batcher = make(runtime, equal_length=True)
+        batcher.start()
+        try:
+            blocker = asyncio.ensure_future(batcher.infer([seq(1)], timeout_seconds=TIMEOUT))
+            await wait_for_thread(runtime.started)
+            mixed = [
+                asyncio.ensure_future(batcher.infer([seq(n, 1.0)], timeout_seconds=TIMEOUT)) for n in (3, 5, 3, 5, 2)
+            ]
+            await asyncio.sleep(0)
+            gate.set()
+            await blocker
+            return [await m for m in mixed]
+        finally:
+            await batcher.stop()
+
+    answers = run(scenario)
+    for batch, lengths in runtime.calls:
+        assert lengths is None
+        assert (batch != 0).all(), "equal lengths: no padding at all"
+    assert [a[0].tolist() for a in answers] == [[6.0, 3.0], [10.0, 5.0], [6.0, 3.0], [10.0, 5.0], [4.0, 2.0]]
+    assert sorted(runtime.batch_sizes) == [1, 1, 2, 2]
+
+
+def test_per_step_outputs_are_cut_to_each_sequence() -> None:
+    runtime = FakeRuntime(per_step=True)
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = make(runtime)
+        batcher.start()
+        try:
+            return await batcher.infer([seq(2), seq(4)], timeout_seconds=TIMEOUT)
+        finally:
+            await batcher.stop()
+
+    short, long = run(scenario)
+    assert short.shape == (2, 1) and long.shape == (4, 1)
+    assert long[:, 0].tolist() == [2.0, 4.0, 6.0, 8.0]
+
+
+def test_a_full_queue_refuses_at_once() -> None:
+    gate = threading.Event()
+    runtime = FakeRuntime(gate=gate)
+
+    async def scenario() -> None:
+        batcher = make(runtime, max_queue=3)
+        batcher.start()
+        try:
+            running = asyncio.ensure_future(batcher.infer([seq(1)], timeout_seconds=TIMEOUT))
+            await wait_for_thread(runtime.started)
+            queued = batcher.submit([seq(1), seq(1)], timeout_seconds=TIMEOUT)
+            with pytest.raises(Overloaded):
+                batcher.submit([seq(1), seq(1)], timeout_seconds=TIMEOUT)
+            batcher.submit([seq(1)], timeout_seconds=TIMEOUT)  # still room for one
+            gate.set()
+            await running
+            await queued.future
+        finally:
+            await batcher.stop()
+
+    run(scenario)
+
+
+def test_cancelled_requests_are_dropped_before_compute() -> None:
+    gate = threading.Event()
+    runtime = FakeRuntime(gate=gate)
+    observer = RecordingObserver()
+
+    async def scenario() -> np.ndarray:
+        batcher = make(runtime, observer)
+        batcher.start()
+        try:
+            running = asyncio.ensure_future(batcher.infer([seq(1)], timeout_seconds=TIMEOUT))
+            await wait_for_thread(runtime.started)
+            gone = asyncio.ensure_future(batcher.infer([seq(2, 7.0), seq(3, 7.0)], timeout_seconds=TIMEOUT))
+            kept = asyncio.ensure_future(batcher.infer([seq(2, 1.0)], timeout_seconds=TIMEOUT))
+            await asyncio.sleep(0)
+            gone.cancel()  # the client went away
+            await asyncio.sleep(0)
+            gate.set()
+            await running
+            [answer] = await kept
+            assert gone.cancelled()
+            return answer
+        finally:
+            await batcher.stop()
+
+    answer = run(scenario)
+    assert answer.tolist() == [4.0, 2.0]
+    assert all((batch != 7.0).all() for batch, _ in runtime.calls), "cancelled sequences were computed"
+    assert observer.drops == {"cancelled": 2}
+
+
+def test_a_request_past_its_deadline_times_out_and_is_not_computed() -> None:
+    gate = threading.Event()
+    runtime = FakeRuntime(gate=gate)
+    observer = RecordingObserver()
+
+    async def scenario() -> None:
+        batcher = make(runtime, observer)
+        batcher.start()
+        try:
+            running = asyncio.ensure_future(batcher.infer([seq(1)], timeout_seconds=TIMEOUT))
+            await wait_for_thread(runtime.started)
+            with pytest.raises(RequestTimeout):
+                await batcher.infer([seq(2, 9.0)], timeout_seconds=0.05)
+            gate.set()
+            await running
+            await batcher.infer([seq(1)], timeout_seconds=TIMEOUT)
+        finally:
+            await batcher.stop()
+
+    run(scenario)
+    assert all((batch != 9.0).all() for batch, _ in runtime.calls)
+    assert observer.drops == {"timeout": 1}
+
+
+def test_a_failing_sequence_fails_only_its_own_request() -> None:
+    gate = threading.Event()
+    runtime = FakeRuntime(gate=gate, fail_if=lambda batch: bool((batch == 666.0).any()))
+
+    async def scenario() -> tuple[Any, ...]:
+        batcher = make(runtime)
+        batcher.start()
+        try:
+            blocker = asyncio.ensure_future(batcher.infer([seq(1)], timeout_seconds=TIMEOUT))
+            await wait_for_thread(runtime.started)
+            good = asyncio.ensure_future(batcher.infer([seq(2, 1.0)], timeout_seconds=TIMEOUT))
+            bad = asyncio.ensure_future(batcher.infer([seq(2, 1.0), seq(2, 666.0)], timeout_seconds=TIMEOUT))
+            await asyncio.sleep(0)
+            gate.set()
+            await blocker
+            return await asyncio.gather(good, bad, return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    good, bad = run(scenario)
+    assert good[0].tolist() == [4.0, 2.0]
+    assert isinstance(bad, InferenceFailed) and bad.error_id
+
+
+def test_draining_refuses_new_requests_and_finishes_queued_ones() -> None:
+    gate = threading.Event()
+    runtime = FakeRuntime(gate=gate)
+
+    async def scenario() -> None:
+        batcher = make(runtime)
+        batcher.start()
+        try:
+            running = asyncio.ensure_future(batcher.infer([seq(1)], timeout_seconds=TIMEOUT))
+            await wait_for_thread(runtime.started)
+            queued = asyncio.ensure_future(batcher.infer([seq(2)], timeout_seconds=TIMEOUT))
+            await asyncio.sleep(0)
+            batcher.begin_drain()
+            with pytest.raises(Draining):
+                batcher.submit([seq(1)], timeout_seconds=TIMEOUT)
+            drained = asyncio.ensure_future(batcher.drain())
+            gate.set()
+            await drained
+            assert running.done() and queued.done() and batcher.queued == 0
+            await running
+            await queued
+        finally:
+            await batcher.stop()
+
+    run(scenario)
+
+
+def test_stop_answers_whatever_is_left() -> None:
+    gate = threading.Event()
+    runtime = FakeRuntime(gate=gate)
+
+    async def scenario() -> None:
+        batcher = make(runtime)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.infer([seq(1)], timeout_seconds=TIMEOUT))
+        await wait_for_thread(runtime.started)
+        queued = asyncio.ensure_future(batcher.infer([seq(2)], timeout_seconds=TIMEOUT))
+        await asyncio.sleep(0)
+        await batcher.stop()
+        gate.set()
+        for request in (running, queued):
+            with pytest.raises(Draining):
+                await request
+
+    run(scenario)
+
+
+def test_metrics_observer_sees_batches_and_queue_depth() -> None:
+    runtime = FakeRuntime()
+    observer = RecordingObserver()
+
+    async def scenario() -> None:
+        batcher = make(runtime, observer)
+        batcher.start()
+        try:
+            await batcher.infer([seq(2), seq(4)], timeout_seconds=TIMEOUT)
+        finally:
+            await batcher.stop()
+
+    run(scenario)
+    assert observer.batches == [(2, 8, 6)]  # 2 sequences, padded to 2 x 4 cells, 6 real steps
+    assert observer.depths[0] == 2 and observer.depths[-1] == 0
+    assert len(observer.waits) == 2
