@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -52,10 +53,13 @@ class Tokenizer:
     padding_id: int = 0
     unknown_id: int = 1
 
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {token: i for i, token in enumerate(self.vocabulary)}
+
     def encode(self, text: str) -> list[int]:
-        index = {token: i for i, token in enumerate(self.vocabulary)}
         source = text.lower() if self.lowercase else text
-        return [index.get(ch, self.unknown_id) for ch in source]
+        return [self._index.get(ch, self.unknown_id) for ch in source]
 
     @classmethod
     def build(cls, texts: list[str], lowercase: bool = True, min_count: int = 1) -> Tokenizer:
@@ -74,6 +78,13 @@ class Normalization:
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+
+def reject_unknown(where: str, data: dict[str, Any], known: set[str]) -> None:
+    """Name the fields a spec section does not know, typos first among them."""
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SpecError(f"{where}unknown field(s) {unknown}; known: {sorted(known)}")
 
 
 @dataclass(frozen=True)
@@ -104,9 +115,7 @@ class NameMap:
     def from_dict(cls, data: Any) -> NameMap:
         if not isinstance(data, dict):
             raise SpecError("names: a mapping with prefixes, renames, backward, ignore")
-        unknown = sorted(set(data) - {"prefixes", "renames", "backward", "ignore"})
-        if unknown:
-            raise SpecError(f"names: unknown field(s) {unknown}; known: ['backward', 'ignore', 'prefixes', 'renames']")
+        reject_unknown("names: ", data, {"prefixes", "renames", "backward", "ignore"})
         pairs = {}
         for key in ("prefixes", "renames"):
             value = data.get(key) or {}
@@ -148,9 +157,7 @@ class UserModule:
     def from_dict(cls, data: Any) -> UserModule:
         if not isinstance(data, dict):
             raise SpecError("reference: a mapping with source, class, kwargs, inputs")
-        unknown = sorted(set(data) - {"source", "class", "kwargs", "inputs"})
-        if unknown:
-            raise SpecError(f"reference: unknown field(s) {unknown}; known: ['class', 'inputs', 'kwargs', 'source']")
+        reject_unknown("reference: ", data, {"source", "class", "kwargs", "inputs"})
         problems = []
         if not isinstance(data.get("source"), str):
             problems.append("reference.source: the path of the .py file that defines the module")
@@ -330,10 +337,7 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(f"unknown field(s) {unknown}; known: {sorted(known)}")
+        reject_unknown("", data, {f.name for f in fields(cls)})
         values = dict(data)
         if values.get("tokenizer") is not None:
             tok = dict(values["tokenizer"])
