@@ -2,6 +2,9 @@
 #   make serve   install, build the demo repository if missing, serve it on 127.0.0.1:8000
 #   make test    install, run the test suite
 #   make models  install, build the demo repository (train + export + parity)
+#   make cluster install, build the demo repository if missing, serve it from 3 replicas
+#                behind Debian's nginx on 127.0.0.1:8080 (CLUSTER_ARGS="--measure FILE": run
+#                the restart/kill/throughput scenario once and write its figures instead)
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,8 +13,9 @@ REPOSITORY ?= repository
 CHECKPOINTS ?= build/checkpoints
 DEMOS := vowels names sunspots
 EXTRAS ?= export,demo,cpu,test
+CLUSTER_ARGS ?=
 
-.PHONY: install models serve test clean-models
+.PHONY: install models serve test prerequisites cluster clean-models
 
 install: $(VENV)/.installed
 
@@ -30,8 +34,15 @@ models: install
 serve: models
 	$(PY) -m seqserve serve --repository $(REPOSITORY)
 
-test: install
+test: install prerequisites
 	$(PY) -m pytest -q
+
+# System packages the tests need (nginx for tests/deploy), installed only when missing.
+prerequisites:
+	@deploy/prerequisites.sh
+
+cluster: models prerequisites
+	$(PY) deploy/local_cluster.py --repository $(REPOSITORY) $(CLUSTER_ARGS)
 
 clean-models:
 	rm -rf $(REPOSITORY) $(CHECKPOINTS)

@@ -1,0 +1,125 @@
+"""The Dockerfile, without a Docker engine: hadolint, and what both images must share."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import subprocess
+from dataclasses import dataclass, field
+
+from service.settings import Settings
+from tests.deploy.conftest import ROOT, tool
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+
+def parse_stages() -> list[Stage]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    stages: list[Stage] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, args = line.partition(" ")
+        if keyword.upper() == "FROM":
+            base, _, name = args.partition(" AS ")
+            stages.append(Stage(base.strip(), name.strip()))
+        elif stages:
+            stages[-1].instructions.append((keyword.upper(), args.strip()))
+    return stages
+
+
+def env_of(stage: Stage) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for args in stage.all("ENV"):
+        env.update(dict(re.findall(r"(\w+)=(\S+)", args)))
+    return env
+
+
+def test_hadolint_is_clean_at_warning_level() -> None:
+    result = subprocess.run([tool("hadolint"), "--failure-threshold", "warning", str(DOCKERFILE)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cpu_and_gpu_images_run_one_runtime_stage_differing_only_in_base() -> None:
+    stages = {stage.name: stage for stage in parse_stages()}
+    runtime = parse_stages()[-1]  # the default build target
+    assert runtime.name == "runtime" and runtime.base == "base-${FLAVOR}"
+    assert stages["server-venv"].base == "base-${FLAVOR}"
+    assert env_of(stages["base-cpu"]) == {"SERVER_EXTRAS": "cpu"}
+    assert env_of(stages["base-gpu"]) == {"SERVER_EXTRAS": "gpu,export"}
+    assert stages["base-gpu"].base == "${CUDA_IMAGE}" and stages["base-cpu"].base == "${PYTHON_IMAGE}"
+    # The bases only set the extras (and, for the GPU, install Python): nothing that runs differs.
+    for name in ("base-cpu", "base-gpu"):
+        assert {kw for kw, _ in stages[name].instructions} <= {"ENV", "RUN"}, stages[name]
+
+
+def test_runtime_stage_is_non_root_exec_form_with_health_check_and_volume() -> None:
+    runtime = parse_stages()[-1]
+    [entrypoint] = runtime.all("ENTRYPOINT")
+    assert json.loads(entrypoint) == ["seqserve", "serve"]  # exec form: SIGTERM reaches the server
+    assert not runtime.all("CMD")
+    [user] = runtime.all("USER")
+    assert user.split(":")[0] not in ("0", "root")
+    [health] = runtime.all("HEALTHCHECK")
+    assert "/healthz" in health and "CMD [" in health
+    assert runtime.all("VOLUME") == ['["/models"]']
+    env = env_of(runtime)
+    assert env["SEQSERVE_REPOSITORY"] == "/models" and env["SEQSERVE_HOST"] == "0.0.0.0"
+    assert runtime.all("EXPOSE") == [env["SEQSERVE_PORT"]]
+    for name in env:
+        if name.startswith("SEQSERVE_"):
+            assert name.removeprefix("SEQSERVE_").lower() in Settings.model_fields, name
+
+
+def test_images_install_through_the_shared_script_and_make_target() -> None:
+    stages = {stage.name: stage for stage in parse_stages()}
+    [build] = stages["build"].all("RUN")[1:]
+    assert "deploy/install.sh .venv/bin/python export,demo,cpu" in build and "make models" in build
+    [server] = stages["server-venv"].all("RUN")
+    assert 'deploy/install.sh /opt/seqserve/bin/python "$SERVER_EXTRAS"' in server
+    assert "pip install" not in DOCKERFILE.read_text()  # every install goes through deploy/install.sh
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """.dockerignore semantics as far as this file uses them: the last matching pattern wins."""
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if pattern == "**" or any(fnmatch.fnmatch(p, pattern) for p in prefixes) or (
+            pattern.startswith("**/") and any(fnmatch.fnmatch(part, pattern[3:]) for part in parts)
+        ):
+            ignored = not negate
+    return ignored
+
+
+def test_build_context_holds_every_copied_file_and_no_local_state() -> None:
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for stage in parse_stages():
+        for args in stage.all("COPY"):
+            if "--from=" in args:
+                continue
+            for source in args.split()[:-1]:
+                assert (ROOT / source).exists(), source
+                assert not _ignored(source, patterns), f"{source} is outside the build context"
+                if (ROOT / source).is_dir():
+                    for file in (ROOT / source).rglob("*.py"):
+                        assert not _ignored(str(file.relative_to(ROOT)), patterns), file
+    for local in (".venv", "repository", "build", ".git", "tests", "service/__pycache__"):
+        assert _ignored(local, patterns), local

@@ -1,0 +1,205 @@
+"""Kubernetes, KServe and compose manifests, offline: schemas (strict), rendered overlays, and
+the promises between them (probes, drain timing, ports, selectors, settings)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from service.settings import Settings
+from tests.deploy.conftest import ROOT, tool
+
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ("cpu", "gpu")
+# The oldest Kubernetes still commonly run, and the newest the schemas know.
+VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+GRACE_DEFAULT = Settings.model_fields["grace_period_seconds"].default
+# KServe's ComponentExtensionSpec: the predictor's fields that are not a PodSpec's.
+KSERVE_EXTENSION_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "containerConcurrency",
+                           "timeout", "canaryTrafficPercent", "logger", "batcher", "labels", "annotations",
+                           "deploymentStrategy"}
+
+
+@cache
+def render(overlay: str) -> tuple[dict[str, Any], ...]:
+    result = subprocess.run([tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def by_kind(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
+    [doc] = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    [c] = deployment["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env(c: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in c.get("env", [])}
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def validate(doc: dict[str, Any], version: str) -> None:
+    kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rendered_overlay_is_valid_kubernetes(overlay: str, version: str) -> None:
+    docs = render(overlay)
+    assert sorted(d["kind"] for d in docs) == [
+        "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
+    for doc in docs:
+        validate(doc, version)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_complete_manifest_file_is_valid_kubernetes(version: str) -> None:
+    """Base resources one by one (overlay patches are partial: they are checked rendered, above)."""
+    files = [p for p in (K8S / "base").glob("*.yaml") if p.name != "kustomization.yaml"]
+    assert len(files) == 4
+    for path in files:
+        for doc in load(path):
+            validate(doc, version)
+
+
+def test_strict_validation_catches_a_misspelt_field() -> None:
+    deployment = by_kind(render("cpu"), "Deployment")
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    container(broken)["readinesProbe"] = container(broken).pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(broken, VERSIONS[-1])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probes_drain_and_grace_period_fit_together(overlay: str) -> None:
+    deployment = by_kind(render(overlay), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    c = container(deployment)
+    port_names = {p["name"] for p in c["ports"]}
+    for probe, path in (("startupProbe", "/readyz"), ("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert c[probe]["httpGet"]["path"] == path, probe
+        assert c[probe]["httpGet"]["port"] in port_names, probe
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60  # model loading and warm-up
+    [command] = [c["lifecycle"]["preStop"]["exec"]["command"]]
+    assert command[0] == "sleep"
+    pre_stop = float(command[1])
+    grace = float(env(c).get("SEQSERVE_GRACE_PERIOD_SECONDS", GRACE_DEFAULT))
+    # The endpoints drop the pod during preStop; the server drains within its grace period after
+    # SIGTERM; the kubelet's SIGKILL comes only after terminationGracePeriodSeconds.
+    assert pre_stop >= 3
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + grace
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert "replicas" not in deployment["spec"]  # the HPA owns it
+    assert "command" not in c and "args" not in c  # the image's entrypoint, as in compose and KServe
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_service_hpa_pdb_and_monitoring_select_the_deployment(overlay: str) -> None:
+    docs = render(overlay)
+    deployment = by_kind(docs, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    c = container(deployment)
+    service = by_kind(docs, "Service")
+    assert service["spec"]["selector"].items() <= labels.items()
+    [port] = service["spec"]["ports"]
+    assert port["targetPort"] in {p["name"] for p in c["ports"]}
+    assert by_kind(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deployment["metadata"]["name"]}
+    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert int(annotations["prometheus.io/port"]) == c["ports"][0]["containerPort"] == image_port()
+    [monitor] = load(K8S / "monitoring" / "servicemonitor.yaml")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [(port["name"], "/metrics")]
+
+
+def test_gpu_overlay_differs_from_cpu_only_in_image_device_gpu_and_sizes() -> None:
+    cpu, gpu = (container(by_kind(render(o), "Deployment")) for o in OVERLAYS)
+    assert cpu["image"] == "seqserve:cpu" and gpu["image"] == "seqserve:gpu"
+    assert "nvidia.com/gpu" not in str(cpu)
+    assert int(gpu["resources"]["limits"]["nvidia.com/gpu"]) == 1
+    assert env(gpu) == {**env(cpu), "SEQSERVE_DEVICE": "cuda"}
+    same = {k for k in cpu if k not in ("image", "resources", "env", "startupProbe")}
+    assert {k: cpu[k] for k in same} == {k: gpu[k] for k in same}
+    gpu_pod = by_kind(render("gpu"), "Deployment")["spec"]["template"]["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu_pod["tolerations"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_kserve_inference_service_predictor_is_a_valid_pod_spec(version: str) -> None:
+    [isvc] = load(K8S / "kserve" / "inferenceservice.yaml")
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    pod_spec = {k: v for k, v in predictor.items() if k not in KSERVE_EXTENSION_FIELDS}
+    validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": isvc["metadata"]["name"]},
+              "spec": pod_spec}, version)
+    [c] = predictor["containers"]
+    assert c["name"] == "kserve-container"  # the name KServe routes to
+    assert int(env(c)["SEQSERVE_PORT"]) == c["ports"][0]["containerPort"] == 8080
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    grace = float(env(c).get("SEQSERVE_GRACE_PERIOD_SECONDS", GRACE_DEFAULT))
+    assert predictor["terminationGracePeriodSeconds"] > grace
+    assert predictor["minReplicas"] <= predictor["maxReplicas"]
+
+
+def test_compose_runs_replicas_behind_the_shared_nginx_config() -> None:
+    compose_dir = ROOT / "deploy" / "compose"
+    [compose] = load(compose_dir / "compose.yaml")
+    server, lb = compose["services"]["seqserve"], compose["services"]["lb"]
+    assert server["deploy"]["replicas"] >= 2
+    assert "command" not in server and "entrypoint" not in server  # the image's entrypoint
+    grace = float(server["environment"].get("SEQSERVE_GRACE_PERIOD_SECONDS", GRACE_DEFAULT))
+    assert float(server["stop_grace_period"].rstrip("s")) > grace
+    assert server["expose"] == [str(image_port())]
+    mounts = {v.split(":")[1]: (compose_dir / v.split(":")[0]).resolve() for v in lb["volumes"]}
+    assert mounts["/etc/nginx/conf.d/default.conf"] == ROOT / "deploy" / "nginx" / "seqserve.conf"
+    for path in mounts.values():
+        assert path.is_file(), path
+    replicas = (compose_dir / "seqserve-replicas.conf").read_text()
+    assert f"server seqserve:{image_port()} " in replicas
+    for port in lb["ports"]:
+        assert port.startswith("127.0.0.1:")
+
+
+def test_every_seqserve_variable_in_a_manifest_is_a_setting() -> None:
+    names: set[str] = set()
+    for path in [*K8S.rglob("*.yaml"), ROOT / "deploy" / "compose" / "compose.yaml"]:
+        names.update(re.findall(r"\bSEQSERVE_[A-Z_]+\b", path.read_text()))
+    assert names
+    for name in names:
+        assert name.removeprefix("SEQSERVE_").lower() in Settings.model_fields, name
+
+
+def test_nginx_retries_every_failed_try_of_a_post_on_another_replica() -> None:
+    conf = (ROOT / "deploy" / "nginx" / "seqserve.conf").read_text()
+    [retry] = re.findall(r"^\s*proxy_next_upstream (.*);", conf, re.M)
+    assert set(retry.split()) >= {"error", "timeout", "http_502", "http_503", "http_504", "non_idempotent"}
+    assert re.search(r"^\s*proxy_next_upstream_tries [2-9];", conf, re.M)
+    assert re.search(r"^\s*keepalive \d+;", conf, re.M)
+
+
+def image_port() -> int:
+    match = re.search(r"SEQSERVE_PORT=(\d+)", (ROOT / "Dockerfile").read_text())
+    assert match
+    return int(match.group(1))
