@@ -2,6 +2,7 @@
 #   make serve   install, build the demo repository if missing, serve it on 127.0.0.1:8000
 #   make test    install, run the test suite
 #   make models  install, build the demo repository (train + export + parity)
+#   make bench   install, build the demo repository, run the benchmark (~10 min): docs/bench/
 
 PYTHON ?= python3
 VENV := .venv
@@ -35,3 +36,10 @@ test: install
 
 clean-models:
 	rm -rf $(REPOSITORY) $(CHECKPOINTS)
+
+# The benchmark: seqserve vs the in-process ceiling and the unbatched floor, same run.
+# Writes docs/bench/{results.json,table.md,*.png}; README.md's bench section when it has the markers.
+.PHONY: bench
+bench: models
+	$(PY) -c "import matplotlib" 2>/dev/null || deploy/install.sh $(PY) $(EXTRAS),bench --editable
+	$(PY) -m seqserve bench --demo-repository $(REPOSITORY) --readme README.md
