@@ -44,10 +44,12 @@ def _thread_cpu(stat_path: str) -> float:
 
 
 class Server:
-    def __init__(self, repository: Path, *, name: str, log_path: Path, **settings: object) -> None:
+    def __init__(
+        self, repository: Path, *, name: str, log_path: Path, env: dict[str, str] | None = None, **settings: object
+    ) -> None:
         self.name = name
         self.port = free_port()
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         env.update({f"SEQSERVE_{k.upper()}": str(v) for k, v in settings.items()})
         env.update(SEQSERVE_PORT=str(self.port), SEQSERVE_HOST="127.0.0.1", SEQSERVE_LOG_LEVEL="warning",
                    SEQSERVE_DEVICE="cpu")
