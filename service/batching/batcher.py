@@ -154,6 +154,7 @@ class Batcher:
         self._inflight: deque[_Batch] = deque()  # at most two: one computing, the next queued behind it
         self._seconds_per_cost: float | None = None  # running estimate of compute time per cost unit
         self._reported_depth = -1
+        self._buffer = np.empty(0, dtype=dtype)  # padded batches, reused (see _padding_buffer)
         self._queued = 0  # sequences submitted and not yet dispatched or dropped
         self._closing = False
         self._wake = asyncio.Event()
@@ -432,13 +433,22 @@ class Batcher:
                         outputs.append(single)
         return _Outcome(outputs, time.perf_counter() - started)
 
+    def _padding_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A C-contiguous `shape` view of one buffer reused across batches (only the worker
+        thread pads, one batch at a time, and runtimes do not keep their input)."""
+        size = int(np.prod(shape))
+        if self._buffer.size < size:
+            self._buffer = np.empty(max(size, 2 * self._buffer.size), dtype=self._dtype)
+        return self._buffer[:size].reshape(shape)
+
     def _run_batch(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         rows, longest = len(sequences), int(lengths.max())
         fixed_batch = self._runtime.fixed_batch
         padded_rows = fixed_batch if fixed_batch is not None else rows
         tail = sequences[0].shape[1:]
-        padded = np.full((padded_rows, longest, *tail), self._pad_value, dtype=self._dtype)
+        padded = self._padding_buffer((padded_rows, longest, *tail))
+        padded.fill(self._pad_value)
         for row, seq in enumerate(sequences):
             padded[row, : len(seq)] = seq
         feed_lengths = None
