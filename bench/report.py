@@ -72,7 +72,7 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
         f"runtime CPU {summary['ceiling_runtime_cpu_ms_per_seq']:.2f} ms per sequence.",
         "- **floor**: the same server with `max_batch_size=1`.",
         "",
-        "| closed loop | seqserve seq/s | / ceiling | / ceiling (64 in flight) | / floor | p50 ms | p99 ms "
+        "| closed loop | seqserve seq/s | / ceiling | / planner ceiling (64 in flight) | / floor | p50 ms | p99 ms "
         "| floor seq/s | floor p50 ms | floor p99 ms | p50 / floor p50 | other processes' CPU |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
