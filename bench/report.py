@@ -174,11 +174,11 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 
     ref = results["reference"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, marker in (("seqserve", "o"), ("floor", "s")):
+    for name, marker, color in (("seqserve", "o", "C0"), ("floor", "s", "C1")):
         runs = sorted(ref["open"][name], key=lambda r: r["level"])
         x = [r["level"] for r in runs]
-        ax.plot(x, [r["p50_ms"] for r in runs], marker + "-", label=f"{name} p50")
-        ax.plot(x, [r["p99_ms"] for r in runs], marker + "--", label=f"{name} p99")
+        ax.plot(x, [r["p50_ms"] for r in runs], marker + "-", color=color, label=f"{name} p50")
+        ax.plot(x, [r["p99_ms"] for r in runs], marker + "--", color=color, mfc="none", label=f"{name} p99")
     ax.axvline(ref["saturation_seq_s"], color="k", ls=":", label="seqserve saturation")
     ax.set_yscale("log")
     ax.set_xlabel("offered load (sequences / s, open loop)")
