@@ -21,7 +21,7 @@ def write(results: dict[str, Any], out: Path, *, readme: Path | None = None) -> 
         if replace_section(readme, table):
             written.append(readme)
         else:
-            print(f"{readme}: no {START} ... {END} markers; left unchanged")
+            print(f"{readme}: missing, or without the {START} ... {END} markers; left unchanged")
     return written
 
 
@@ -35,6 +35,8 @@ def _relative(out: Path, readme: Path | None) -> str:
 
 def replace_section(path: Path, content: str) -> bool:
     """Replace what lies between the bench markers in `path`; False (file untouched) without them."""
+    if not path.is_file():
+        return False
     text = path.read_text()
     start, end = text.find(START), text.find(END)
     if start < 0 or end < start:

@@ -348,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="rounds of the closed-loop phases (best of N)")
     parser.add_argument("--concurrency", default=None, help="closed-loop concurrencies, e.g. 1,8,32,64")
     args = parser.parse_args(argv)
+    if args.readme is not None and not args.readme.is_file():
+        parser.error(f"--readme {args.readme}: no such file")
 
     from tqdm import tqdm
 

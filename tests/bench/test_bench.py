@@ -48,3 +48,4 @@ def test_readme_without_markers_is_left_alone(tmp_path: Path) -> None:
     readme.write_text("no markers here\n")
     assert not report.replace_section(readme, "table")
     assert readme.read_text() == "no markers here\n"
+    assert not report.replace_section(tmp_path / "missing.md", "table")
