@@ -5,6 +5,7 @@
 #   make cluster install, build the demo repository if missing, serve it from 3 replicas
 #                behind Debian's nginx on 127.0.0.1:8080 (CLUSTER_ARGS="--measure FILE": run
 #                the restart/kill/throughput scenario once and write its figures instead)
+#   make bench   install, build the demo repository, run the benchmark (~10 min): docs/bench/
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ PY := $(VENV)/bin/python
 REPOSITORY ?= repository
 CHECKPOINTS ?= build/checkpoints
 DEMOS := vowels names sunspots
-EXTRAS ?= export,demo,cpu,test
+EXTRAS ?= export,demo,cpu,test,bench
 CLUSTER_ARGS ?=
 
 .PHONY: install models serve test prerequisites cluster clean-models
@@ -46,3 +47,9 @@ cluster: models prerequisites
 
 clean-models:
 	rm -rf $(REPOSITORY) $(CHECKPOINTS)
+
+# The benchmark: seqserve vs the in-process ceiling and the unbatched floor, same run.
+# Writes docs/bench/{results.json,table.md,*.png}; README.md's bench section when it has the markers.
+.PHONY: bench
+bench: models
+	$(PY) -m seqserve bench --demo-repository $(REPOSITORY) --readme README.md

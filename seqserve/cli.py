@@ -1,7 +1,8 @@
 """The ``seqserve`` command: one entry point for both sides of the house.
 
 ``serve`` belongs to the online side (``service/``, no torch needed);
-``train``, ``export`` and ``inspect`` to the offline side (``models/``).
+``train``, ``export`` and ``inspect`` to the offline side (``models/``);
+``bench`` drives a running server with load (``bench/``).
 Each is imported only when asked for.
 """
 
@@ -16,6 +17,7 @@ commands:
   train     train the demo models on data shipped inside packages
   export    check a checkpoint against its module and write a repository entry
   inspect   list a checkpoint's tensors and suggest a spec
+  bench     measure the server against the in-process ceiling and the unbatched floor (seqserve bench --help)
 """
 
 
@@ -33,5 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         from models.cli import main as offline
 
         return offline(command, rest)
+    if command == "bench":
+        from bench.run import main as bench
+
+        return bench(rest)
     print(f"seqserve: error: unknown command {command!r}; try 'seqserve --help'", file=sys.stderr)
     return 2

@@ -22,11 +22,16 @@ from typing import Protocol
 
 import numpy as np
 
-from service.batching.planner import BatchPolicy, plan_batch
+from service.batching.planner import BATCH_COST_CELLS, STEP_COST_ROWS, BatchPolicy, plan_batch
 from service.errors import Draining, InferenceFailed, Overloaded, RequestTimeout
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+# NOTE: the next batch is handed to the worker shortly before the running one
+# is expected to end, so the worker never idles while the event loop is busy
+# with HTTP; sequences that arrive in the last LEAD_SECONDS wait for the batch after.
+LEAD_SECONDS = 0.004
 
 
 class BatchObserver(Protocol):
@@ -106,8 +111,23 @@ class _Item:
 
 @dataclass(frozen=True)
 class _Outcome:
-    outputs: list[np.ndarray | BaseException]
+    outputs: list[np.ndarray | BaseException | None]  # None: its request had ended before compute
     compute_seconds: float
+
+
+@dataclass(eq=False)
+class _Batch:
+    """A batch handed to the worker thread: its items, their future, when it should end."""
+
+    items: list[_Item]
+    future: asyncio.Future[_Outcome]
+    cost: float
+    expected_end: float | None  # loop time; None without an estimate yet
+
+
+def _cost(rows: int, longest: int) -> float:
+    """The planner's cost model of one batch (see `planner`)."""
+    return longest * (rows + STEP_COST_ROWS) + BATCH_COST_CELLS
 
 
 class Batcher:
@@ -131,7 +151,10 @@ class Batcher:
         self._name = name
         self._inbox: deque[PendingRequest] = deque()
         self._pending: list[_Item] = []
-        self._inflight: list[_Item] | None = None
+        self._inflight: deque[_Batch] = deque()  # at most two: one computing, the next queued behind it
+        self._seconds_per_cost: float | None = None  # running estimate of compute time per cost unit
+        self._reported_depth = -1
+        self._buffer = np.empty(0, dtype=dtype)  # padded batches, reused (see _padding_buffer)
         self._queued = 0  # sequences submitted and not yet dispatched or dropped
         self._closing = False
         self._wake = asyncio.Event()
@@ -193,14 +216,13 @@ class Batcher:
             future=loop.create_future(),
             enqueued_at=now,
             deadline=now + timeout_seconds,
-            arrived_idle=self._inflight is None and self._queued == 0,
+            arrived_idle=not self._inflight and self._queued == 0,
         )
         request.future.add_done_callback(lambda _: self._on_request_done(request))
         self._inbox.append(request)
         self._queued += count
         self._idle.clear()
-        self._observer.queue_depth(self._queued)
-        self._wake.set()
+        self._wake.set()  # the task reports the new queue depth
         return request
 
     async def infer(self, sequences: Sequence[np.ndarray], *, timeout_seconds: float) -> list[np.ndarray]:
@@ -227,7 +249,6 @@ class Batcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        inflight: asyncio.Future[_Outcome] | None = None
         try:
             while True:
                 self._wake.clear()
@@ -236,27 +257,30 @@ class Batcher:
                     self._admit()
                     now = loop.time()
                     self._drop_dead(now)
-                    if inflight is not None and inflight.done():
-                        self._finish(inflight)
-                        inflight = None
-                    if inflight is None and self._pending:
-                        hold = self._hold_seconds(now)
-                        if hold <= 0:
-                            inflight = self._dispatch(loop, now)
+                    while self._inflight and self._inflight[0].future.done():
+                        self._finish(self._inflight.popleft())
+                    # A batch queued behind the running one is still waiting.
+                    depth = self._queued + sum(len(b.items) for b in self._inflight) - (
+                        len(self._inflight[0].items) if self._inflight else 0
+                    )
+                    if depth != self._reported_depth:
+                        self._reported_depth = depth
+                        self._observer.queue_depth(depth)
+                    if self._pending and len(self._inflight) < 2:
+                        hold = self._hold_seconds(now) if not self._inflight else self._next_hold_seconds(now)
+                        if hold is not None and hold <= 0:
+                            self._dispatch(loop, now)
                             continue
                         timeout = hold
                     if self._pending:
                         nearest = min(item.request.deadline for item in self._pending) - now
                         timeout = nearest if timeout is None else min(timeout, nearest)
-                    if inflight is None and not self._pending and not self._inbox:
+                    if not self._inflight and not self._pending and not self._inbox:
                         self._idle.set()
                 except Exception:  # NOTE: nothing may leave a caller hanging
                     error_id = uuid.uuid4().hex[:12]
                     log.exception("batcher %s failed (error id %s)", self._name, error_id)
                     self._fail_all(InferenceFailed("batching failed", error_id))
-                    if inflight is not None:
-                        inflight.cancel()
-                        inflight = None
                     self._idle.set()
                     continue
                 if timeout is None:
@@ -304,58 +328,97 @@ class Batcher:
             return 0.0
         return hold
 
+    def _next_hold_seconds(self, now: float) -> float | None:
+        """While a batch computes: how long until the next one should be queued behind it.
+        At once when it is full; else shortly before the running batch should end; without
+        an estimate of that, not before it ends (None: wait for a wake-up)."""
+        running = self._inflight[-1]
+        if len(self._pending) >= self._policy.max_batch_size or plan_batch(self._lengths(), self._policy).full:
+            return 0.0
+        if running.expected_end is None:
+            return None
+        return running.expected_end - LEAD_SECONDS - now
+
     def _lengths(self) -> np.ndarray:
         return np.fromiter((item.length for item in self._pending), dtype=np.int64, count=len(self._pending))
 
-    def _dispatch(self, loop: asyncio.AbstractEventLoop, now: float) -> asyncio.Future[_Outcome]:
+    def _dispatch(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
         plan = plan_batch(self._lengths(), self._policy)
         chosen = set(plan.indices.tolist())
         batch = [self._pending[i] for i in plan.indices]
         self._pending = [item for i, item in enumerate(self._pending) if i not in chosen]
         self._queued -= len(batch)
-        self._inflight = batch
-        self._observer.queue_depth(self._queued)
         for item in batch:
             self._observer.queue_wait(now - item.request.enqueued_at)
-        future = loop.run_in_executor(
-            self._executor, self._compute, [item.request.sequences[item.index] for item in batch]
-        )
+        cost = _cost(len(batch), max(item.length for item in batch))
+        expected_end = None
+        if self._seconds_per_cost is not None:
+            start = self._inflight[-1].expected_end if self._inflight else now
+            expected_end = None if start is None else max(start, now) + cost * self._seconds_per_cost
+        future = loop.run_in_executor(self._executor, self._compute, batch)
         future.add_done_callback(lambda _: self._wake.set())
-        return future
+        self._inflight.append(_Batch(batch, future, cost, expected_end))
 
-    def _finish(self, inflight: asyncio.Future[_Outcome]) -> None:
-        batch, self._inflight = self._inflight or [], None
+    def _finish(self, done: _Batch) -> None:
+        batch = done.items
         try:
-            outcome = inflight.result()
+            outcome = done.future.result()
         except BaseException as exc:  # the worker thread itself failed (e.g. shut down)
             outcome = _Outcome([exc] * len(batch), 0.0)
+        if outcome.compute_seconds > 0 and not any(isinstance(o, BaseException) for o in outcome.outputs):
+            rate = outcome.compute_seconds / done.cost
+            previous = self._seconds_per_cost
+            self._seconds_per_cost = rate if previous is None else 0.8 * previous + 0.2 * rate
         longest = max(item.length for item in batch)
         self._observer.batch(
             len(batch), len(batch) * longest, sum(item.length for item in batch), outcome.compute_seconds
         )
+        skipped: dict[str, int] = {}
         for item, output in zip(batch, outcome.outputs, strict=True):
-            if isinstance(output, BaseException):
+            if output is None:
+                reason = _ended_by(item.request.future)
+                skipped[reason] = skipped.get(reason, 0) + 1
+            elif isinstance(output, BaseException):
                 error_id = uuid.uuid4().hex[:12]
                 log.error("model %s failed on a batch (error id %s)", self._name, error_id, exc_info=output)
                 item.request._fail(InferenceFailed(f"model {self._name} failed", error_id))
             else:
                 item.request._set_output(item.index, output)
+        for reason, count in skipped.items():
+            self._observer.dropped(reason, count)
 
     def _fail_all(self, error: Exception) -> None:
         self._admit()
-        for item in self._pending + (self._inflight or []):
+        for item in self._pending + [item for batch in self._inflight for item in batch.items]:
             item.request._fail(error)
+        for batch in self._inflight:
+            batch.future.cancel()
         self._pending = []
-        self._inflight = None
+        self._inflight.clear()
         self._queued = 0
+        self._reported_depth = 0
         self._observer.queue_depth(0)
 
     # -- the worker thread -------------------------------------------------
 
-    def _compute(self, sequences: list[np.ndarray]) -> _Outcome:
+    def _compute(self, batch: list[_Item]) -> _Outcome:
+        # NOTE: a batch may have waited behind the previous one: requests that ended
+        # meanwhile (client gone, timed out) are skipped. Reading done() from this
+        # thread is safe; only the event loop changes a future.
+        live = [i for i, item in enumerate(batch) if not item.request.future.done()]
+        if len(live) < len(batch):
+            outcome = self._compute_sequences([batch[i].request.sequences[batch[i].index] for i in live]) if live \
+                else _Outcome([], 0.0)
+            outputs: list[np.ndarray | BaseException | None] = [None] * len(batch)
+            for i, output in zip(live, outcome.outputs, strict=True):
+                outputs[i] = output
+            return _Outcome(outputs, outcome.compute_seconds)
+        return self._compute_sequences([item.request.sequences[item.index] for item in batch])
+
+    def _compute_sequences(self, sequences: list[np.ndarray]) -> _Outcome:
         started = time.perf_counter()
         try:
-            outputs: list[np.ndarray | BaseException] = list(self._run_batch(sequences))
+            outputs: list[np.ndarray | BaseException | None] = list(self._run_batch(sequences))
         except Exception as exc:
             if len(sequences) == 1:
                 outputs = [exc]
@@ -370,13 +433,22 @@ class Batcher:
                         outputs.append(single)
         return _Outcome(outputs, time.perf_counter() - started)
 
+    def _padding_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A C-contiguous `shape` view of one buffer reused across batches (only the worker
+        thread pads, one batch at a time, and runtimes do not keep their input)."""
+        size = int(np.prod(shape))
+        if self._buffer.size < size:
+            self._buffer = np.empty(max(size, 2 * self._buffer.size), dtype=self._dtype)
+        return self._buffer[:size].reshape(shape)
+
     def _run_batch(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         rows, longest = len(sequences), int(lengths.max())
         fixed_batch = self._runtime.fixed_batch
         padded_rows = fixed_batch if fixed_batch is not None else rows
         tail = sequences[0].shape[1:]
-        padded = np.full((padded_rows, longest, *tail), self._pad_value, dtype=self._dtype)
+        padded = self._padding_buffer((padded_rows, longest, *tail))
+        padded.fill(self._pad_value)
         for row, seq in enumerate(sequences):
             padded[row, : len(seq)] = seq
         feed_lengths = None

@@ -1,0 +1,228 @@
+"""The load generator: asyncio over raw HTTP/1.1 keep-alive connections.
+
+Requests are encoded once, up front, so that per request the client only
+writes bytes and reads one response: its own CPU stays small and is reported
+(`LoadResult.client_cpu_share`). Closed loop: `concurrency` connections, each
+sending its next request when the last one is answered. Open loop: requests
+start at fixed times (`rate` per second) whether or not earlier ones are done;
+latency counts from the scheduled start, so a slow server cannot hide queueing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def encode_requests(
+    path: str, bodies: Sequence[bytes | tuple[bytes, int]], port: int, content_type: str = "application/json"
+) -> list[bytes]:
+    """Whole HTTP/1.1 requests; a `(body, header_length)` pair uses the V2 binary extension."""
+    out = []
+    for item in bodies:
+        body, extra = (item, "") if isinstance(item, bytes) else (item[0], f"Inference-Header-Content-Length: {item[1]}\r\n")
+        kind = content_type if not extra else "application/octet-stream"
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {kind}\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        out.append(head + body)
+    return out
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
+        return cls(reader, writer)
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        lower = head.lower()
+        at = lower.find(b"content-length:")
+        if at < 0:
+            raise RuntimeError("response without Content-Length")
+        end = lower.find(b"\r\n", at)
+        body = await self.reader.readexactly(int(lower[at + 15 : end]))
+        return status, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class LoadResult:
+    mode: str  # "closed" or "open"
+    level: float  # concurrency, or offered requests per second
+    seconds: float  # measured window
+    sequences: int  # answered with 200 inside the window
+    errors: int
+    latencies_ms: np.ndarray = field(repr=False)
+    client_cpu_seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        return self.sequences / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
+
+    @property
+    def client_cpu_share(self) -> float:
+        """The client's CPU time as a share of the machine's (all cores) over the window."""
+        import os
+
+        return self.client_cpu_seconds / (self.seconds * (os.cpu_count() or 1)) if self.seconds > 0 else 0.0
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "mode": self.mode,  # type: ignore[dict-item]
+            "level": self.level,
+            "seconds": round(self.seconds, 3),
+            "sequences": self.sequences,
+            "errors": self.errors,
+            "throughput_seq_s": round(self.throughput, 1),
+            "p50_ms": round(self.percentile(50), 2),
+            "p90_ms": round(self.percentile(90), 2),
+            "p99_ms": round(self.percentile(99), 2),
+            "mean_ms": round(float(np.mean(self.latencies_ms)), 2) if len(self.latencies_ms) else float("nan"),
+            "client_cpu_share": round(self.client_cpu_share, 4),
+            **self.extra,
+        }
+
+
+Window = Callable[[], None]
+
+
+async def closed_loop(
+    port: int, requests: Sequence[bytes], concurrency: int, seconds: float, warmup_seconds: float,
+    on_window: tuple[Window, Window] | None = None,
+) -> LoadResult:
+    """`concurrency` connections in a closed loop; only answers inside the window after warm-up count."""
+    connections = [await Connection.open(port) for _ in range(concurrency)]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    window_start, stop = start + warmup_seconds, start + warmup_seconds + seconds
+    next_index = itertools.count(int(start * 1000) % len(requests))
+    latencies: list[float] = []
+    counts = {"ok": 0, "errors": 0}
+
+    async def worker(conn: Connection) -> None:
+        while True:
+            sent = loop.time()
+            if sent >= stop:
+                return
+            status, _ = await conn.request(requests[next(next_index) % len(requests)])
+            done = loop.time()
+            if window_start <= sent and done <= stop:
+                if status == 200:
+                    counts["ok"] += 1
+                    latencies.append(done - sent)
+                else:
+                    counts["errors"] += 1
+
+    measure = _Meter(loop, window_start, stop, on_window)
+    try:
+        await asyncio.gather(measure.run(), *(worker(c) for c in connections))
+    finally:
+        for conn in connections:
+            conn.close()
+    return LoadResult("closed", concurrency, stop - window_start, counts["ok"], counts["errors"],
+                      np.asarray(latencies) * 1000.0, measure.cpu_seconds)
+
+
+async def open_loop(
+    port: int, requests: Sequence[bytes], rate: float, seconds: float, warmup_seconds: float,
+    max_connections: int = 512, on_window: tuple[Window, Window] | None = None,
+) -> LoadResult:
+    """Requests start every 1/rate seconds on an idle connection (opened on demand, at most
+    `max_connections`); past that cap a start is counted as an error rather than delayed."""
+    loop = asyncio.get_running_loop()
+    idle: list[Connection] = [await Connection.open(port) for _ in range(min(64, max_connections))]
+    opened = len(idle)
+    start = loop.time() + 0.05
+    window_start, stop = start + warmup_seconds, start + warmup_seconds + seconds
+    latencies: list[float] = []
+    counts = {"ok": 0, "errors": 0}
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(conn: Connection | None, scheduled: float, raw: bytes) -> None:
+        nonlocal opened
+        if conn is None:
+            conn = await Connection.open(port)
+        status, _ = await conn.request(raw)
+        done = loop.time()
+        idle.append(conn)
+        if window_start <= scheduled and done <= stop:
+            if status == 200:
+                counts["ok"] += 1
+                latencies.append(done - scheduled)
+            else:
+                counts["errors"] += 1
+
+    async def generate() -> None:
+        nonlocal opened
+        interval = 1.0 / rate
+        for k in itertools.count():
+            scheduled = start + k * interval
+            if scheduled >= stop:
+                return
+            delay = scheduled - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if idle:
+                conn: Connection | None = idle.pop()
+            elif opened < max_connections:
+                conn, opened = None, opened + 1
+            else:
+                if window_start <= scheduled:
+                    counts["errors"] += 1
+                continue
+            task = loop.create_task(one(conn, scheduled, requests[k % len(requests)]))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    measure = _Meter(loop, window_start, stop, on_window)
+    try:
+        await asyncio.gather(measure.run(), generate())
+        # Answers still outstanding at the end of the window count as late: wait a little, then cancel.
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+        for task in list(tasks):
+            task.cancel()
+    finally:
+        for conn in idle:
+            conn.close()
+    late = len(tasks)
+    return LoadResult("open", rate, stop - window_start, counts["ok"], counts["errors"] + late,
+                      np.asarray(latencies) * 1000.0, measure.cpu_seconds)
+
+
+class _Meter:
+    """Reads this process's CPU time at the window's edges and calls the server-side probes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, start: float, stop: float,
+                 on_window: tuple[Window, Window] | None) -> None:
+        self._loop, self._start, self._stop, self._on = loop, start, stop, on_window
+        self.cpu_seconds = 0.0
+
+    async def run(self) -> None:
+        await asyncio.sleep(max(0.0, self._start - self._loop.time()))
+        cpu = time.process_time()
+        if self._on:
+            self._on[0]()
+        await asyncio.sleep(max(0.0, self._stop - self._loop.time()))
+        self.cpu_seconds = time.process_time() - cpu
+        if self._on:
+            self._on[1]()

@@ -1,0 +1,98 @@
+"""Start seqserve on 127.0.0.1 as a child process, watch its CPU, stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds of a process: its main thread (event loop: HTTP, parsing, validation,
+    serialising) and every other thread (the batch worker and ONNX Runtime's pool)."""
+
+    main: float
+    others: float
+
+    def __sub__(self, other: CpuSample) -> CpuSample:
+        return CpuSample(self.main - other.main, self.others - other.others)
+
+    @property
+    def total(self) -> float:
+        return self.main + self.others
+
+
+def _thread_cpu(stat_path: str) -> float:
+    with open(stat_path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+class Server:
+    def __init__(
+        self, repository: Path, *, name: str, log_path: Path, env: dict[str, str] | None = None, **settings: object
+    ) -> None:
+        self.name = name
+        self.port = free_port()
+        env = {**os.environ, **(env or {})}
+        env.update({f"SEQSERVE_{k.upper()}": str(v) for k, v in settings.items()})
+        env.update(SEQSERVE_PORT=str(self.port), SEQSERVE_HOST="127.0.0.1", SEQSERVE_LOG_LEVEL="warning",
+                   SEQSERVE_DEVICE="cpu")
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--repository", str(repository)],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_seconds: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server {self.name} exited with {self.process.returncode}; see {self._log.name}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server {self.name} not ready within {timeout_seconds:g} s")
+
+    def cpu(self) -> CpuSample:
+        pid = self.process.pid
+        main = others = 0.0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                seconds = _thread_cpu(f"/proc/{pid}/task/{tid}/stat")
+            except OSError:
+                continue  # the thread ended meanwhile
+            if int(tid) == pid:
+                main += seconds
+            else:
+                others += seconds
+        return CpuSample(main, others)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
