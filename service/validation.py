@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +124,7 @@ class InputValidator:
         if array is None or array.ndim != 2 or array.shape[1] != features or array.dtype.kind not in "iuf":
             self._explain_steps(seq, where)
             # Every element is a number (e.g. integers beyond int64): convert them one by one.
-            array = np.array(seq, dtype=np.float64)
+            array = _float64(seq, lambda i: f"{where}[{i // features}][{i % features}]")
         return self._finite(_float32(array), where)
 
     def _explain_steps(self, seq: list[Any], where: str) -> None:
@@ -247,7 +247,7 @@ class InputValidator:
             array = None
         if array is None or array.dtype.kind not in "iuf":
             _scan_numbers(data, where)
-            array = np.array(list(_flatten(data)), dtype=np.float64)
+            array = _float64(list(_flatten(data)), lambda i: f"{where}.data[{i}]")
         if array.size != expected:
             raise InvalidInput(f"{where}.data: {array.size} elements, shape {shape} needs {expected}")
         return array.reshape(shape)
@@ -345,6 +345,21 @@ def _steps_to_float32(seq: list[Any], features: int) -> np.ndarray | None:
 def _float32(array: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):  # out-of-range values become inf, refused as not finite
         return array.astype(np.float32)
+
+
+def _float64(numbers: list[Any], where: Callable[[int], str]) -> np.ndarray:
+    """float64 from numbers already checked to be numbers; an integer beyond any float (a JSON
+    integer of 400 digits) is a 422 naming its flat index, not an OverflowError."""
+    try:
+        return np.array(numbers, dtype=np.float64)
+    except OverflowError:
+        pass
+    for i, value in enumerate(_flatten(numbers)):
+        try:
+            float(value)
+        except OverflowError:
+            raise InvalidInput(f"{where(i)}: not a finite float32 number (out of range)") from None
+    raise AssertionError("no element overflowed")  # pragma: no cover
 
 
 def _flatten(data: list[Any]) -> Iterator[Any]:

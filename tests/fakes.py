@@ -25,12 +25,14 @@ class FakeRuntime:
         per_step: bool = False,
         gate: threading.Event | None = None,
         fail_if: Callable[[np.ndarray], bool] | None = None,
+        fail_with: str = "fake runtime failure",
         fixed_batch: int | None = None,
         fixed_length: int | None = None,
     ) -> None:
         self.per_step = per_step
         self.gate = gate
         self.fail_if = fail_if
+        self.fail_with = fail_with
         self.fixed_batch = fixed_batch
         self.fixed_length = fixed_length
         self.calls: list[tuple[np.ndarray, np.ndarray | None]] = []
@@ -43,7 +45,7 @@ class FakeRuntime:
         if self.gate is not None and not self.gate.wait(timeout=30):
             raise RuntimeError("test gate never opened")
         if self.fail_if is not None and self.fail_if(batch):
-            raise RuntimeError("fake runtime failure")
+            raise RuntimeError(self.fail_with)
         rows, time = batch.shape[0], batch.shape[1]
         valid = lengths if lengths is not None else np.full(rows, time)
         mask = np.arange(time)[None, :] < valid[:, None]  # [B, T]

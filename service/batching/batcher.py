@@ -417,21 +417,30 @@ class Batcher:
 
     def _compute_sequences(self, sequences: list[np.ndarray]) -> _Outcome:
         started = time.perf_counter()
+        outputs = self._run_isolating(sequences)
+        return _Outcome(outputs, time.perf_counter() - started)
+
+    def _run_isolating(self, sequences: list[np.ndarray]) -> list[np.ndarray | BaseException | None]:
+        """Run a batch; if it fails, find who fails: a batch out of memory is split in halves and
+        retried (down to one sequence), any other failure is retried one by one, so that one bad
+        sequence fails only its own request."""
         try:
-            outputs: list[np.ndarray | BaseException | None] = list(self._run_batch(sequences))
+            return list(self._run_batch(sequences))
         except Exception as exc:
             if len(sequences) == 1:
-                outputs = [exc]
-            else:
-                # Run each alone so that one bad sequence fails only its own request.
-                log.warning("model %s failed on a batch of %d; retrying one by one", self._name, len(sequences))
-                outputs = []
-                for seq in sequences:
-                    try:
-                        outputs.extend(self._run_batch([seq]))
-                    except Exception as single:
-                        outputs.append(single)
-        return _Outcome(outputs, time.perf_counter() - started)
+                return [exc]
+            if _out_of_memory(exc):
+                half = len(sequences) // 2
+                log.warning("model %s ran out of memory on a batch of %d; splitting it", self._name, len(sequences))
+                return self._run_isolating(sequences[:half]) + self._run_isolating(sequences[half:])
+            log.warning("model %s failed on a batch of %d; retrying one by one", self._name, len(sequences))
+            outputs: list[np.ndarray | BaseException | None] = []
+            for seq in sequences:
+                try:
+                    outputs.extend(self._run_batch([seq]))
+                except Exception as single:
+                    outputs.append(single)
+            return outputs
 
     def _padding_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         """A C-contiguous `shape` view of one buffer reused across batches (only the worker
@@ -463,3 +472,12 @@ class Batcher:
                 raise ValueError(f"runtime returned {out.shape[1]} steps for a batch of {longest}")
             return [out[row, : lengths[row]] for row in range(rows)]
         return [out[row] for row in range(rows)]
+
+
+_OUT_OF_MEMORY = ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A runtime's out-of-memory error (torch's `CUDA out of memory`, ONNX Runtime's `Failed to
+    allocate memory`): a smaller batch may fit."""
+    return isinstance(exc, MemoryError) or any(mark in str(exc).lower() for mark in _OUT_OF_MEMORY)

@@ -352,3 +352,50 @@ def test_metrics_observer_sees_batches_and_queue_depth() -> None:
     assert observer.batches == [(2, 8, 6)]  # 2 sequences, padded to 2 x 4 cells, 6 real steps
     assert observer.depths[0] == 2 and observer.depths[-1] == 0
     assert len(observer.waits) == 2
+
+
+def test_a_batch_out_of_memory_is_split_in_halves_and_retried() -> None:
+    oom = "CUDA out of memory. Tried to allocate 2.00 GiB"
+    runtime = FakeRuntime(fail_if=lambda batch: len(batch) > 2 or bool((batch == 666.0).any()), fail_with=oom)
+
+    async def scenario() -> tuple[Any, ...]:
+        batcher = make(runtime)
+        batcher.start()
+        try:
+            whole = batcher.infer([seq(3, float(v)) for v in range(1, 9)], timeout_seconds=TIMEOUT)
+            result = await whole
+            # Down to one sequence still out of memory: only that sequence's request fails.
+            mixed = await asyncio.gather(
+                batcher.infer([seq(2, 666.0), seq(2, 1.0), seq(2, 2.0), seq(2, 3.0)], timeout_seconds=TIMEOUT),
+                return_exceptions=True,
+            )
+            after = await batcher.infer([seq(1, 5.0)], timeout_seconds=TIMEOUT)
+            return result, mixed[0], after
+        finally:
+            await batcher.stop()
+
+    result, mixed, after = run(scenario)
+    assert [row.tolist() for row in result] == [[6.0 * v, 3.0] for v in range(1, 9)]
+    assert runtime.batch_sizes[:7] == [8, 4, 2, 2, 4, 2, 2]
+    assert isinstance(mixed, InferenceFailed) and mixed.error_id
+    assert runtime.batch_sizes[7:12] == [4, 2, 1, 1, 2]  # halves of halves; the 666 alone still fails
+    assert after[0].tolist() == [10.0, 1.0]
+
+
+def test_other_failures_are_retried_one_by_one_not_halved() -> None:
+    runtime = FakeRuntime(fail_if=lambda batch: bool((batch == 666.0).any()))
+
+    async def scenario() -> Any:
+        batcher = make(runtime)
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                batcher.infer([seq(2, 1.0), seq(2, 666.0), seq(2, 2.0), seq(2, 3.0)], timeout_seconds=TIMEOUT),
+                return_exceptions=True,
+            )
+        finally:
+            await batcher.stop()
+
+    (failed,) = run(scenario)
+    assert isinstance(failed, InferenceFailed)
+    assert runtime.batch_sizes == [4, 1, 1, 1, 1]
