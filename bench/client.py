@@ -35,9 +35,20 @@ def encode_requests(
     return out
 
 
+# NOTE: below the server's keep-alive timeout (seqserve's `keep_alive_seconds`, 5 s by
+# default): a connection idle longer may be closed by the server just as a request is
+# written on it, and that request is lost. Clients, like nginx, drop such connections.
+MAX_IDLE_SECONDS = 4.0
+
+
 class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.last_used = time.monotonic()
+
+    def stale(self) -> bool:
+        """Idle too long to reuse safely (see MAX_IDLE_SECONDS)."""
+        return time.monotonic() - self.last_used > MAX_IDLE_SECONDS
 
     @classmethod
     async def open(cls, port: int) -> Connection:
@@ -45,16 +56,21 @@ class Connection:
         return cls(reader, writer)
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
+        status, _, body = await self.exchange(raw)
+        return status, body
+
+    async def exchange(self, raw: bytes) -> tuple[int, bytes, bytes]:
+        """Send one whole request; its status, head (lower case) and body."""
         self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
+        head = (await self.reader.readuntil(b"\r\n\r\n")).lower()
         status = int(head[9:12])
-        lower = head.lower()
-        at = lower.find(b"content-length:")
+        at = head.find(b"content-length:")
         if at < 0:
             raise RuntimeError("response without Content-Length")
-        end = lower.find(b"\r\n", at)
-        body = await self.reader.readexactly(int(lower[at + 15 : end]))
-        return status, body
+        end = head.find(b"\r\n", at)
+        body = await self.reader.readexactly(int(head[at + 15 : end]))
+        self.last_used = time.monotonic()
+        return status, head, body
 
     def close(self) -> None:
         self.writer.close()
@@ -181,6 +197,9 @@ async def open_loop(
             delay = scheduled - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            while idle and idle[-1].stale():
+                idle.pop().close()
+                opened -= 1
             if idle:
                 conn: Connection | None = idle.pop()
             elif opened < max_connections:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,7 +20,14 @@ from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from service.metrics import Metrics
 from service.outputs import OutputFormatter
 from service.repository import NAME_PATTERN, VERSION_PATTERN, Entry, ModelSpec, RuntimeKind, scan_repository
-from service.runtime import Runtime, RuntimeUnavailable, ThreadSettings, open_runtime, zero_batch
+from service.runtime import (
+    Runtime,
+    RuntimeUnavailable,
+    ThreadSettings,
+    lower_thread_priority,
+    open_runtime,
+    zero_batch,
+)
 from service.settings import Settings
 from service.validation import InputValidator
 
@@ -93,7 +101,14 @@ class ModelRegistry:
         assert entry.spec is not None
         spec = entry.spec
         try:
-            runtime, reason = await asyncio.to_thread(self._open_and_warm, entry)
+            # NOTE: opened on a thread of its own at the compute priority: runtime thread
+            # pools started while opening and warming up inherit it.
+            nice = self._settings.compute_nice
+            opener = ThreadPoolExecutor(1, "seqserve-open", initializer=lower_thread_priority, initargs=(nice,))
+            try:
+                runtime, reason = await asyncio.get_running_loop().run_in_executor(opener, self._open_and_warm, entry)
+            finally:
+                opener.shutdown(wait=False)
         except Exception as exc:
             self._fail(version, str(exc))
             return
@@ -102,6 +117,7 @@ class ModelRegistry:
             max_batch_tokens=self._settings.max_batch_tokens,
             max_delay_ms=self._settings.max_delay_ms,
             max_queue=self._settings.max_queue,
+            max_queued_tokens=self._settings.max_queued_tokens,
             equal_length=spec.padding == "equal-length",
         )
         tokenizer = spec.input.tokenizer
@@ -113,6 +129,7 @@ class ModelRegistry:
             uses_lengths=spec.uses_lengths,
             observer=self._metrics.observer(spec.name, spec.version),
             name=f"{spec.name}/{spec.version}",
+            compute_nice=self._settings.compute_nice,
         )
         batcher.start()
         version.runtime, version.device_reason, version.batcher = runtime, reason, batcher

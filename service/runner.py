@@ -74,6 +74,7 @@ def serve(settings: Settings) -> None:
         access_log=settings.access_log,
         lifespan="on",
         timeout_graceful_shutdown=int(max(1.0, settings.grace_period_seconds)),
+        timeout_keep_alive=settings.keep_alive_seconds,
         server_header=False,
     )
     registry: ModelRegistry = app.state.seqserve.registry

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=1024, ge=1, le=1 << 20)
     """Most sequences waiting per model version; past it requests get 503 with Retry-After at once."""
 
+    max_queued_tokens: int = Field(default=262_144, ge=1, le=1 << 40)
+    """Most time steps (characters for text models) waiting per model version, summed over queued
+    sequences: bounds the padded work and memory a queue can hold; past it 503 with Retry-After at once."""
+
     max_body_bytes: int = Field(default=8 * MiB, ge=1024, le=1024 * MiB)
     """Largest request body accepted (413 past it)."""
 
@@ -75,8 +79,16 @@ class Settings(BaseSettings):
     onnx_threads: int = Field(default=0, ge=0, le=1024)
     """ONNX Runtime intra-op threads per model; 0: one per CPU core."""
 
+    compute_nice: int = Field(default=10, ge=0, le=19)
+    """How far below the event loop the compute threads (batch workers, runtime thread pools) run, in
+    Linux nice steps: under full load HTTP, health checks and shedding stay prompt. 0: same priority."""
+
     torch_threads: int = Field(default=0, ge=0, le=1024)
     """torch intra-op threads for TorchScript models; 0: torch's default."""
+
+    keep_alive_seconds: float = Field(default=5.0, gt=0.0, le=3600.0)
+    """How long an idle HTTP keep-alive connection stays open; a load balancer in front should keep
+    its idle upstream connections for less (deploy/nginx: 4 s)."""
 
     log_level: LogLevel = "info"
     """Log level of the server and uvicorn."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 
@@ -38,9 +39,11 @@ class FakeRuntime:
         self.calls: list[tuple[np.ndarray, np.ndarray | None]] = []
         self.started = threading.Event()  # set when a batch has started (e.g. is waiting at the gate)
         self.warmed: list[tuple[int, int]] = []
+        self.nice: list[int] = []  # the calling thread's nice value, per call
 
     def predict(self, batch: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
         self.calls.append((batch.copy(), None if lengths is None else lengths.copy()))
+        self.nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         self.started.set()
         if self.gate is not None and not self.gate.wait(timeout=30):
             raise RuntimeError("test gate never opened")

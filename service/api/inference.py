@@ -39,7 +39,9 @@ async def handle(
             raise Draining("the server is shutting down; retry on another replica")
         model = state.registry.resolve(name, version)
         labels = (model.name, str(model.version))
-        body = await read_body(request, state.settings.max_body_bytes, binary_extension=v2)
+        assert model.batcher is not None  # resolve() returns ready versions only
+        with model.batcher.reading():  # sheds before the body is read and parsed
+            body = await read_body(request, state.settings.max_body_bytes, binary_extension=v2)
         response = await handler(model, body)
         status = response.status_code
         return response

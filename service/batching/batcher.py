@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,8 +23,8 @@ from typing import Protocol
 import numpy as np
 
 from service.batching.planner import BATCH_COST_CELLS, STEP_COST_ROWS, BatchPolicy, plan_batch
-from service.errors import Draining, InferenceFailed, Overloaded, RequestTimeout
-from service.runtime import Runtime
+from service.errors import Draining, InferenceFailed, Overloaded, PayloadTooLarge, RequestTimeout
+from service.runtime import Runtime, lower_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ class Batcher:
         uses_lengths: bool,
         observer: BatchObserver | None = None,
         name: str = "model",
+        compute_nice: int = 0,
     ) -> None:
         self._runtime = runtime
         self._policy = policy
@@ -156,12 +157,22 @@ class Batcher:
         self._reported_depth = -1
         self._buffer = np.empty(0, dtype=dtype)  # padded batches, reused (see _padding_buffer)
         self._queued = 0  # sequences submitted and not yet dispatched or dropped
+        self._queued_tokens = 0  # their time steps, summed
+        self._reading = 0  # requests admitted by `reading()` whose bodies are still being read
+        self._submitted = 0  # requests queued so far
+        self._mean_sequences = 0.0  # per request: the mean of the first ten, then a moving average
+        self._mean_tokens = 0.0  # time steps per request, likewise
         self._closing = False
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"seqserve-{name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"seqserve-{name}",
+            initializer=lower_thread_priority,
+            initargs=(compute_nice,),
+        )
 
     # -- owner's interface ------------------------------------------------
 
@@ -198,6 +209,33 @@ class Batcher:
 
     # -- callers' interface -----------------------------------------------
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Admit a request before its body is read and parsed, or raise `Overloaded` / `Draining` at once.
+
+        Under overload the event loop would otherwise spend its time parsing bodies
+        only to refuse them at `submit()`, and accepted requests would wait behind
+        that work. The requests being read count as the mean request seen so far.
+        """
+        if self._closing:
+            raise Draining("the server is shutting down")
+        incoming = self._reading + 1
+        policy = self._policy
+        over = (
+            self._queued + incoming * self._mean_sequences > policy.max_queue
+            or self._queued_tokens + incoming * self._mean_tokens > policy.max_queued_tokens
+        )
+        if over and (self._queued or self._reading):  # an idle model always reads a request
+            raise Overloaded(
+                f"model {self._name} has {self._queued} sequences queued and {self._reading} requests being read "
+                f"(limit {policy.max_queue} sequences); retry later"
+            )
+        self._reading += 1
+        try:
+            yield
+        finally:
+            self._reading -= 1
+
     def submit(self, sequences: Sequence[np.ndarray], *, timeout_seconds: float) -> PendingRequest:
         """Queue a request at once, or raise `Overloaded` / `Draining` at once; never waits."""
         if self._closing:
@@ -205,9 +243,17 @@ class Batcher:
         count = len(sequences)
         if count == 0:
             raise ValueError("a request needs at least one sequence")
+        tokens = sum(len(s) for s in sequences)
+        limit = self._policy.max_queued_tokens
+        if tokens > limit:
+            raise PayloadTooLarge(f"request has {tokens} time steps in all; max_queued_tokens is {limit}")
         if self._queued + count > self._policy.max_queue:
             raise Overloaded(
                 f"model {self._name} has {self._queued} sequences queued (limit {self._policy.max_queue}); retry later"
+            )
+        if self._queued_tokens + tokens > limit:
+            raise Overloaded(
+                f"model {self._name} has {self._queued_tokens} time steps queued (limit {limit}); retry later"
             )
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -221,6 +267,11 @@ class Batcher:
         request.future.add_done_callback(lambda _: self._on_request_done(request))
         self._inbox.append(request)
         self._queued += count
+        self._queued_tokens += tokens
+        self._submitted += 1
+        weight = max(0.1, 1.0 / self._submitted)
+        self._mean_sequences += weight * (count - self._mean_sequences)
+        self._mean_tokens += weight * (tokens - self._mean_tokens)
         self._idle.clear()
         self._wake.set()  # the task reports the new queue depth
         return request
@@ -310,6 +361,7 @@ class Batcher:
             else:
                 kept.append(item)
         if dropped:
+            self._queued_tokens -= sum(item.length for item in self._pending) - sum(item.length for item in kept)
             self._pending = kept
             self._queued -= sum(dropped.values())
             self._observer.queue_depth(self._queued)
@@ -348,6 +400,7 @@ class Batcher:
         batch = [self._pending[i] for i in plan.indices]
         self._pending = [item for i, item in enumerate(self._pending) if i not in chosen]
         self._queued -= len(batch)
+        self._queued_tokens -= sum(item.length for item in batch)
         for item in batch:
             self._observer.queue_wait(now - item.request.enqueued_at)
         cost = _cost(len(batch), max(item.length for item in batch))
@@ -396,6 +449,7 @@ class Batcher:
         self._pending = []
         self._inflight.clear()
         self._queued = 0
+        self._queued_tokens = 0
         self._reported_depth = 0
         self._observer.queue_depth(0)
 

@@ -24,6 +24,7 @@ class BatchPolicy:
     max_batch_tokens: int
     max_delay_ms: float
     max_queue: int
+    max_queued_tokens: int = 1 << 62
     # Graphs without a lengths input batch only sequences of equal length.
     equal_length: bool = False
 

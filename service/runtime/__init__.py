@@ -8,6 +8,8 @@ that choice and falls back to the CPU, with a warning, when the GPU fails.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,22 @@ def _cuda_usable(runtime: RuntimeKind) -> tuple[bool, str]:
     except ImportError as exc:
         raise RuntimeUnavailable(f"torch is not installed ({exc})") from exc
     return torchscript.cuda_available()
+
+
+def lower_thread_priority(increment: int) -> None:
+    """Lower the calling thread's CPU priority by `increment` (Linux nice; threads it starts inherit it).
+
+    Compute threads (the batch worker, runtime thread pools) run below the event
+    loop, so HTTP, health checks and load shedding stay prompt while a batch keeps
+    every core busy; when the loop is idle the compute threads get all the CPU.
+    """
+    if increment <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+    except OSError as exc:  # pragma: no cover - raising nice is always allowed on Linux
+        log.warning("could not lower the compute threads' priority: %s", exc)
 
 
 @dataclass(frozen=True)

@@ -112,3 +112,29 @@ def test_a_request_larger_than_the_queue_is_refused_as_too_large(small_queue_ser
     response = httpx.post(f"{small_queue_server.url}/predict", json={"inputs": [[[0.0] * 5]] * 9}, timeout=30)
     assert response.status_code == 422
     assert response.json()["error"]["message"] == "inputs: 9 sequences, at most 8 per request"
+
+
+def test_queued_time_steps_are_bounded_over_http(feat_only: Path, tmp_path: Path) -> None:
+    flags = ("--max-queued-tokens", "60", "--max-batch-size", "1", "--max-delay-ms", "0")
+    with run_server(feat_only, *flags, log_dir=tmp_path) as server:
+        too_many = {"inputs": [[[0.0] * 5] * 31, [[0.0] * 5] * 30]}  # max_length is 40
+        response = httpx.post(f"{server.url}/predict", json=too_many, timeout=30)
+        assert response.status_code == 413
+        assert response.json()["error"] == {
+            "code": "payload_too_large",
+            "message": "request has 61 time steps in all; max_queued_tokens is 60",
+        }
+
+        async def fire() -> list[int]:
+            body = {"inputs": [[[0.1] * 5] * 40] * 1}  # 40 steps: a second one queued behind would pass 60
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                answers = await asyncio.gather(*(client.post("/predict", json=body) for _ in range(16)))
+            for answer in answers:
+                if answer.status_code == 503:
+                    assert answer.headers["retry-after"] == "1"
+                    assert "time steps queued (limit 60)" in answer.json()["error"]["message"]
+            return [a.status_code for a in answers]
+
+        statuses = asyncio.run(fire())
+        assert set(statuses) == {200, 503}, statuses
+        assert httpx.post(f"{server.url}/predict", json={"inputs": [[[0.1] * 5] * 40]}, timeout=30).status_code == 200

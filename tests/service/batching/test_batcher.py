@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.batching import Batcher, BatchPolicy
-from service.errors import Draining, InferenceFailed, Overloaded, RequestTimeout
+from service.errors import Draining, InferenceFailed, Overloaded, PayloadTooLarge, RequestTimeout
 from tests.fakes import FakeRuntime, RecordingObserver
 
 T = TypeVar("T")
@@ -26,6 +27,7 @@ def policy(**overrides: Any) -> BatchPolicy:
 
 def make(runtime: FakeRuntime, observer: RecordingObserver | None = None, **overrides: Any) -> Batcher:
     equal = overrides.pop("equal_length", False)
+    nice = overrides.pop("compute_nice", 0)
     return Batcher(
         runtime,
         policy(equal_length=equal, **overrides),
@@ -34,6 +36,7 @@ def make(runtime: FakeRuntime, observer: RecordingObserver | None = None, **over
         uses_lengths=not equal,
         observer=observer,
         name="fake/1",
+        compute_nice=nice,
     )
 
 
@@ -209,6 +212,113 @@ def test_a_full_queue_refuses_at_once() -> None:
             await batcher.stop()
 
     run(scenario)
+
+
+def test_queued_time_steps_are_bounded_and_freed_on_dispatch() -> None:
+    gate = threading.Event()
+    runtime = FakeRuntime(gate=gate)
+
+    async def scenario() -> None:
+        batcher = make(runtime, max_queued_tokens=100)
+        batcher.start()
+        try:
+            running = asyncio.ensure_future(batcher.infer([seq(100)], timeout_seconds=TIMEOUT))
+            await wait_for_thread(runtime.started)  # dispatched: its 100 steps left the queue
+            queued = batcher.submit([seq(60), seq(30)], timeout_seconds=TIMEOUT)
+            with pytest.raises(Overloaded, match="90 time steps queued"):
+                batcher.submit([seq(11)], timeout_seconds=TIMEOUT)
+            last = batcher.submit([seq(10)], timeout_seconds=TIMEOUT)  # exactly at the limit
+            with pytest.raises(PayloadTooLarge, match="101 time steps"):
+                batcher.submit([seq(50), seq(51)], timeout_seconds=TIMEOUT)  # could never fit
+            gate.set()
+            await running
+            await queued.future
+            await last.future
+            assert len(await batcher.infer([seq(100)], timeout_seconds=TIMEOUT)) == 1  # all freed
+        finally:
+            await batcher.stop()
+
+    run(scenario)
+
+
+def test_dropped_requests_free_their_queued_time_steps() -> None:
+    gate = threading.Event()
+    runtime = FakeRuntime(gate=gate)
+
+    async def scenario() -> None:
+        batcher = make(runtime, max_queued_tokens=100)
+        batcher.start()
+        try:
+            running = asyncio.ensure_future(batcher.infer([seq(5)], timeout_seconds=TIMEOUT))
+            await wait_for_thread(runtime.started)
+            abandoned = batcher.submit([seq(100)], timeout_seconds=TIMEOUT)
+            with pytest.raises(Overloaded):
+                batcher.submit([seq(1)], timeout_seconds=TIMEOUT)
+            abandoned.cancel()
+            for _ in range(100):  # the task drops it on its next wake-up
+                await asyncio.sleep(0.01)
+                try:
+                    kept = batcher.submit([seq(100)], timeout_seconds=TIMEOUT)
+                    break
+                except Overloaded:
+                    continue
+            else:
+                raise AssertionError("a cancelled request's time steps were never freed")
+            gate.set()
+            await running
+            await kept.future
+        finally:
+            await batcher.stop()
+
+    run(scenario)
+
+
+def test_requests_are_shed_before_their_bodies_are_read_when_the_queue_would_overflow() -> None:
+    gate = threading.Event()
+    runtime = FakeRuntime(gate=gate)
+
+    async def scenario() -> None:
+        batcher = make(runtime, max_queue=8)
+        batcher.start()
+        try:
+            with batcher.reading():  # an idle model always reads a request
+                running = asyncio.ensure_future(batcher.infer([seq(1)] * 4, timeout_seconds=TIMEOUT))
+            await wait_for_thread(runtime.started)
+            queued = batcher.submit([seq(1)] * 4, timeout_seconds=TIMEOUT)  # mean request: about 4 sequences
+            with batcher.reading():  # 4 queued + 1 request of ~4 being read: fits 8
+                with pytest.raises(Overloaded, match="4 sequences queued and 1 requests being read"):
+                    with batcher.reading():  # a second one being read would not
+                        pass
+            with batcher.reading():  # the first reader finished: room again
+                pass
+            gate.set()
+            await running
+            await queued.future
+            batcher.begin_drain()
+            with pytest.raises(Draining):
+                with batcher.reading():
+                    pass
+        finally:
+            await batcher.stop()
+
+    run(scenario)
+
+
+def test_the_worker_thread_runs_below_the_event_loop_priority() -> None:
+    runtime = FakeRuntime()
+
+    async def scenario() -> None:
+        batcher = make(runtime, compute_nice=5)
+        batcher.start()
+        try:
+            await batcher.infer([seq(3)], timeout_seconds=TIMEOUT)
+        finally:
+            await batcher.stop()
+
+    loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    run(scenario)
+    assert runtime.nice == [min(19, loop_nice + 5)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice  # the caller is unchanged
 
 
 def test_cancelled_requests_are_dropped_before_compute() -> None:
