@@ -469,6 +469,8 @@ def summary(cluster: LocalCluster, load: LoadResult, since: int) -> dict[str, An
         "wrong_answers": load.wrong,
         "statuses": dict(load.statuses),
         "errors": load.errors[:5],
+        # nginx's own record of a request that failed: every replica tried and what each answered.
+        "failed_in_nginx": [r for r in records if r["status"] != "200"][:5],
         "seconds": round(load.seconds, 2),
         "requests_per_second": round(load.requests_per_second, 1),
         "retried_on_another_replica": retried,

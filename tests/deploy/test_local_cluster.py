@@ -61,7 +61,7 @@ def brief(figures: dict[str, Any]) -> dict[str, Any]:
 
 def assert_nothing_failed(figures: dict[str, Any]) -> None:
     assert figures["requests_sent"] > 0
-    assert figures["requests_failed"] == 0, figures["errors"]
+    assert figures["requests_failed"] == 0, (figures["errors"], figures["failed_in_nginx"])
     assert figures["wrong_answers"] == 0, figures
     assert figures["statuses"] == {"200": figures["requests_sent"]}, figures
 
@@ -85,14 +85,15 @@ def test_rolling_restart_under_load_fails_no_request(cluster: LocalCluster, work
 
 def test_kill_9_under_load_fails_no_request(cluster: LocalCluster, workload: Workload) -> None:
     figures = phase_kill(cluster, workload, index=1)
-    record("kill_9", {**brief(figures), "killed": figures["killed"]})
+    record("kill_9", {**brief(figures), "killed": figures["killed"], "errors": figures["errors"],
+                      "failed_in_nginx": figures["failed_in_nginx"]})
     assert figures["exit_code"] == -9
     # NOTE: one full-suite run out of about twenty lost 1 request of ~10,500 here
     # (cause not yet found; see the README's deployment figures). Until it is, the
     # test allows at most that one and never a wrong answer; the graceful paths
     # (spread, rolling restart) still allow none.
     assert figures["requests_sent"] > 0 and figures["wrong_answers"] == 0, figures
-    assert figures["requests_failed"] <= 1, figures["errors"]
+    assert figures["requests_failed"] <= 1, (figures["errors"], figures["failed_in_nginx"])
 
 
 class _Draining(BaseHTTPRequestHandler):
