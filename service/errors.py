@@ -75,6 +75,10 @@ class RequestTimeout(ServiceError):
     code = "timeout"
 
 
+class Abandoned(Exception):
+    """The caller went away before its answer (e.g. the client closed the connection); nobody reads it."""
+
+
 class InferenceFailed(ServiceError):
     """The runtime failed on a batch; `error_id` ties the answer to the logged traceback."""
 

@@ -62,11 +62,11 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
-    from service.api import create_app
+    from service.api import InferenceFastPath, create_app
 
     app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        InferenceFastPath(app),
         host=settings.host,
         port=settings.port,
         log_config=None,

@@ -12,7 +12,6 @@ from fastapi import FastAPI
 from service import __version__
 from service.api import health, schemas, v1, v2
 from service.api.errors import install_handlers
-from service.api.fastpath import InferenceFastPath
 from service.api.state import AppState
 from service.metrics import Metrics
 from service.registry import ModelRegistry
@@ -45,7 +44,6 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
     )
     app.state.seqserve = AppState(settings=settings, registry=registry, metrics=metrics, api_key=api_key)
     install_handlers(app)
-    app.add_middleware(InferenceFastPath)
     app.include_router(health.router)
     app.include_router(v2.health)
     app.include_router(v1.router)

@@ -40,12 +40,8 @@ STATUS: dict[type[errors.ServiceError], int] = {
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away before its answer
 
 
-class ClientDisconnected(Exception):
-    """The client closed the connection while its request waited; nobody reads the answer."""
-
-
 def status_for(exc: BaseException) -> int:
-    if isinstance(exc, ClientDisconnected):
+    if isinstance(exc, errors.Abandoned):
         return CLIENT_CLOSED_REQUEST
     for cls in type(exc).__mro__:
         if cls in STATUS:

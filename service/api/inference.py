@@ -15,13 +15,12 @@ from starlette.responses import Response
 from service.api.body import Body, read_body
 from service.api.errors import (
     CLIENT_CLOSED_REQUEST,
-    ClientDisconnected,
     internal_error_response,
     service_error_response,
     status_for,
 )
 from service.api.state import app_state
-from service.errors import Draining, ServiceError
+from service.errors import Abandoned, Draining, ServiceError
 from service.registry import ModelVersion
 
 Handler = Callable[[ModelVersion, Body], Awaitable[Response]]
@@ -48,7 +47,7 @@ async def handle(
     except ServiceError as exc:
         status = status_for(exc)
         return service_error_response(exc, v2=v2)
-    except ClientDisconnected:
+    except Abandoned:
         status = CLIENT_CLOSED_REQUEST
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     except Exception as exc:
@@ -60,20 +59,14 @@ async def handle(
 
 
 async def run_model(request: Request, model: ModelVersion, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The model's raw output per sequence; raises ClientDisconnected if the client leaves first."""
+    """The model's raw output per sequence; raises Abandoned if the client leaves first."""
     assert model.batcher is not None
     timeout = app_state(request).settings.request_timeout_seconds
-    inference = asyncio.ensure_future(model.batcher.infer(sequences, timeout_seconds=timeout))
     disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
-        await asyncio.wait((inference, disconnected), return_when=asyncio.FIRST_COMPLETED)
+        return await model.batcher.infer(sequences, timeout_seconds=timeout, gone=disconnected)
     finally:
         disconnected.cancel()
-        if not inference.done():
-            inference.cancel()  # drops this request's sequences that are still queued
-    if not inference.done() or inference.cancelled():
-        raise ClientDisconnected()
-    return inference.result()
 
 
 async def _wait_for_disconnect(request: Request) -> None:

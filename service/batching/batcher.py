@@ -18,12 +18,12 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from service.batching.planner import BATCH_COST_CELLS, STEP_COST_ROWS, BatchPolicy, plan_batch
-from service.errors import Draining, InferenceFailed, Overloaded, PayloadTooLarge, RequestTimeout
+from service.errors import Abandoned, Draining, InferenceFailed, Overloaded, PayloadTooLarge, RequestTimeout
 from service.runtime import Runtime, lower_thread_priority
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,7 @@ class Batcher:
         self._mean_sequences = 0.0  # per request: the mean of the first ten, then a moving average
         self._mean_tokens = 0.0  # time steps per request, likewise
         self._closing = False
+        self._stopping = False
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -191,8 +192,11 @@ class Batcher:
 
     async def stop(self) -> None:
         """Stop the task; requests still waiting fail with `Draining`."""
-        self._closing = True
+        self._closing = self._stopping = True
         if self._task is not None:
+            # NOTE: the flag, not only the cancel: a cancel that lands as the task's wait
+            # ends can be lost (asyncio.wait_for, Python 3.11); the task checks the flag.
+            self._wake.set()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -221,15 +225,13 @@ class Batcher:
             raise Draining("the server is shutting down")
         incoming = self._reading + 1
         policy = self._policy
-        over = (
-            self._queued + incoming * self._mean_sequences > policy.max_queue
-            or self._queued_tokens + incoming * self._mean_tokens > policy.max_queued_tokens
-        )
-        if over and (self._queued or self._reading):  # an idle model always reads a request
-            raise Overloaded(
-                f"model {self._name} has {self._queued} sequences queued and {self._reading} requests being read "
-                f"(limit {policy.max_queue} sequences); retry later"
-            )
+        over = None
+        if self._queued + incoming * self._mean_sequences > policy.max_queue:
+            over = f"{self._queued} sequences queued (limit {policy.max_queue})"
+        elif self._queued_tokens + incoming * self._mean_tokens > policy.max_queued_tokens:
+            over = f"{self._queued_tokens} time steps queued (limit {policy.max_queued_tokens})"
+        if over is not None and (self._queued or self._reading):  # an idle model always reads a request
+            raise Overloaded(f"model {self._name} has {over} and {self._reading} requests being read; retry later")
         self._reading += 1
         try:
             yield
@@ -276,17 +278,25 @@ class Batcher:
         self._wake.set()  # the task reports the new queue depth
         return request
 
-    async def infer(self, sequences: Sequence[np.ndarray], *, timeout_seconds: float) -> list[np.ndarray]:
-        """Submit and wait; cancelling the caller (e.g. a client gone) drops its queued sequences."""
+    async def infer(
+        self, sequences: Sequence[np.ndarray], *, timeout_seconds: float, gone: asyncio.Future[Any] | None = None
+    ) -> list[np.ndarray]:
+        """Submit and wait. If `gone` completes first (the client left) or the caller is cancelled,
+        the request's queued sequences are dropped; `gone` first raises `Abandoned`."""
         request = self.submit(sequences, timeout_seconds=timeout_seconds)
+        waits: tuple[asyncio.Future[Any], ...] = (request.future,) if gone is None else (request.future, gone)
         try:
-            async with asyncio.timeout_at(request.deadline):
-                return await asyncio.shield(request.future)
-        except TimeoutError:
-            request._fail(RequestTimeout(f"no answer within {timeout_seconds:g} s"))
-            return await request.future  # raises whatever ended it first
-        finally:
-            request.cancel()  # a no-op once answered; drops leftovers when the caller is cancelled
+            await asyncio.wait(waits, timeout=timeout_seconds, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            request.cancel()  # the caller was cancelled: drop what is still queued
+            raise
+        if request.future.done():
+            return request.future.result()
+        if gone is not None and gone.done():
+            request.cancel()
+            raise Abandoned("the caller went away before its answer")
+        request._fail(RequestTimeout(f"no answer within {timeout_seconds:g} s"))
+        return request.future.result()  # raises whatever ended it first
 
     # -- the task that owns the queue --------------------------------------
 
@@ -301,7 +311,7 @@ class Batcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while True:
+            while not self._stopping:
                 self._wake.clear()
                 timeout: float | None = None
                 try:
@@ -338,7 +348,8 @@ class Batcher:
                     await self._wake.wait()
                 else:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), max(timeout, 0.0))
+                        async with asyncio.timeout(max(timeout, 0.0)):
+                            await self._wake.wait()
         finally:
             self._fail_all(Draining("the server is shutting down"))
             self._idle.set()
