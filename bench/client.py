@@ -47,8 +47,10 @@ class Connection:
         self.last_used = time.monotonic()
 
     def stale(self) -> bool:
-        """Idle too long to reuse safely (see MAX_IDLE_SECONDS)."""
-        return time.monotonic() - self.last_used > MAX_IDLE_SECONDS
+        """Closed by the server, or idle so long it may be closing now (see MAX_IDLE_SECONDS):
+        a pool drops it rather than reuse it, as HTTP clients' pools do."""
+        idle = time.monotonic() - self.last_used > MAX_IDLE_SECONDS
+        return idle or self.reader.at_eof() or self.writer.is_closing()
 
     @classmethod
     async def open(cls, port: int) -> Connection:
@@ -119,6 +121,9 @@ class LoadResult:
 
 
 Window = Callable[[], None]
+Answer = Callable[[float, float, int], None]
+"""Called per request of an open loop: (scheduled start, end, HTTP status) in loop.time()
+seconds; status 0 when the connection failed, -1 when it was not sent (connection cap reached)."""
 
 
 async def closed_loop(
@@ -160,10 +165,11 @@ async def closed_loop(
 
 async def open_loop(
     port: int, requests: Sequence[bytes], rate: float, seconds: float, warmup_seconds: float,
-    max_connections: int = 512, on_window: tuple[Window, Window] | None = None,
+    max_connections: int = 512, on_window: tuple[Window, Window] | None = None, on_answer: Answer | None = None,
 ) -> LoadResult:
     """Requests start every 1/rate seconds on an idle connection (opened on demand, at most
-    `max_connections`); past that cap a start is counted as an error rather than delayed."""
+    `max_connections`); past that cap a start is counted as an error rather than delayed. A
+    connection that fails counts its request as an error and is dropped."""
     loop = asyncio.get_running_loop()
     idle: list[Connection] = [await Connection.open(port) for _ in range(min(64, max_connections))]
     opened = len(idle)
@@ -175,11 +181,20 @@ async def open_loop(
 
     async def one(conn: Connection | None, scheduled: float, raw: bytes) -> None:
         nonlocal opened
-        if conn is None:
-            conn = await Connection.open(port)
-        status, _ = await conn.request(raw)
+        try:
+            if conn is None:
+                conn = await Connection.open(port)
+            status, _ = await conn.request(raw)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            status = 0
+            opened -= 1
+            if conn is not None:
+                conn.close()
+        else:
+            idle.append(conn)
         done = loop.time()
-        idle.append(conn)
+        if on_answer is not None:
+            on_answer(scheduled, done, status)
         if window_start <= scheduled and done <= stop:
             if status == 200:
                 counts["ok"] += 1
@@ -207,6 +222,8 @@ async def open_loop(
             else:
                 if window_start <= scheduled:
                     counts["errors"] += 1
+                if on_answer is not None:
+                    on_answer(scheduled, scheduled, -1)
                 continue
             task = loop.create_task(one(conn, scheduled, requests[k % len(requests)]))
             tasks.add(task)

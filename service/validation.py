@@ -158,6 +158,7 @@ class InputValidator:
         request_id = body.get("id")
         if request_id is not None and not isinstance(request_id, str):
             raise InvalidInput(f"id: expected a string, got {describe(request_id)}")
+        _parameters(body, "parameters")
         inputs = body.get("inputs")
         if not isinstance(inputs, list) or not inputs:
             raise InvalidInput("inputs: expected a non-empty array of tensors")
@@ -177,8 +178,8 @@ class InputValidator:
             if name in tensors:
                 raise InvalidInput(f"{where}: input '{name}' given twice")
             chunk = None
-            parameters = tensor.get("parameters")
-            if isinstance(parameters, dict) and "binary_data_size" in parameters:
+            parameters = _parameters(tensor, f"{where}.parameters")
+            if "binary_data_size" in parameters:
                 size = parameters["binary_data_size"]
                 if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary) - offset:
                     raise InvalidInput(f"{where}: binary_data_size {size!r} does not fit the binary data")
@@ -206,6 +207,7 @@ class InputValidator:
             name = output.get("name") if isinstance(output, dict) else None
             if not isinstance(name, str) or name not in known:
                 raise InvalidInput(f"outputs[{i}]: unknown output {name!r}; this model has {', '.join(known)}")
+            _parameters(output, f"outputs[{i}].parameters")
             names.append(name)
         return tuple(names)
 
@@ -297,6 +299,16 @@ class InputValidator:
         if len(texts) != shape[0]:
             raise InvalidInput(f"{where}.data: {len(texts)} strings, shape {shape} needs {shape[0]}")
         return [self._text(text, f"{where}[{i}]") for i, text in enumerate(texts)]
+
+
+def _parameters(owner: dict[str, Any], where: str) -> dict[str, Any]:
+    """The `parameters` object of a V2 request, tensor or requested output: absent or null is none."""
+    parameters = owner.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"{where}: expected an object, got {describe(parameters)}")
+    return parameters
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,13 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
     app.include_router(v2.health)
     app.include_router(v1.router)
     app.include_router(v2.router)
-    _describe_request_bodies(app)
+    _describe_request_bodies(app, api_key_required=api_key is not None)
     return app
 
 
-def _describe_request_bodies(app: FastAPI) -> None:
-    """Bodies are parsed by hand (fast); put their models into the OpenAPI components."""
+def _describe_request_bodies(app: FastAPI, *, api_key_required: bool) -> None:
+    """Bodies are parsed by hand (fast); put their models into the OpenAPI components. The routes
+    declare the API key's headers (`auth.API_KEY`); a server without a key documents none."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -65,6 +66,11 @@ def _describe_request_bodies(app: FastAPI) -> None:
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body.pop("$defs", {}))
             components[model.__name__] = body
+        if not api_key_required:
+            schema["components"].pop("securitySchemes", None)
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation.pop("security", None)
         app.openapi_schema = schema
         return schema
 

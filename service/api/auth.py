@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.state import app_state
 from service.errors import Unauthorized
 
+# NOTE: declared for the OpenAPI schema only (`auto_error=False`: they never answer); the check
+# itself is `require_api_key`. The app drops them from the schema when no key is configured.
+_BEARER = HTTPBearer(scheme_name="bearer", description="Authorization: Bearer <key>", auto_error=False)
+_HEADER = APIKeyHeader(name="X-API-Key", scheme_name="apiKey", description="X-API-Key: <key>", auto_error=False)
+
 
 async def require_api_key(request: Request) -> None:
-    """FastAPI dependency; a no-op when no key is configured.
+    """A no-op when no key is configured; the inference fast path calls it directly.
 
     NOTE: async on purpose: FastAPI runs a plain `def` dependency in a worker thread.
     """
@@ -24,3 +30,15 @@ async def require_api_key(request: Request) -> None:
         given = credentials.strip() if scheme.lower() == "bearer" else None
     if given is None or not hmac.compare_digest(given.encode(), expected):
         raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or X-API-Key)")
+
+
+async def _api_key_dependency(
+    request: Request,
+    _bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
+    _header: str | None = Security(_HEADER),
+) -> None:
+    await require_api_key(request)
+
+
+API_KEY = Depends(_api_key_dependency)
+"""The dependency of every route behind the key: `require_api_key`, with both headers in the schema."""

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.api import schemas
-from service.api.auth import require_api_key
+from service.api.auth import API_KEY
 from service.api.errors import error_response, is_v2
 from service.api.responses import json_response
 from service.api.state import app_state
@@ -40,9 +40,12 @@ async def readyz(request: Request) -> Response:
 
 @router.get(
     "/metrics",
-    dependencies=[Depends(require_api_key)],
+    dependencies=[API_KEY],
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"},
+        **schemas.errors(401, 500),
+    },
     summary="Prometheus metrics",
 )
 async def metrics(request: Request) -> Response:

@@ -6,9 +6,10 @@ with errors that name the offending index); these models document them.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 
 class ErrorBody(BaseModel):
@@ -18,6 +19,13 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class V2ErrorResponse(BaseModel):
+    """Errors under /v2: the Open Inference Protocol's message string, plus seqserve's code."""
+
+    error: str = Field(examples=["inputs[0].shape[2]: expected 12 features, got 11"])
+    code: str = Field(examples=["invalid_input"])
 
 
 # -- /predict ------------------------------------------------------------------
@@ -145,9 +153,14 @@ class V2ModelMetadata(BaseModel):
 
 class V2InferInput(BaseModel):
     name: str = Field(description="'input' (FP32 [B, T, F]) and optional 'lengths' (INT64 [B]); 'text' (BYTES [B]).")
-    shape: list[int]
+    shape: list[Annotated[int, Field(ge=0)]]
     datatype: Literal["FP32", "INT64", "INT32", "BYTES"]
-    data: list[Any] = Field(description="Row-major, flat or nested.")
+    data: list[Any] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="Row-major, flat or nested. Omitted when `parameters.binary_data_size` puts the tensor "
+        "in the binary data after the JSON (binary tensor data extension).",
+        json_schema_extra=lambda schema: schema.pop("default"),  # required unless binary; never null
+    )
     parameters: dict[str, Any] | None = None
 
 
@@ -157,6 +170,20 @@ class V2RequestedOutput(BaseModel):
 
 
 class V2InferRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "42",
+                    "inputs": [
+                        {"name": "input", "datatype": "FP32", "shape": [1, 2, 4],
+                         "data": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]},
+                    ],
+                }
+            ]
+        }
+    )
+
     id: str | None = None
     inputs: list[V2InferInput]
     outputs: list[V2RequestedOutput] | None = Field(default=None, description="Omitted: every output.")
@@ -186,17 +213,44 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in (
-        (400, "Body is not valid JSON"),
-        (401, "Missing or wrong API key"),
-        (404, "Unknown model or version"),
-        (413, "Body over the size limit"),
-        (415, "Content type is not JSON"),
-        (422, "Invalid input; the message names the offending index"),
-        (500, "The model failed; the message holds an error id found in the logs"),
-        (503, "Overloaded, draining or model not ready; see Retry-After"),
-        (504, "No answer within the request timeout"),
-    )
+def v2_infer_body() -> dict[str, Any]:
+    """`openapi_extra` of V2 inference: a V2InferRequest, or under the binary tensor data extension
+    that JSON followed by the tensors' bytes, its length in `Inference-Header-Content-Length`
+    (then any content type is taken)."""
+    extra = request_body(V2InferRequest)
+    binary = {"type": "string", "format": "binary", "description": "The JSON request, then the tensors' bytes."}
+    extra["requestBody"]["content"]["application/octet-stream"] = {"schema": binary}
+    extra["parameters"] = [
+        {
+            "name": "Inference-Header-Content-Length",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "Binary tensor data extension: bytes of JSON at the start of the body.",
+        }
+    ]
+    return extra
+
+
+_ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Body is not valid JSON",
+    401: "Missing or wrong API key (only when the server has one configured)",
+    404: "Unknown model or version",
+    413: "Body over the size limit",
+    415: "Content type is not JSON",
+    422: "Invalid input; the message names the offending index",
+    500: "Internal error; the message holds an error id found in the logs",
+    503: "Overloaded, draining or model not ready; see Retry-After",
+    504: "No answer within the request timeout",
 }
+INFERENCE_ERRORS = (400, 401, 404, 413, 415, 422, 500, 503, 504)
+"""What a predict or infer request can be answered with besides 200."""
+MODEL_ERRORS = (401, 404, 500, 503)
+"""What a read of one model's metadata or readiness can be answered with besides 200."""
+
+
+def errors(*statuses: int, v2: bool = False) -> dict[int | str, dict[str, Any]]:
+    """`responses` documenting error statuses in the shape the route answers with: seqserve's
+    `{"error": {"code", "message"}}`, or under /v2 the Open Inference Protocol's `{"error", "code"}`."""
+    model = V2ErrorResponse if v2 else ErrorResponse
+    return {status: {"model": model, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.api import schemas
-from service.api.auth import require_api_key
+from service.api.auth import API_KEY
 from service.api.body import Body
 from service.api.inference import handle, run_model
 from service.api.responses import json_response
@@ -17,11 +17,12 @@ from service.errors import ModelNotReady
 from service.registry import ModelVersion
 from service.validation import may_hold_booleans
 
-router = APIRouter(dependencies=[Depends(require_api_key)], responses=schemas.ERRORS)
+router = APIRouter(dependencies=[API_KEY])
 
 _PREDICT: dict[str, Any] = {
     "response_model": schemas.PredictResponse,
     "openapi_extra": schemas.request_body(schemas.PredictRequest),
+    "responses": schemas.errors(*schemas.INFERENCE_ERRORS),
     "tags": ["predict"],
 }
 
@@ -60,7 +61,13 @@ def _version_info(version: ModelVersion) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/models", response_model=schemas.ModelList, tags=["models"], summary="List models and versions")
+@router.get(
+    "/v1/models",
+    response_model=schemas.ModelList,
+    responses=schemas.errors(401, 500),
+    tags=["models"],
+    summary="List models and versions",
+)
 async def list_models(request: Request) -> Response:
     registry = app_state(request).registry
     models = []
@@ -98,7 +105,13 @@ def _metadata(request: Request, name: str, version: str | None) -> Response:
     )
 
 
-@router.get("/v1/models/{name}", response_model=schemas.ModelMetadata, tags=["models"], summary="Model metadata")
+@router.get(
+    "/v1/models/{name}",
+    response_model=schemas.ModelMetadata,
+    responses=schemas.errors(*schemas.MODEL_ERRORS),
+    tags=["models"],
+    summary="Model metadata",
+)
 async def model_metadata(name: str, request: Request) -> Response:
     return _metadata(request, name, None)
 
@@ -106,6 +119,7 @@ async def model_metadata(name: str, request: Request) -> Response:
 @router.get(
     "/v1/models/{name}/versions/{version}",
     response_model=schemas.ModelMetadata,
+    responses=schemas.errors(*schemas.MODEL_ERRORS),
     tags=["models"],
     summary="Metadata of one version",
 )

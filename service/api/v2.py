@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service import __version__
 from service.api import schemas
-from service.api.auth import require_api_key
+from service.api.auth import API_KEY
 from service.api.body import Body
 from service.api.errors import error_response
 from service.api.health import readiness_response
@@ -22,7 +22,8 @@ from service.repository import ModelSpec
 from service.validation import V2_FEATURES, V2_LENGTHS, V2_TEXT, may_hold_booleans
 
 health = APIRouter(prefix="/v2", tags=["v2"])
-router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[Depends(require_api_key)], responses=schemas.ERRORS)
+router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[API_KEY])
+_MODEL_ERRORS = schemas.errors(*schemas.MODEL_ERRORS, v2=True)
 
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
 
@@ -32,12 +33,22 @@ async def live() -> Response:
     return json_response({"live": True})
 
 
-@health.get("/health/ready", response_model=schemas.V2Ready, summary="V2 readiness")
+@health.get(
+    "/health/ready",
+    response_model=schemas.V2Ready,
+    responses={503: {"model": schemas.V2ErrorResponse, "description": "Loading, a model failed, or draining"}},
+    summary="V2 readiness",
+)
 async def ready(request: Request) -> Response:
     return readiness_response(request, {"ready": True})
 
 
-@router.get("", response_model=schemas.V2ServerMetadata, summary="V2 server metadata")
+@router.get(
+    "",
+    response_model=schemas.V2ServerMetadata,
+    responses=schemas.errors(401, 500, v2=True),
+    summary="V2 server metadata",
+)
 async def server_metadata() -> Response:
     return json_response({"name": "seqserve", "version": __version__, "extensions": []})
 
@@ -83,12 +94,19 @@ def _metadata(request: Request, name: str, version: str | None) -> Response:
     )
 
 
-@router.get("/models/{name}", response_model=schemas.V2ModelMetadata, summary="V2 model metadata")
+@router.get(
+    "/models/{name}", response_model=schemas.V2ModelMetadata, responses=_MODEL_ERRORS, summary="V2 model metadata"
+)
 async def model_metadata(name: str, request: Request) -> Response:
     return _metadata(request, name, None)
 
 
-@router.get("/models/{name}/versions/{version}", response_model=schemas.V2ModelMetadata, summary="V2 version metadata")
+@router.get(
+    "/models/{name}/versions/{version}",
+    response_model=schemas.V2ModelMetadata,
+    responses=_MODEL_ERRORS,
+    summary="V2 version metadata",
+)
 async def version_metadata(name: str, version: str, request: Request) -> Response:
     return _metadata(request, name, version)
 
@@ -102,13 +120,18 @@ def _model_ready(request: Request, name: str, version: str | None) -> Response:
     return json_response({"name": name, "ready": True})
 
 
-@router.get("/models/{name}/ready", response_model=schemas.V2ModelReady, summary="V2 model readiness")
+@router.get(
+    "/models/{name}/ready", response_model=schemas.V2ModelReady, responses=_MODEL_ERRORS, summary="V2 model readiness"
+)
 async def model_ready(name: str, request: Request) -> Response:
     return _model_ready(request, name, None)
 
 
 @router.get(
-    "/models/{name}/versions/{version}/ready", response_model=schemas.V2ModelReady, summary="V2 version readiness"
+    "/models/{name}/versions/{version}/ready",
+    response_model=schemas.V2ModelReady,
+    responses=_MODEL_ERRORS,
+    summary="V2 version readiness",
 )
 async def version_ready(name: str, version: str, request: Request) -> Response:
     return _model_ready(request, name, version)
@@ -132,7 +155,8 @@ async def _infer(model: ModelVersion, body: Body, request: Request) -> Response:
 
 _INFER: dict[str, Any] = {
     "response_model": schemas.V2InferResponse,
-    "openapi_extra": schemas.request_body(schemas.V2InferRequest),
+    "openapi_extra": schemas.v2_infer_body(),
+    "responses": schemas.errors(*schemas.INFERENCE_ERRORS, v2=True),
 }
 
 

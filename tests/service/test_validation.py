@@ -194,6 +194,30 @@ def test_v2_unknown_output_is_refused() -> None:
         v2(features(), {"inputs": [tensor("input", [1, 1, 3], "FP32", [0, 0, 0])], "outputs": [{"name": "nope"}]})
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"parameters": [None, None]}, "parameters: expected an object, got array"),
+        ({"inputs": [{**tensor("input", [1, 1, 3], "FP32", [0, 0, 0]), "parameters": "x"}]},
+         "inputs[0].parameters: expected an object, got string"),
+        ({"outputs": [{"name": "probabilities", "parameters": 0}]},
+         "outputs[0].parameters: expected an object, got number"),
+    ],
+)
+def test_v2_parameters_that_are_not_objects_are_refused(body: dict[str, Any], message: str) -> None:
+    """Regression (schemathesis): they were ignored, and the request answered."""
+    request = {"inputs": [tensor("input", [1, 1, 3], "FP32", [0, 0, 0])], **body}
+    with pytest.raises(InvalidInput) as caught:
+        v2(features(), request)
+    assert caught.value.message == message
+
+
+def test_v2_parameters_may_be_null_or_objects() -> None:
+    tensor_ = {**tensor("input", [1, 1, 3], "FP32", [0, 0, 0]), "parameters": None}
+    body = {"inputs": [tensor_], "parameters": {"x": 1}, "outputs": [{"name": "label", "parameters": {}}]}
+    assert len(v2(features(), body).sequences) == 1
+
+
 def binary_tensor(name: str, shape: list[int], datatype: str, size: int) -> dict[str, Any]:
     return {"name": name, "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": size}}
 

@@ -87,6 +87,8 @@ def test_openapi_describes_the_real_shapes(server: Server) -> None:
     refs = re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(schema))
     assert refs and all(ref in components for ref in refs), "dangling $ref"
     assert httpx.get(f"{server.url}/docs").status_code == 200
+    assert "securitySchemes" not in schema["components"]  # no key configured: nothing to send
+    assert not [op for ops in schema["paths"].values() for op in ops.values() if "security" in op]
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,15 @@ def test_api_key_guards_everything_but_health(keyed_server: Server) -> None:
     body = {"inputs": [[[1, 2, 3]]]}
     assert httpx.post(url + "/predict", json=body).status_code == 401
     assert httpx.post(url + "/predict", json=body, headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+def test_openapi_documents_the_key_where_one_is_checked(keyed_server: Server) -> None:
+    schema = httpx.get(f"{keyed_server.url}/openapi.json").json()
+    assert set(schema["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    guarded = {f"{m.upper()} {p}" for p, ops in schema["paths"].items() for m, op in ops.items() if "security" in op}
+    assert {"GET /metrics", "POST /predict", "GET /v1/models", "POST /v2/models/{name}/infer", "GET /v2"} <= guarded
+    assert not {"GET /healthz", "GET /readyz", "GET /v2/health/live", "GET /v2/health/ready"} & guarded
+    assert all("401" in schema["paths"][p][m.lower()]["responses"] for m, p in (g.split(" ") for g in guarded))
 
 
 def test_a_broken_entry_keeps_readiness_off_while_others_serve(
