@@ -18,6 +18,7 @@ import uvicorn
 
 from service.registry import ModelRegistry
 from service.settings import Settings
+from service.wire import CoalescingHttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=int(max(1.0, settings.grace_period_seconds)),
         timeout_keep_alive=settings.keep_alive_seconds,
         server_header=False,
+        http=CoalescingHttpToolsProtocol,
     )
     registry: ModelRegistry = app.state.seqserve.registry
     DrainingServer(config, registry, settings.grace_period_seconds).run()

@@ -88,12 +88,10 @@ def test_kill_9_under_load_fails_no_request(cluster: LocalCluster, workload: Wor
     record("kill_9", {**brief(figures), "killed": figures["killed"], "errors": figures["errors"],
                       "failed_in_nginx": figures["failed_in_nginx"]})
     assert figures["exit_code"] == -9
-    # NOTE: one full-suite run out of about twenty lost 1 request of ~10,500 here
-    # (cause not yet found; see the README's deployment figures). Until it is, the
-    # test allows at most that one and never a wrong answer; the graceful paths
-    # (spread, rolling restart) still allow none.
-    assert figures["requests_sent"] > 0 and figures["wrong_answers"] == 0, figures
-    assert figures["requests_failed"] <= 1, (figures["errors"], figures["failed_in_nginx"])
+    # NOTE: before replicas wrote each answer's head and body in one write (service/wire.py),
+    # about one run in 12-20 lost a request here: killed between the two writes, a replica left
+    # nginx a 200 head without its body, too late to retry (client: IncompleteRead).
+    assert_nothing_failed(figures)
 
 
 class _Draining(BaseHTTPRequestHandler):

@@ -1,0 +1,94 @@
+"""A response head is written together with its body, never alone."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import httpx
+
+from service.wire import CoalescingTransport
+from tests.service.api.conftest import run_server
+from tests.service.conftest import BuiltRepository
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
+
+def test_a_head_is_held_until_its_body_and_both_go_out_in_one_write() -> None:
+    real = RecordingTransport()
+    transport = CoalescingTransport(real)  # type: ignore[arg-type]
+    transport.write(HEAD)
+    assert real.writes == []
+    transport.write(b"{}")
+    transport.write(HEAD)
+    transport.write(b"[]")
+    assert real.writes == [HEAD + b"{}", HEAD + b"[]"]
+    assert transport.is_closing() is False  # everything else is the real transport's
+
+
+def test_interim_answers_and_whole_answers_go_out_at_once() -> None:
+    real = RecordingTransport()
+    transport = CoalescingTransport(real)  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    whole = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 3\r\n\r\nbad"
+    transport.write(whole)
+    assert real.writes == [b"HTTP/1.1 100 Continue\r\n\r\n", whole]
+
+
+def test_closing_flushes_a_held_head() -> None:
+    real = RecordingTransport()
+    transport = CoalescingTransport(real)  # type: ignore[arg-type]
+    transport.write(HEAD)
+    transport.close()
+    assert real.writes == [HEAD] and real.closed
+
+
+def test_the_server_sends_each_answer_in_one_write(test_repository: BuiltRepository, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """strace counts the server's socket writes: one per answer, head and body together."""
+    with run_server(test_repository.path, log_dir=tmp_path) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        trace = tmp_path / "writes.txt"
+        tracer = subprocess.Popen(
+            ["strace", "-f", "-qq", "-s", "65536", "-e", "trace=write,sendto,sendmsg,writev", "-e", "signal=none",
+             "-o", str(trace), "-p", str(server.process.pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while "HTTP/1.1 200" not in (trace.read_text() if trace.exists() else ""):  # strace attached
+                assert time.monotonic() < deadline, "strace never saw the server write"
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as probe:
+                    probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    probe.recv(4096)
+                time.sleep(0.05)
+            body = b'{"inputs": [[[0.1, 0.2, 0.3, 0.4, 0.5]]]}'
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                answers = [client.post("/v1/models/feat/predict", content=body,
+                                       headers={"content-type": "application/json"}) for _ in range(5)]
+        finally:
+            tracer.terminate()
+            tracer.wait(timeout=10)
+        assert all(a.status_code == 200 for a in answers)
+        writes = trace.read_text().splitlines()
+        answer = '{\\"model\\":\\"feat\\"'
+        bodies = [w for w in writes if answer in w]
+        assert len(bodies) == 5, writes[-20:]
+        for write in bodies:  # the head, its blank line and the body: one write
+            assert '"HTTP/1.1 200 OK\\r\\n' in write and '\\r\\n\\r\\n' + answer in write, write
