@@ -2,8 +2,16 @@
 
 Run as a child process (`python -m bench.ceiling ...`, JSON on stdout) so
 that nothing else shares its CPU accounting. It opens the model with
-seqserve's own `OnnxRuntime` (same session options and threads as the
-server), pads every batch up front and times only the runtime calls:
+seqserve's own `OnnxRuntime`, pads every batch up front and times only the
+runtime calls, made from as many threads as the runtime runs batches at once
+(as the server's batch workers do). Each plan is measured with every thread
+layout in `--layouts` and keeps the best, so the ceiling is what the runtime
+can reach however the server chose to run it:
+
+- `per-core`: one batch per core at a time, each single-threaded (the server's default);
+- `shared`: one batch at a time on all cores (intra-op threads).
+
+Plans:
 
 - `sorted`: all sequences sorted by length and cut into the largest batches
   the server's limits allow (`max_batch_size`, `max_batch_tokens`): what a
@@ -16,8 +24,10 @@ server), pads every batch up front and times only the runtime calls:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +36,7 @@ import numpy as np
 from bench.workload import ModelInput, Workload
 from service.batching.planner import BatchPolicy, capacity, plan_batch
 from service.repository import scan_repository
+from service.runtime import cpu_cores
 from service.runtime.onnx import OnnxRuntime
 from service.tokenizer import CharTokenizer
 
@@ -62,16 +73,12 @@ def measure(runtime: OnnxRuntime, inputs: list[np.ndarray], lengths: np.ndarray,
         for i, row in enumerate(rows):
             padded[i, : lengths[row]] = inputs[row]
         feeds.append((padded, lengths[rows].astype(np.int64)))
-    runtime.predict(*feeds[0])  # warm
+    for padded, lens in feeds[: runtime.concurrency]:
+        runtime.predict(padded, lens)  # warm
     best: dict[str, float] = {}
     for _ in range(repeats):
-        sequences, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
-        while True:
-            for padded, lens in feeds:
-                runtime.predict(padded, lens)
-            sequences += len(lengths)
-            if time.perf_counter() - wall0 >= min_seconds:
-                break
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        sequences = _drive(runtime, feeds, min_seconds)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         result = {
             "throughput_seq_s": sequences / wall,
@@ -88,6 +95,40 @@ def measure(runtime: OnnxRuntime, inputs: list[np.ndarray], lengths: np.ndarray,
     return best
 
 
+def _drive(runtime: OnnxRuntime, feeds: list[tuple[np.ndarray, np.ndarray]], min_seconds: float) -> int:
+    """Run the feeds round and round from `runtime.concurrency` threads, each taking the next
+    batch when it is free, for at least `min_seconds` and whole rounds; the sequences run."""
+    order = itertools.count()
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + min_seconds
+    done, stopping = [0], [False]
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if stopping[0]:
+                    return
+                i = next(order)
+                # Whole rounds only: stop taking batches once the time is up and a round is complete.
+                if i and i % len(feeds) == 0 and time.perf_counter() >= stop_at:
+                    stopping[0] = True
+                    return
+            padded, lens = feeds[i % len(feeds)]
+            runtime.predict(padded, lens)
+            with lock:
+                done[0] += len(lens)
+
+    threads = [threading.Thread(target=worker) for _ in range(runtime.concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return done[0]
+
+
+LAYOUTS = {"per-core": lambda cores: (cores, 1), "shared": lambda cores: (1, cores)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ceiling")
     parser.add_argument("--repository", type=Path, required=True)
@@ -96,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-batch-tokens", type=int, default=8192)
     parser.add_argument("--window", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--layouts", default="per-core,shared")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=2.0)
     parser.add_argument("--plans", default="sorted,window,single")
@@ -105,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     entry = next(e for e in scan_repository(args.repository) if e.name == args.model)
     assert entry.spec is not None and "onnx" in entry.files
     spec = entry.spec
-    runtime = OnnxRuntime(entry.files["onnx"], spec, device="cpu", threads=args.threads)
+    cores = cpu_cores()
+    runtimes = {}
+    for layout in args.layouts.split(","):
+        concurrency, threads = LAYOUTS[layout](cores)
+        runtimes[layout] = OnnxRuntime(entry.files["onnx"], spec, device="cpu", threads=threads, concurrency=concurrency)
     workload = Workload.generate(ModelInput.read(entry.path / "model.json"), args.count)
     pad_value: float | int = 0.0
     if spec.input.tokenizer is not None:
@@ -121,9 +166,16 @@ def main(argv: list[str] | None = None) -> int:
         "window": lambda: window_plan(lengths, policy, args.window),
         "single": lambda: [np.array([i]) for i in range(len(lengths))],
     }
-    out = {}
+    out: dict[str, dict[str, object]] = {}
     for name in args.plans.split(","):
-        out[name] = measure(runtime, inputs, lengths, plans[name](), pad_value, args.repeats, args.min_seconds)
+        batches = plans[name]()
+        by_layout = {
+            layout: measure(runtime, inputs, lengths, batches, pad_value, args.repeats, args.min_seconds)
+            for layout, runtime in runtimes.items()
+        }
+        layout, best = max(by_layout.items(), key=lambda kv: kv[1]["throughput_seq_s"])
+        out[name] = {**best, "layout": layout, "cores": cores,
+                     "by_layout": {k: v["throughput_seq_s"] for k, v in by_layout.items()}}
     json.dump(out, sys.stdout)
     return 0
 

@@ -130,6 +130,7 @@ class ModelRegistry:
             observer=self._metrics.observer(spec.name, spec.version),
             name=f"{spec.name}/{spec.version}",
             compute_nice=self._settings.compute_nice,
+            workers=runtime.concurrency,
         )
         batcher.start()
         version.runtime, version.device_reason, version.batcher = runtime, reason, batcher
@@ -156,7 +157,9 @@ class ModelRegistry:
         order: list[RuntimeKind] = (
             ["torchscript", "onnx"] if self._settings.runtime == "torchscript" else ["onnx", "torchscript"]
         )
-        threads = ThreadSettings(self._settings.onnx_threads, self._settings.torch_threads)
+        threads = ThreadSettings(
+            self._settings.onnx_threads, self._settings.torch_threads, self._settings.batch_workers
+        )
         problems: list[str] = []
         for kind in order:
             path = entry.files.get(kind)

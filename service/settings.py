@@ -76,8 +76,12 @@ class Settings(BaseSettings):
     grace_period_seconds: float = Field(default=20.0, ge=0.0, le=3600.0)
     """After SIGTERM: time allowed to finish queued and in-flight requests before the process exits."""
 
+    batch_workers: int = Field(default=0, ge=0, le=256)
+    """Batches computed at once per model version, each on a worker thread of its own. 0: one per CPU
+    core for ONNX Runtime on the CPU (each batch single-threaded), one on a GPU and for TorchScript."""
+
     onnx_threads: int = Field(default=0, ge=0, le=1024)
-    """ONNX Runtime intra-op threads per model; 0: one per CPU core."""
+    """ONNX Runtime intra-op threads per batch; 0: the CPU cores divided among the batch workers."""
 
     compute_nice: int = Field(default=0, ge=0, le=19)
     """How far below the event loop the compute threads (batch workers, runtime thread pools) run, in

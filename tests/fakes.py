@@ -19,6 +19,7 @@ class FakeRuntime:
 
     name: RuntimeKind = "onnx"
     device: DeviceKind = "cpu"
+    concurrency: int = 1
 
     def __init__(
         self,

@@ -1,9 +1,10 @@
 """Dynamic micro-batching for one model version.
 
 Callers `submit()` a request of one or more sequences; one task owns the
-queue, forms batches with `plan_batch` and hands each to a single worker
-thread, so the event loop keeps serving HTTP while a batch computes and the
-next one gathers. A request's future resolves once all of its sequences are
+queue, forms batches with `plan_batch` and hands each to a worker thread, so
+the event loop keeps serving HTTP while batches compute and the next one
+gathers. `workers` batches compute at once (on the CPU, one per core, each
+single-threaded: see `runtime.onnx`). A request's future resolves once all of its sequences are
 done, or fails once.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections import deque
@@ -28,9 +30,10 @@ from service.runtime import Runtime, lower_thread_priority
 
 log = logging.getLogger(__name__)
 
-# NOTE: the next batch is handed to the worker shortly before the running one
-# is expected to end, so the worker never idles while the event loop is busy
-# with HTTP; sequences that arrive in the last LEAD_SECONDS wait for the batch after.
+# NOTE: while every worker computes, the next batch is handed over shortly before
+# the first running one is expected to end, so no worker idles while the event
+# loop is busy with HTTP; sequences that arrive in the last LEAD_SECONDS wait for
+# the batch after.
 LEAD_SECONDS = 0.004
 
 
@@ -142,7 +145,10 @@ class Batcher:
         observer: BatchObserver | None = None,
         name: str = "model",
         compute_nice: int = 0,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError("a batcher needs at least one worker")
         self._runtime = runtime
         self._policy = policy
         self._pad_value = pad_value
@@ -152,10 +158,11 @@ class Batcher:
         self._name = name
         self._inbox: deque[PendingRequest] = deque()
         self._pending: list[_Item] = []
-        self._inflight: deque[_Batch] = deque()  # at most two: one computing, the next queued behind it
+        self._workers = workers
+        self._inflight: list[_Batch] = []  # at most workers + 1: those computing, the next queued behind them
         self._seconds_per_cost: float | None = None  # running estimate of compute time per cost unit
         self._reported_depth = -1
-        self._buffer = np.empty(0, dtype=dtype)  # padded batches, reused (see _padding_buffer)
+        self._buffers = threading.local()  # per worker thread: padded batches, reused (see _padding_buffer)
         self._queued = 0  # sequences submitted and not yet dispatched or dropped
         self._queued_tokens = 0  # their time steps, summed
         self._reading = 0  # requests admitted by `reading()` whose bodies are still being read
@@ -169,7 +176,7 @@ class Batcher:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(
-            max_workers=1,
+            max_workers=workers,
             thread_name_prefix=f"seqserve-{name}",
             initializer=lower_thread_priority,
             initargs=(compute_nice,),
@@ -264,7 +271,7 @@ class Batcher:
             future=loop.create_future(),
             enqueued_at=now,
             deadline=now + timeout_seconds,
-            arrived_idle=not self._inflight and self._queued == 0,
+            arrived_idle=len(self._inflight) < self._workers and self._queued == 0,
         )
         request.future.add_done_callback(lambda _: self._on_request_done(request))
         self._inbox.append(request)
@@ -318,17 +325,19 @@ class Batcher:
                     self._admit()
                     now = loop.time()
                     self._drop_dead(now)
-                    while self._inflight and self._inflight[0].future.done():
-                        self._finish(self._inflight.popleft())
-                    # A batch queued behind the running one is still waiting.
-                    depth = self._queued + sum(len(b.items) for b in self._inflight) - (
-                        len(self._inflight[0].items) if self._inflight else 0
-                    )
+                    if any(batch.future.done() for batch in self._inflight):
+                        done = [batch for batch in self._inflight if batch.future.done()]
+                        self._inflight = [batch for batch in self._inflight if not batch.future.done()]
+                        for batch in done:
+                            self._finish(batch)
+                    # A batch queued behind the running ones is still waiting.
+                    depth = self._queued + sum(len(b.items) for b in self._inflight[self._workers :])
                     if depth != self._reported_depth:
                         self._reported_depth = depth
                         self._observer.queue_depth(depth)
-                    if self._pending and len(self._inflight) < 2:
-                        hold = self._hold_seconds(now) if not self._inflight else self._next_hold_seconds(now)
+                    if self._pending and len(self._inflight) <= self._workers:
+                        free = len(self._inflight) < self._workers
+                        hold = self._hold_seconds(now) if free else self._next_hold_seconds(now)
                         if hold is not None and hold <= 0:
                             self._dispatch(loop, now)
                             continue
@@ -392,15 +401,20 @@ class Batcher:
         return hold
 
     def _next_hold_seconds(self, now: float) -> float | None:
-        """While a batch computes: how long until the next one should be queued behind it.
-        At once when it is full; else shortly before the running batch should end; without
-        an estimate of that, not before it ends (None: wait for a wake-up)."""
-        running = self._inflight[-1]
+        """While every worker computes: how long until the next batch should be queued behind
+        them. At once when it is full; else shortly before the first running batch should end;
+        without an estimate of that, not before one ends (None: wait for a wake-up)."""
         if len(self._pending) >= self._policy.max_batch_size or plan_batch(self._lengths(), self._policy).full:
             return 0.0
-        if running.expected_end is None:
+        first_end = self._first_end()
+        if first_end is None:
             return None
-        return running.expected_end - LEAD_SECONDS - now
+        return first_end - LEAD_SECONDS - now
+
+    def _first_end(self) -> float | None:
+        """When the first of the running batches should end (loop time); None without an estimate."""
+        ends = [batch.expected_end for batch in self._inflight[: self._workers]]
+        return None if not ends or None in ends else min(ends)  # type: ignore[type-var]
 
     def _lengths(self) -> np.ndarray:
         return np.fromiter((item.length for item in self._pending), dtype=np.int64, count=len(self._pending))
@@ -417,7 +431,7 @@ class Batcher:
         cost = _cost(len(batch), max(item.length for item in batch))
         expected_end = None
         if self._seconds_per_cost is not None:
-            start = self._inflight[-1].expected_end if self._inflight else now
+            start = now if len(self._inflight) < self._workers else self._first_end()
             expected_end = None if start is None else max(start, now) + cost * self._seconds_per_cost
         future = loop.run_in_executor(self._executor, self._compute, batch)
         future.add_done_callback(lambda _: self._wake.set())
@@ -508,12 +522,14 @@ class Batcher:
             return outputs
 
     def _padding_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
-        """A C-contiguous `shape` view of one buffer reused across batches (only the worker
-        thread pads, one batch at a time, and runtimes do not keep their input)."""
+        """A C-contiguous `shape` view of the calling worker's buffer, reused across its batches
+        (a worker pads one batch at a time, and runtimes do not keep their input)."""
         size = int(np.prod(shape))
-        if self._buffer.size < size:
-            self._buffer = np.empty(max(size, 2 * self._buffer.size), dtype=self._dtype)
-        return self._buffer[:size].reshape(shape)
+        buffer: np.ndarray | None = getattr(self._buffers, "padded", None)
+        if buffer is None or buffer.size < size:
+            buffer = np.empty(max(size, 0 if buffer is None else 2 * buffer.size), dtype=self._dtype)
+            self._buffers.padded = buffer
+        return buffer[:size].reshape(shape)
 
     def _run_batch(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))

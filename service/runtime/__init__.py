@@ -29,6 +29,8 @@ class Runtime(Protocol):
 
     name: RuntimeKind
     device: DeviceKind
+    # How many `predict` calls the runtime is set up to run at once (one per batch worker).
+    concurrency: int
     # Static sizes of the graph's batch and time axes, when it fixes them.
     fixed_batch: int | None
     fixed_length: int | None
@@ -99,8 +101,14 @@ def lower_thread_priority(increment: int) -> None:
 
 @dataclass(frozen=True)
 class ThreadSettings:
-    onnx_threads: int = 0
-    torch_threads: int = 0
+    onnx_threads: int = 0  # 0: the CPU cores divided among the batch workers
+    torch_threads: int = 0  # 0: torch's default
+    batch_workers: int = 0  # 0: the runtime's choice (ONNX Runtime on the CPU: one per core; else one)
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def open_runtime(
@@ -145,12 +153,16 @@ def _open(kind: RuntimeKind, path: Path, spec: ModelSpec, device: DeviceKind, th
     if kind == "onnx":
         from service.runtime.onnx import OnnxRuntime
 
-        return OnnxRuntime(path, spec, device=device, threads=threads.onnx_threads)
+        return OnnxRuntime(
+            path, spec, device=device, threads=threads.onnx_threads, concurrency=threads.batch_workers
+        )
     try:
         from service.runtime.torchscript import TorchScriptRuntime
     except ImportError as exc:
         raise RuntimeUnavailable(f"torch is not installed ({exc})") from exc
-    return TorchScriptRuntime(path, spec, device=device, threads=threads.torch_threads)
+    return TorchScriptRuntime(
+        path, spec, device=device, threads=threads.torch_threads, concurrency=threads.batch_workers or 1
+    )
 
 
 def zero_batch(spec: ModelSpec, batch: int, time: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ class TorchScriptRuntime:
     fixed_batch: int | None = None
     fixed_length: int | None = None
 
-    def __init__(self, path: Path, spec: ModelSpec, *, device: DeviceKind, threads: int) -> None:
+    def __init__(self, path: Path, spec: ModelSpec, *, device: DeviceKind, threads: int, concurrency: int = 1) -> None:
         if device == "cuda" and not torch.cuda.is_available():
             raise DeviceUnavailable("torch.cuda.is_available() is false")
         if threads > 0:
@@ -34,6 +34,7 @@ class TorchScriptRuntime:
         self._spec = spec
         self._device = torch.device(device)
         self.device: DeviceKind = device
+        self.concurrency = concurrency
         self._module = torch.jit.load(str(path), map_location=self._device)  # type: ignore[no-untyped-call]
         self._module.eval()
         self._uses_lengths = spec.graph.lengths is not None

@@ -28,6 +28,7 @@ def policy(**overrides: Any) -> BatchPolicy:
 def make(runtime: FakeRuntime, observer: RecordingObserver | None = None, **overrides: Any) -> Batcher:
     equal = overrides.pop("equal_length", False)
     nice = overrides.pop("compute_nice", 0)
+    workers = overrides.pop("workers", 1)
     return Batcher(
         runtime,
         policy(equal_length=equal, **overrides),
@@ -37,6 +38,7 @@ def make(runtime: FakeRuntime, observer: RecordingObserver | None = None, **over
         observer=observer,
         name="fake/1",
         compute_nice=nice,
+        workers=workers,
     )
 
 
@@ -97,6 +99,71 @@ def test_requests_that_arrive_while_a_batch_computes_are_batched_together() -> N
     answers = run(scenario)
     assert runtime.batch_sizes == [1, 5]
     assert [a[0].tolist() for a in answers[1:]] == [[32.0, 4.0], [8.0, 2.0], [18.0, 3.0], [32.0, 4.0], [2.0, 1.0]]
+
+
+class HeldRuntime(FakeRuntime):
+    """Holds a batch whose first value is a key of `holds` until that event is set, then computes
+    its answer from the padded input it was given (so a buffer reused under it shows)."""
+
+    def __init__(self, holds: dict[float, threading.Event]) -> None:
+        super().__init__()
+        self.holds = holds
+        self.entered = {value: threading.Event() for value in holds}
+
+    def predict(self, batch: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        value = float(batch.flat[0])
+        if value in self.holds:
+            self.entered[value].set()
+            assert self.holds[value].wait(timeout=30), "test hold never released"
+        return super().predict(batch, lengths)
+
+
+def test_with_two_workers_a_batch_runs_while_another_computes_each_in_its_own_buffer() -> None:
+    release = threading.Event()
+    runtime = HeldRuntime({1.0: release})
+
+    async def scenario() -> tuple[list[np.ndarray], list[np.ndarray]]:
+        batcher = make(runtime, workers=2)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.infer([seq(3, 1.0)], timeout_seconds=TIMEOUT))
+            await wait_for_thread(runtime.entered[1.0])
+            # The second worker takes the next request while the first batch is held,
+            # padding it into a buffer of its own: the held batch's input stays intact.
+            second = await asyncio.wait_for(batcher.infer([seq(2, 2.0)], timeout_seconds=TIMEOUT), 10)
+            assert not first.done()
+            release.set()
+            return await first, second
+        finally:
+            release.set()
+            await batcher.stop()
+
+    first, second = run(scenario)
+    assert second[0].tolist() == [8.0, 2.0]
+    assert first[0].tolist() == [6.0, 3.0]
+    assert runtime.batch_sizes == [1, 1]
+
+
+def test_with_one_worker_the_next_batch_waits_for_the_running_one() -> None:
+    release = threading.Event()
+    runtime = HeldRuntime({1.0: release})
+
+    async def scenario() -> None:
+        batcher = make(runtime, workers=1)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.infer([seq(3, 1.0)], timeout_seconds=TIMEOUT))
+            await wait_for_thread(runtime.entered[1.0])
+            second = asyncio.ensure_future(batcher.infer([seq(5, 2.0)], timeout_seconds=TIMEOUT))
+            await asyncio.sleep(0.2)
+            assert len(runtime.calls) == 0 and not second.done()
+            release.set()
+            assert (await second)[0].tolist() == [20.0, 5.0] and (await first)[0].tolist() == [6.0, 3.0]
+        finally:
+            release.set()
+            await batcher.stop()
+
+    run(scenario)
 
 
 def test_an_idle_model_does_not_wait_for_company() -> None:
