@@ -5,17 +5,25 @@ Parsed JSON (from orjson) goes in; a list of sequences comes out, each
 against the model: feature count, non-empty, max length, finite, types. Every
 error names the offending index. The fast path converts whole sequences with
 NumPy; element-by-element Python runs only to explain an error.
+
+A well-formed `/predict` body of a feature model skips the parsed-JSON route:
+`predict_raw` reads its numbers from the JSON text straight into NumPy
+(simdjson), about a third of the time of parsing into Python floats first.
+It takes only what it can prove well-formed and leaves everything else (and
+every error) to `predict_request`, so both give the same answer.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import simdjson  # type: ignore[import-untyped]
 
 from service.errors import InvalidInput
 from service.repository import ModelSpec
@@ -70,6 +78,51 @@ class InputValidator:
         return self._tokenizer is not None
 
     # -- /predict ----------------------------------------------------------
+
+    def predict_raw(self, raw: bytes) -> list[np.ndarray] | None:
+        """The sequences of a well-formed /predict body of a feature model, read from the JSON
+        text into float32; None for anything else (text models, errors, unusual JSON), which
+        `predict_request` then takes or explains."""
+        features = self._features
+        # NOTE: of duplicate keys orjson keeps the last, simdjson finds the first: a body with two
+        # (or with an escape, which could spell "inputs" another way) takes the parsed path.
+        if features is None or raw.count(b'"inputs"') != 1 or b"\\" in raw:
+            return None
+        document = _parse_simdjson(raw)
+        if document is None:
+            return None
+        try:
+            inputs = document.get("inputs") if type(document) is simdjson.Object else None
+            if type(inputs) is not simdjson.Array or not 0 < len(inputs) <= self._max_sequences:
+                return None
+            sequences: list[np.ndarray] = []
+            arrays = 1 + len(inputs)  # '[' of inputs, of each sequence, then of each step
+            for seq in inputs:
+                if type(seq) is not simdjson.Array:
+                    return None
+                steps = len(seq)
+                if not 0 < steps <= self._max_length or (self._fixed_length not in (None, steps)):
+                    return None
+                if any(type(step) is not simdjson.Array or len(step) != features for step in seq):
+                    return None
+                arrays += steps
+                # Every leaf a number (as_buffer refuses booleans, null, strings, objects).
+                values = np.frombuffer(seq.as_buffer(of_type="d"), dtype=np.float64)
+                with np.errstate(over="ignore"):  # out of float32's range: inf, refused below
+                    converted = values.astype(np.float32).reshape(steps, features)
+                if not np.isfinite(converted).all():
+                    return None
+                sequences.append(converted)
+            # NOTE: each step holds `features` elements and every leaf is a number, but a step
+            # could still nest an array (`[[1, 2], 3]`) that another step's empty one (`[[], 4]`)
+            # balances; with exactly one '[' per array counted above, none can.
+            if raw.count(b"[") != arrays:
+                return None
+            return sequences
+        except (ValueError, TypeError, RuntimeError, OverflowError):
+            return None
+        finally:
+            inputs = seq = document = None  # NOTE: the parser is reused only once its proxies are gone
 
     def predict_request(self, body: Any, *, scan_types: bool) -> list[np.ndarray]:
         if not isinstance(body, dict):
@@ -338,6 +391,25 @@ def _decode_bytes(blob: bytes, where: str, most: int) -> list[str]:
         except UnicodeDecodeError:
             raise InvalidInput(f"{where}[{len(texts)}]: not valid UTF-8") from None
     return texts
+
+
+_simdjson = threading.local()
+
+
+def _parse_simdjson(raw: bytes) -> Any:
+    """The simdjson document of `raw`, or None when it is not JSON simdjson accepts. One parser
+    per thread, reused (a new one per body costs about half a parse)."""
+    parser = getattr(_simdjson, "parser", None)
+    for _ in range(2):
+        if parser is None:
+            parser = _simdjson.parser = simdjson.Parser()
+        try:
+            return parser.parse(raw)
+        except RuntimeError:  # a document of this parser is still referenced somewhere: use another
+            parser = None
+        except ValueError:
+            return None
+    return None
 
 
 def _steps_to_float32(seq: list[Any], features: int) -> np.ndarray | None:

@@ -1,9 +1,9 @@
-"""Read a request body under the size limit and parse it as JSON, fast."""
+"""Read a request body under the size limit; its JSON is parsed when first asked for."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -16,11 +16,16 @@ from service.errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType
 BINARY_HEADER = "inference-header-content-length"
 
 
-@dataclass(frozen=True)
 class Body:
-    document: Any  # the parsed JSON
-    raw: bytes  # the JSON text
-    binary: bytes = b""  # V2 binary tensor data after the JSON header
+    def __init__(self, raw: bytes, binary: bytes = b"") -> None:
+        self.raw = raw  # the JSON text
+        self.binary = binary  # V2 binary tensor data after the JSON header
+
+    @cached_property
+    def document(self) -> Any:
+        """The parsed JSON; raises `InvalidJSON`. Not parsed at all when the numbers are read
+        straight from `raw` (`InputValidator.predict_raw`)."""
+        return parse_json(self.raw)
 
 
 async def read_body(request: Request, limit: int, *, binary_extension: bool = False) -> Body:
@@ -41,11 +46,11 @@ async def read_body(request: Request, limit: int, *, binary_extension: bool = Fa
             raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
     raw = bytes(received)
     if header_length is None:
-        return Body(parse_json(raw), raw)
+        return Body(raw)
     if not header_length.isdigit() or not 0 < int(header_length) <= len(raw):
         raise InvalidJSON(f"Inference-Header-Content-Length {header_length!r} does not fit a body of {len(raw)} bytes")
     split = int(header_length)
-    return Body(parse_json(raw[:split]), raw[:split], raw[split:])
+    return Body(raw[:split], raw[split:])
 
 
 def parse_json(raw: bytes) -> Any:

@@ -29,7 +29,9 @@ _PREDICT: dict[str, Any] = {
 
 async def _predict(model: ModelVersion, body: Body, request: Request) -> Response:
     assert model.validator is not None and model.formatter is not None
-    sequences = model.validator.predict_request(body.document, scan_types=may_hold_booleans(body.raw))
+    sequences = model.validator.predict_raw(body.raw)
+    if sequences is None:
+        sequences = model.validator.predict_request(body.document, scan_types=may_hold_booleans(body.raw))
     outputs = await run_model(request, model, sequences)
     return json_response({"model": model.name, "version": model.version, "outputs": model.formatter.predict(outputs)})
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.batching.planner import BATCH_COST_CELLS, STEP_COST_ROWS, BatchPolicy, plan_batch
+from service.batching.planner import BATCH_COST_CELLS, STEP_COST_ROWS, BatchPolicy, capacity, plan_batch
 from service.errors import Abandoned, Draining, InferenceFailed, Overloaded, PayloadTooLarge, RequestTimeout
 from service.runtime import Runtime, lower_thread_priority
 
@@ -158,6 +158,8 @@ class Batcher:
         self._name = name
         self._inbox: deque[PendingRequest] = deque()
         self._pending: list[_Item] = []
+        self._earliest_deadline = float("inf")  # of the pending items' requests
+        self._ended_early = False  # a request ended (cancelled, failed) with sequences still pending
         self._workers = workers
         self._inflight: list[_Batch] = []  # at most workers + 1: those computing, the next queued behind them
         self._seconds_per_cost: float | None = None  # running estimate of compute time per cost unit
@@ -309,6 +311,7 @@ class Batcher:
 
     def _on_request_done(self, request: PendingRequest) -> None:
         if request._remaining > 0:
+            self._ended_early = True
             self._wake.set()  # ended early: let the task drop its sequences now, freeing queue space
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
@@ -343,7 +346,7 @@ class Batcher:
                             continue
                         timeout = hold
                     if self._pending:
-                        nearest = min(item.request.deadline for item in self._pending) - now
+                        nearest = self._earliest_deadline - now
                         timeout = nearest if timeout is None else min(timeout, nearest)
                     if not self._inflight and not self._pending and not self._inbox:
                         self._idle.set()
@@ -366,9 +369,14 @@ class Batcher:
     def _admit(self) -> None:
         while self._inbox:
             request = self._inbox.popleft()
+            self._earliest_deadline = min(self._earliest_deadline, request.deadline)
             self._pending.extend(_Item(request, i, len(seq)) for i, seq in enumerate(request.sequences))
 
     def _drop_dead(self, now: float) -> None:
+        # NOTE: runs on every wake-up (every request): a scan only when a request may have ended.
+        if not self._ended_early and now < self._earliest_deadline:
+            return
+        self._ended_early = False
         kept: list[_Item] = []
         dropped: dict[str, int] = {}
         for item in self._pending:
@@ -383,6 +391,7 @@ class Batcher:
         if dropped:
             self._queued_tokens -= sum(item.length for item in self._pending) - sum(item.length for item in kept)
             self._pending = kept
+            self._reset_earliest_deadline()
             self._queued -= sum(dropped.values())
             self._observer.queue_depth(self._queued)
             for reason, count in dropped.items():
@@ -396,15 +405,30 @@ class Batcher:
         if len(self._pending) >= self._policy.max_batch_size:
             return 0.0
         hold = oldest.enqueued_at + self._policy.max_delay_ms / 1000.0 - now
-        if hold > 0 and plan_batch(self._lengths(), self._policy).full:
+        if hold > 0 and self._full_batch_waiting():
             return 0.0
         return hold
+
+    def _full_batch_waiting(self) -> bool:
+        """Whether the next planned batch is full (no more sequences of its kind could join)."""
+        pending = len(self._pending)
+        if pending >= self._policy.max_batch_size:
+            return True
+        lengths = self._lengths()
+        # NOTE: the planner runs on every wake-up while workers are busy; it is skipped when
+        # fewer sequences wait than even a batch of the longest of them could hold.
+        if pending < capacity(self._policy, int(lengths.max())):
+            return False
+        return plan_batch(lengths, self._policy).full
+
+    def _reset_earliest_deadline(self) -> None:
+        self._earliest_deadline = min((item.request.deadline for item in self._pending), default=float("inf"))
 
     def _next_hold_seconds(self, now: float) -> float | None:
         """While every worker computes: how long until the next batch should be queued behind
         them. At once when it is full; else shortly before the first running batch should end;
         without an estimate of that, not before one ends (None: wait for a wake-up)."""
-        if len(self._pending) >= self._policy.max_batch_size or plan_batch(self._lengths(), self._policy).full:
+        if self._full_batch_waiting():
             return 0.0
         first_end = self._first_end()
         if first_end is None:
@@ -424,6 +448,7 @@ class Batcher:
         chosen = set(plan.indices.tolist())
         batch = [self._pending[i] for i in plan.indices]
         self._pending = [item for i, item in enumerate(self._pending) if i not in chosen]
+        self._reset_earliest_deadline()
         self._queued -= len(batch)
         self._queued_tokens -= sum(item.length for item in batch)
         for item in batch:
@@ -472,6 +497,7 @@ class Batcher:
         for batch in self._inflight:
             batch.future.cancel()
         self._pending = []
+        self._earliest_deadline = float("inf")
         self._inflight.clear()
         self._queued = 0
         self._queued_tokens = 0

@@ -5,6 +5,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.api.body import parse_json
 from service.errors import InvalidInput
@@ -243,3 +245,99 @@ def test_v2_binary_bytes() -> None:
     assert [s.tolist() for s in request.sequences] == [[2, 3], [4]]
     with pytest.raises(InvalidInput, match="truncated"):
         v2(text(), {"inputs": [binary_tensor("text", [2], "BYTES", len(blob) - 1)]}, binary=blob[:-1])
+
+
+# -- /predict read straight from the JSON text --------------------------------------------------
+
+def parsed_path(validator: InputValidator, raw: bytes) -> list[np.ndarray]:
+    return validator.predict_request(parse_json(raw), scan_types=may_hold_booleans(raw))
+
+
+def assert_same_sequences(fast: list[np.ndarray], slow: list[np.ndarray]) -> None:
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow, strict=True):
+        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+        assert a.tobytes() == b.tobytes()  # bit for bit, -0.0 included
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"inputs": [[[1, 2, 3]], [[0.5, 1, 2], [3, 4, 5.25]]]}',
+        b'{"inputs":[[[-0.0,1e-50,3.4028235e38],[18446744073709551615,-9223372036854775808,0.1]]]}',
+        b' { "model" : "ignored" , "inputs" :\n[ [ [ 1.5e3 , -2E-3 , 7 ] ] ] } ',
+        b'{"inputs": [[[0.1, 0.2, 0.3]]], "options": {"n": 1}}',
+    ],
+)
+def test_well_formed_bodies_are_read_from_the_text_exactly_as_parsed(raw: bytes) -> None:
+    fast = features().predict_raw(raw)
+    assert fast is not None, "the body is well formed: the text path takes it"
+    assert_same_sequences(fast, parsed_path(features(), raw))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # a step that nests an array, balanced by another step's empty one: 6 numbers for 2 x 3
+        b'{"inputs": [[[1, 2, [3, 4]], [[], 5, 6]]]}',
+        b'{"inputs": [[[1, 2, 3]]], "inputs": 7}',  # duplicate key: the parsed path keeps the last
+        b'{"inputs": [[[1, 2, 3]]], "\\u0069nputs": 7}',  # the same key, spelt with an escape
+        b'{"inputs": [[[1, 2, 3]]], "note": "[brackets in a string]"}',
+        b'{"inputs": [[[1, 2, 3], [NaN, 2, 3]]]}',
+        b'{"inputs": [[[1, 2, 3], [1, 2, 1e39]]]}',
+        b'{"inputs": [[[1, 2, 1' + b"0" * 400 + b']]]}',
+        b'{"inputs": [[[1, 2, 3], [1, 2, true]]]}',
+        b'{"inputs": [[[1, 2, 3], [1, null, 3]]]}',
+        b'{"inputs": [[[1, 2, 3]], [[1, 2, 3], [1, 2]]]}',
+        b'{"inputs": [[[1, 2, 3], 4]]}',
+        b'{"inputs": [[]]}',
+        b'{"inputs": []}',
+        b'{"inputs": [[[1, 2, 3]]]',
+        b"",
+        b"[1, 2]",
+    ],
+)
+def test_anything_unusual_is_left_to_the_parsed_path(raw: bytes) -> None:
+    assert features().predict_raw(raw) is None
+    assert text().predict_raw(b'{"inputs": ["abc"]}') is None  # text models always take the parsed path
+
+
+def test_the_parsed_path_still_explains_what_the_text_path_left() -> None:
+    with pytest.raises(InvalidInput, match=r"inputs\[0\]\[0\]\[2\]: expected a number, got array"):
+        parsed_path(features(), b'{"inputs": [[[1, 2, [3, 4]], [[], 5, 6]]]}')
+    with pytest.raises(InvalidInput, match="inputs: expected an array of sequences, got number"):
+        parsed_path(features(), b'{"inputs": [[[1, 2, 3]]], "inputs": 7}')
+
+
+_number = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+)
+_step = st.lists(_number, min_size=3, max_size=3)
+_well_formed = st.lists(st.lists(_step, min_size=1, max_size=10), min_size=1, max_size=4)
+_leaf = st.one_of(_number, st.booleans(), st.none(), st.text(max_size=3))
+_anything = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=4), max_leaves=40)
+
+
+@given(_well_formed)
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_generated_well_formed_bodies_are_read_bit_for_bit_as_parsed(inputs: list[Any]) -> None:
+    raw = json.dumps({"inputs": inputs}).encode()
+    fast = features().predict_raw(raw)
+    try:
+        slow = parsed_path(features(), raw)
+    except InvalidInput:  # finite doubles beyond float32's range: refused either way
+        assert fast is None
+        return
+    assert fast is not None
+    assert_same_sequences(fast, slow)
+
+
+@given(_anything)
+@settings(max_examples=500, deadline=None, derandomize=True)
+def test_generated_bodies_get_the_same_answer_or_the_parsed_path(inputs: Any) -> None:
+    raw = json.dumps({"inputs": inputs}).encode()
+    fast = features().predict_raw(raw)
+    if fast is None:
+        return  # the parsed path decides, as for every body before the text path existed
+    assert_same_sequences(fast, parsed_path(features(), raw))

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 
 from tests.service.api.conftest import run_server, sample_value, softmax, wait_until
 from tests.service.conftest import BuiltRepository
 
 REQUESTS = 24
-SEQUENCES = 64
+SEQUENCES = 192  # as batches of one, enough work that draining outlasts the checks below
 
 
 def test_sigterm_under_load_loses_nothing(test_repository: BuiltRepository, tmp_path: Path) -> None:
@@ -23,14 +24,19 @@ def test_sigterm_under_load_loses_nothing(test_repository: BuiltRepository, tmp_
     shutil.copytree(test_repository.path / "feat", root / "feat")
     rng = np.random.default_rng(31)
     requests = [[rng.normal(size=(40, 5)).round(4).tolist() for _ in range(SEQUENCES)] for _ in range(REQUESTS)]
-    flags = ("--max-batch-size", "1", "--grace-period-seconds", "60", "--max-queue", "4096")
+    # Encoded up front: the bodies reach the server faster than it can compute them, so work is queued.
+    bodies = [orjson.dumps({"inputs": inputs}) for inputs in requests]
+    workers = 2  # batches of one computing at once, neither queued nor counted as computed
+    flags = ("--max-batch-size", "1", "--batch-workers", str(workers), "--grace-period-seconds", "60",
+             "--max-queue", "8192")
     with run_server(root, *flags, log_dir=tmp_path) as server:
         responses: list[httpx.Response | BaseException] = []
 
         async def fire() -> None:
             limits = httpx.Limits(max_connections=REQUESTS)
             async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
-                calls = [client.post("/v1/models/feat/predict", json={"inputs": inputs}) for inputs in requests]
+                headers = {"content-type": "application/json"}
+                calls = [client.post("/v1/models/feat/predict", content=body, headers=headers) for body in bodies]
                 responses.extend(await asyncio.gather(*calls, return_exceptions=True))
 
         load = threading.Thread(target=asyncio.run, args=(fire(),))
@@ -42,7 +48,7 @@ def test_sigterm_under_load_loses_nothing(test_repository: BuiltRepository, tmp_
                 computed = sample_value(metrics, "seqserve_batch_size_sum", {"model": "feat"})
                 return sample_value(metrics, "seqserve_queue_depth", {"model": "feat"}) + computed
 
-            wait_until(lambda: submitted() >= REQUESTS * SEQUENCES - 1)  # every request is queued or running
+            wait_until(lambda: submitted() >= REQUESTS * SEQUENCES - workers)  # every request queued or running
             server.process.send_signal(signal.SIGTERM)
 
             ready = httpx.get(f"{server.url}/readyz", timeout=10)
