@@ -84,15 +84,17 @@ class InputValidator:
         text into float32; None for anything else (text models, errors, unusual JSON), which
         `predict_request` then takes or explains."""
         features = self._features
-        # NOTE: of duplicate keys orjson keeps the last, simdjson finds the first: a body with two
-        # (or with an escape, which could spell "inputs" another way) takes the parsed path.
-        if features is None or raw.count(b'"inputs"') != 1 or b"\\" in raw:
+        if features is None:
             return None
         document = _parse_simdjson(raw)
         if document is None:
             return None
         try:
-            inputs = document.get("inputs") if type(document) is simdjson.Object else None
+            # NOTE: of duplicate keys orjson keeps the last, simdjson finds the first: a body with
+            # two (however spelt: keys come unescaped) takes the parsed path.
+            if type(document) is not simdjson.Object or list(document.keys()).count("inputs") != 1:
+                return None
+            inputs = document.get("inputs")
             if type(inputs) is not simdjson.Array or not 0 < len(inputs) <= self._max_sequences:
                 return None
             sequences: list[np.ndarray] = []
@@ -116,7 +118,7 @@ class InputValidator:
             # NOTE: each step holds `features` elements and every leaf is a number, but a step
             # could still nest an array (`[[1, 2], 3]`) that another step's empty one (`[[], 4]`)
             # balances; with exactly one '[' per array counted above, none can.
-            if raw.count(b"[") != arrays:
+            if np.count_nonzero(np.frombuffer(raw, dtype=np.uint8) == ord("[")) != arrays:
                 return None
             return sequences
         except (ValueError, TypeError, RuntimeError, OverflowError):

@@ -61,11 +61,12 @@ def plan_batch(lengths: np.ndarray, policy: BatchPolicy) -> Plan:
     # best[j]: least cost of serving window[j:]; group[j]: end of the first group in that plan.
     best = [0.0] * (m + 1)
     group = [m] * (m + 1)
+    room = [0] + [capacity(policy, longest) for longest in window]  # room[i]: capacity(policy, window[i - 1])
     for j in range(m - 1, -1, -1):
         best[j] = float("inf")
         for i in range(j + 1, m + 1):
             longest = window[i - 1]
-            if i - j > capacity(policy, longest):
+            if i - j > room[i]:
                 break
             cost = best[i] + longest * (i - j + STEP_COST_ROWS) + BATCH_COST_CELLS
             if cost <= best[j]:  # on a tie, the larger group
