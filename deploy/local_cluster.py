@@ -43,7 +43,7 @@ HOST = "127.0.0.1"
 START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 60.0
 FAIL_TIMEOUT_SECONDS = 2  # nginx passive health: a failed replica is left out this long
-REPLICA_FLAGS = ("--onnx-threads", "1", "--grace-period-seconds", "20")
+REPLICA_FLAGS = ("--batch-workers", "1", "--onnx-threads", "1", "--grace-period-seconds", "20")
 
 
 def free_port() -> int:

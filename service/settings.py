@@ -78,7 +78,8 @@ class Settings(BaseSettings):
 
     batch_workers: int = Field(default=0, ge=0, le=256)
     """Batches computed at once per model version, each on a worker thread of its own. 0: one per CPU
-    core for ONNX Runtime on the CPU (each batch single-threaded), one on a GPU and for TorchScript."""
+    core for ONNX Runtime on the CPU (cores this process may run on, capped by a container's CPU quota;
+    each batch single-threaded), one on a GPU and for TorchScript."""
 
     onnx_threads: int = Field(default=0, ge=0, le=1024)
     """ONNX Runtime intra-op threads per batch; 0: the CPU cores divided among the batch workers."""

@@ -8,6 +8,7 @@ that choice and falls back to the CPU, with a warning, when the GPU fails.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -106,9 +107,27 @@ class ThreadSettings:
     batch_workers: int = 0  # 0: the runtime's choice (ONNX Runtime on the CPU: one per core; else one)
 
 
-def cpu_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def cpu_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPU cores this process may use: those it may run on, capped by a container's CPU quota
+    (a Kubernetes `limits.cpu`, `docker run --cpus`), rounded up."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup_root)
+    return max(1, min(cores, quota)) if quota is not None else cores
+
+
+def _cgroup_cpu_quota(root: Path) -> int | None:
+    """The CPU quota in whole cores (cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us`); None without one."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else math.ceil(int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return math.ceil(quota_us / period_us) if quota_us > 0 and period_us > 0 else None
 
 
 def open_runtime(

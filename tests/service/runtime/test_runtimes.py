@@ -137,3 +137,37 @@ def test_onnx_on_the_gpu_is_exact(test_repository: BuiltRepository, tmp_path: Pa
     out = runtime.predict(*padded_batch(sequences))
     for row, seq in enumerate(sequences):
         np.testing.assert_allclose(out[row], test_repository.references["feat"](seq.tolist()), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2, 1.5 cores: rounded up
+        ({"cpu.max": "max 100000\n"}, None),  # cgroup v2 without a quota
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_cpu_cores_follow_a_container_cpu_quota(tmp_path: Path, files: dict[str, str], limit: int | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    available = runtime_package.cpu_cores(tmp_path / "absent")
+    expected = available if limit is None else min(available, limit)
+    assert runtime_package.cpu_cores(tmp_path) == expected
+
+
+def test_onnx_on_the_cpu_runs_one_single_threaded_batch_per_core(test_repository: BuiltRepository) -> None:
+    from service.runtime.onnx import OnnxRuntime
+
+    feat = entry(test_repository, "feat")
+    cores = runtime_package.cpu_cores()
+    default = OnnxRuntime(feat.files["onnx"], feat.spec, device="cpu")
+    assert default.concurrency == cores
+    assert default._session.get_session_options().intra_op_num_threads == 1
+    shared = OnnxRuntime(feat.files["onnx"], feat.spec, device="cpu", concurrency=1)
+    assert shared.concurrency == 1
+    assert shared._session.get_session_options().intra_op_num_threads == cores
+    pinned = OnnxRuntime(feat.files["onnx"], feat.spec, device="cpu", threads=3, concurrency=2)
+    assert (pinned.concurrency, pinned._session.get_session_options().intra_op_num_threads) == (2, 3)
