@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from service.api.body import parse_json
 from service.errors import InvalidInput
-from service.validation import InputValidator, may_hold_booleans
+from service.validation import InputValidator, may_hold_booleans, parse_v2_raw
 from tests.service.specs import make_spec
 
 
@@ -103,8 +104,33 @@ def test_bad_text_inputs(body: Any, message: str) -> None:
 def v2(
     validator: InputValidator, body: Any, known: tuple[str, ...] = ("probabilities", "label"), binary: bytes = b""
 ) -> Any:
-    raw = json.dumps(body).encode()
-    return validator.v2_request(parse_json(raw), scan_types=may_hold_booleans(raw), known_outputs=known, binary=binary)
+    """The request as the parsed path reads it; the text path (`parse_v2_raw`), when it takes the
+    body, must give the same sequences or the same error."""
+    return v2_both_paths(validator, json.dumps(body).encode(), known, binary)
+
+
+def v2_both_paths(validator: InputValidator, raw: bytes, known: tuple[str, ...], binary: bytes = b"") -> Any:
+    def read(document: Any) -> Any:
+        return validator.v2_request(document, scan_types=may_hold_booleans(raw), known_outputs=known, binary=binary)
+
+    slow, slow_error = None, None
+    try:
+        slow = read(parse_json(raw))
+    except InvalidInput as exc:
+        slow_error = exc
+    document = parse_v2_raw(raw)
+    if document is not None:
+        try:
+            fast = read(document)
+        except InvalidInput as exc:
+            assert slow_error is not None and exc.message == slow_error.message, (exc.message, slow_error)
+        else:
+            assert slow_error is None, slow_error.message
+            assert (fast.id, fast.outputs) == (slow.id, slow.outputs)
+            assert_same_sequences(fast.sequences, slow.sequences)
+    if slow_error is not None:
+        raise slow_error
+    return slow
 
 
 def tensor(name: str, shape: list[int], datatype: str, data: Any) -> dict[str, Any]:
@@ -256,7 +282,7 @@ def parsed_path(validator: InputValidator, raw: bytes) -> list[np.ndarray]:
 def assert_same_sequences(fast: list[np.ndarray], slow: list[np.ndarray]) -> None:
     assert len(fast) == len(slow)
     for a, b in zip(fast, slow, strict=True):
-        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+        assert a.dtype == b.dtype and a.shape == b.shape
         assert a.tobytes() == b.tobytes()  # bit for bit, -0.0 included
 
 
@@ -272,6 +298,7 @@ def assert_same_sequences(fast: list[np.ndarray], slow: list[np.ndarray]) -> Non
 def test_well_formed_bodies_are_read_from_the_text_exactly_as_parsed(raw: bytes) -> None:
     fast = features().predict_raw(raw)
     assert fast is not None, "the body is well formed: the text path takes it"
+    assert all(seq.dtype == np.float32 for seq in fast)
     assert_same_sequences(fast, parsed_path(features(), raw))
 
 
@@ -341,3 +368,76 @@ def test_generated_bodies_get_the_same_answer_or_the_parsed_path(inputs: Any) ->
     if fast is None:
         return  # the parsed path decides, as for every body before the text path existed
     assert_same_sequences(fast, parsed_path(features(), raw))
+
+
+# -- V2 read straight from the JSON text ------------------------------------------------------
+
+def test_flat_numeric_v2_data_is_read_from_the_text() -> None:
+    raw = json.dumps({
+        "id": "r",
+        "inputs": [tensor("input", [2, 2, 3], "FP32", [0.5, -1, 2e-3, 4, 5, 6, 7, 8, 9, 10, 11, 12.25]),
+                   tensor("lengths", [2], "INT64", [2, 1])],
+        "outputs": [{"name": "label", "parameters": {"a": [1]}}],
+        "parameters": {"p": {"q": [[]]}},
+    }).encode()
+    document = parse_v2_raw(raw)
+    assert document is not None
+    main, lengths = document["inputs"][0]["data"], document["inputs"][1]["data"]
+    assert main.dtype == np.float64 and lengths.dtype == np.int64 and lengths.tolist() == [2, 1]
+    request = v2_both_paths(features(), raw, ("probabilities", "label"))
+    assert [s.shape for s in request.sequences] == [(2, 3), (1, 3)]
+
+
+@pytest.mark.parametrize(
+    ("raw", "taken"),
+    [
+        (b'{"inputs": [{"name": "input", "shape": [1, 1, 3], "datatype": "FP32", "data": [[1, 2, 3]]}]}', False),
+        (b'{"inputs": [], "inputs": [{"name": "input", "shape": [1, 1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}',
+         False),
+        (b'{"inputs": [{"name": "input", "name": "lengths", "shape": [1, 1, 3], "datatype": "FP32", "data": [1]}]}',
+         False),
+        (b'{"inputs": [{"name": "input", "shape": [1, 1, 3], "datatype": "FP32", "data": [1, 2, NaN]}]}', False),
+        (b'{"inputs": [{"name": "input", "shape": [1, 1, 2], "datatype": "FP32", "data": [1, 18446744073709551615]}]}',
+         True),  # an integer beyond int64: read as the parsed path reads it, not from the text
+        (b'{"inputs": [{"name": "input", "shape": [1, 1, 3], "datatype": "FP32", "data": [1, true, 3]}]}', True),
+        (b'{"id": "[", "inputs": [{"name": "input", "shape": [1, 1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}',
+         False),
+    ],
+)
+def test_unusual_v2_bodies_keep_the_parsed_paths_reading(raw: bytes, taken: bool) -> None:
+    document = parse_v2_raw(raw)
+    assert (document is not None) == taken
+    if document is not None:  # taken, but its data is left to the parsed path
+        assert isinstance(document["inputs"][0]["data"], list)
+    with contextlib.suppress(InvalidInput):
+        v2_both_paths(features(), raw, ("probabilities", "label"))
+
+
+_v2_number = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=2**63, max_value=2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+)
+_v2_data = st.one_of(
+    st.lists(_v2_number, max_size=12),
+    st.lists(st.integers(min_value=-2, max_value=12), max_size=12),
+    st.lists(st.one_of(_v2_number, st.booleans(), st.none(), st.text(max_size=2)), max_size=6),
+    st.lists(st.lists(_v2_number, max_size=3), max_size=4),
+)
+_v2_tensor = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["input", "lengths", "text", "other"]),
+        "datatype": st.sampled_from(["FP32", "INT64", "INT32", "BYTES", "FP16"]),
+        "shape": st.one_of(st.lists(st.integers(min_value=0, max_value=4), max_size=3), st.just([1, 2, 3])),
+        "data": _v2_data,
+    }
+)
+
+
+@given(st.lists(_v2_tensor, min_size=1, max_size=2))
+@settings(max_examples=600, deadline=None, derandomize=True)
+def test_generated_v2_bodies_get_the_same_answer_either_way(tensors: list[dict[str, Any]]) -> None:
+    raw = json.dumps({"inputs": tensors}).encode()
+    for validator in (features(), text()):
+        with contextlib.suppress(InvalidInput):
+            v2_both_paths(validator, raw, ("probabilities", "label"))
