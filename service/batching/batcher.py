@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -444,7 +445,15 @@ class Batcher:
         return np.fromiter((item.length for item in self._pending), dtype=np.int64, count=len(self._pending))
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
-        plan = plan_batch(self._lengths(), self._policy)
+        policy = self._policy
+        free = self._workers - len(self._inflight)
+        if free > 1 and len(self._pending) > 1:
+            # NOTE: several workers free: what waits is spread over them, not given to one
+            # while the others idle (a batch on one core takes about as long as its
+            # sequences one after another); full batches still form while all are busy.
+            share = -(-len(self._pending) // free)
+            policy = dataclasses.replace(policy, max_batch_size=min(policy.max_batch_size, share))
+        plan = plan_batch(self._lengths(), policy)
         chosen = set(plan.indices.tolist())
         batch = [self._pending[i] for i in plan.indices]
         self._pending = [item for i, item in enumerate(self._pending) if i not in chosen]

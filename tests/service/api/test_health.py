@@ -59,7 +59,8 @@ def test_metrics_cover_requests_latency_batches_padding_queue_and_models(server:
         "seqserve_padding_efficiency",
     ):
         assert sample_value(metrics, f"{histogram}_count", regress) >= 1, histogram
-    assert sample_value(metrics, "seqserve_batch_padded_tokens_sum", regress) >= 10  # 2 sequences padded to 5
+    # 1 + 5 steps: padded to 5 in one batch, or one batch each when two workers are free
+    assert sample_value(metrics, "seqserve_batch_padded_tokens_sum", regress) >= 6
     assert (
         0
         < sample_value(metrics, "seqserve_padding_efficiency_sum", regress)

@@ -166,6 +166,22 @@ def test_with_one_worker_the_next_batch_waits_for_the_running_one() -> None:
     run(scenario)
 
 
+def test_sequences_waiting_for_several_free_workers_are_spread_over_them() -> None:
+    runtime = FakeRuntime()
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = make(runtime, workers=2)
+        batcher.start()
+        try:
+            return await batcher.infer([seq(3, float(n)) for n in range(1, 6)], timeout_seconds=TIMEOUT)
+        finally:
+            await batcher.stop()
+
+    outputs = run(scenario)
+    assert [o.tolist() for o in outputs] == [[6.0 * n, 3.0] for n in range(1, 6)]
+    assert sorted(runtime.batch_sizes) == [2, 3]  # five sequences, two free workers: not one batch of five
+
+
 def test_an_idle_model_does_not_wait_for_company() -> None:
     runtime = FakeRuntime()
 
