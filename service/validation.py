@@ -120,7 +120,7 @@ class InputValidator:
             # NOTE: each step holds `features` elements and every leaf is a number, but a step
             # could still nest an array (`[[1, 2], 3]`) that another step's empty one (`[[], 4]`)
             # balances; with exactly one '[' per array counted above, none can.
-            if np.count_nonzero(np.frombuffer(raw, dtype=np.uint8) == ord("[")) != arrays:
+            if _brackets(raw) != arrays:
                 return None
             return sequences
         except (ValueError, TypeError, RuntimeError, OverflowError):
@@ -436,13 +436,18 @@ def parse_v2_raw(raw: bytes) -> dict[str, Any] | None:
         elif "inputs" in top:
             body["inputs"] = _python(inputs)
         # NOTE: as_buffer flattens nested data; with one '[' per array accounted for, none was nested.
-        if np.count_nonzero(np.frombuffer(raw, dtype=np.uint8) == ord("[")) != _lists(body) + read:
+        if _brackets(raw) != _lists(body) + read:
             return None
         return body
     except (ValueError, TypeError, RuntimeError, OverflowError):
         return None
     finally:
         document = top = inputs = tensor = fields = data = None  # the parser is reused once these are gone
+
+
+def _brackets(raw: bytes) -> int:
+    """How many '[' the text holds (arrays, or brackets inside strings)."""
+    return int(np.count_nonzero(np.frombuffer(raw, dtype=np.uint8) == ord("[")))
 
 
 def _fields(obj: Any) -> dict[str, Any] | None:

@@ -4,8 +4,8 @@ Callers `submit()` a request of one or more sequences; one task owns the
 queue, forms batches with `plan_batch` and hands each to a worker thread, so
 the event loop keeps serving HTTP while batches compute and the next one
 gathers. `workers` batches compute at once (on the CPU, one per core, each
-single-threaded: see `runtime.onnx`). A request's future resolves once all of its sequences are
-done, or fails once.
+single-threaded: see `runtime.onnx`). A request's future resolves once all of
+its sequences are done, or fails once.
 """
 
 from __future__ import annotations
@@ -439,7 +439,8 @@ class Batcher:
     def _first_end(self) -> float | None:
         """When the first of the running batches should end (loop time); None without an estimate."""
         ends = [batch.expected_end for batch in self._inflight[: self._workers]]
-        return None if not ends or None in ends else min(ends)  # type: ignore[type-var]
+        known = [end for end in ends if end is not None]
+        return min(known) if known and len(known) == len(ends) else None
 
     def _lengths(self) -> np.ndarray:
         return np.fromiter((item.length for item in self._pending), dtype=np.int64, count=len(self._pending))
