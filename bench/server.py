@@ -45,18 +45,23 @@ def _thread_cpu(stat_path: str) -> float:
 
 class Server:
     def __init__(
-        self, repository: Path, *, name: str, log_path: Path, env: dict[str, str] | None = None, **settings: object
+        self, repository: Path, *, name: str, log_path: Path, env: dict[str, str] | None = None,
+        source: Path | None = None, **settings: object,
     ) -> None:
+        """`source`: run the `service` package of another checkout (e.g. a git worktree of an
+        older commit) instead of this one's."""
         self.name = name
         self.port = free_port()
         env = {**os.environ, **(env or {})}
         env.update({f"SEQSERVE_{k.upper()}": str(v) for k, v in settings.items()})
         env.update(SEQSERVE_PORT=str(self.port), SEQSERVE_HOST="127.0.0.1", SEQSERVE_LOG_LEVEL="warning",
                    SEQSERVE_DEVICE="cpu")
+        if source is not None:
+            env["PYTHONPATH"] = str(source.resolve())
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "--repository", str(repository)],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=source,
         )
 
     def wait_ready(self, timeout_seconds: float = 120.0) -> None:

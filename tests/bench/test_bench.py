@@ -49,3 +49,17 @@ def test_readme_without_markers_is_left_alone(tmp_path: Path) -> None:
     assert not report.replace_section(readme, "table")
     assert readme.read_text() == "no markers here\n"
     assert not report.replace_section(tmp_path / "missing.md", "table")
+
+
+@pytest.mark.slow
+def test_ab_alternates_variants_and_reports_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import ab
+
+    root = Path(__file__).resolve().parents[2]
+    variants = ["{}", json.dumps({"source": str(root), "max_delay_ms": 0})]
+    assert ab.main([*variants, "--rounds", "1", "--seconds", "0.5", "--concurrency", "2", "--work", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    means = [line for line in lines if ", mean of 1: " in line]
+    assert [line.split(" ", 2)[1] for line in means] == ["0", "1"]
+    assert all(" seq/s, loop " in line and line.endswith("errors 0") for line in means)
+    assert (tmp_path / "variant-1.log").is_file()

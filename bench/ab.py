@@ -1,0 +1,97 @@
+"""Same-run A/B: alternate server variants under one load and compare them.
+
+    python -m bench.ab '{}' '{"batch_workers": 1}'                 # settings against the defaults
+    python -m bench.ab '{"source": "../old"}' '{}'                 # an older checkout (git worktree) against this one
+    python -m bench.ab '{}' '{"max_delay_ms": 0}' --rate 400       # open loop at 400 seq/s instead of a closed loop
+
+Each variant is a JSON object of `seqserve serve` settings, plus an optional
+`source` (a checkout whose `service` package runs instead). Rounds alternate
+the variants, so the machine's drift falls on all of them alike; each round
+starts a fresh server on 127.0.0.1, warms it, measures, and stops it. Load:
+the benchmark's reference model and workload (one sequence per request,
+lengths 10-200), closed loop at `--concurrency` or open loop at `--rate`.
+Per phase it prints throughput, the server's event-loop and worker CPU per
+sequence, the share of the machine it used, p50 and p99; then each variant's
+means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.client import closed_loop, encode_requests, open_loop
+from bench.server import Server
+from bench.workload import REFERENCE_NAME, ModelInput, Workload, build_reference
+from service.runtime import cpu_cores
+
+BODIES = {
+    "json": (f"/v1/models/{REFERENCE_NAME}/predict", "json_bodies"),
+    "v2json": (f"/v2/models/{REFERENCE_NAME}/infer", "v2_json_bodies"),
+    "binary": (f"/v2/models/{REFERENCE_NAME}/infer", "v2_binary_bodies"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+", type=json.loads, help="JSON objects of settings (+ optional source)")
+    parser.add_argument("--body", choices=sorted(BODIES), default="json")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=0.0, help="open loop at this many sequences/s instead")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=Path("build/ab"), help="the reference repository and logs")
+    args = parser.parse_args(argv)
+
+    repository = args.work / "repository"
+    build_reference(repository)
+    workload = Workload.generate(ModelInput.read(repository / REFERENCE_NAME / "1" / "model.json"), 1024)
+    path, bodies_of = BODIES[args.body]
+    bodies = getattr(workload, bodies_of)()
+    results: list[list[dict[str, float]]] = [[] for _ in args.variants]
+    for round_ in range(args.rounds):
+        for index, variant in enumerate(args.variants):
+            settings: dict[str, Any] = {"max_batch_size": 32, "max_batch_tokens": 8192, **variant}
+            source = settings.pop("source", None)
+            server = Server(repository, name=f"variant-{index}", log_path=args.work / f"variant-{index}.log",
+                            source=Path(source) if source else None, **settings)
+            try:
+                server.wait_ready()
+                requests = encode_requests(path, bodies, server.port)
+                asyncio.run(closed_loop(server.port, requests, args.concurrency, 1.5, 0.3))  # warm
+                cpu0, wall0 = server.cpu(), time.perf_counter()
+                if args.rate:
+                    load = asyncio.run(open_loop(server.port, requests, args.rate, args.seconds, 0.5))
+                else:
+                    load = asyncio.run(closed_loop(server.port, requests, args.concurrency, args.seconds, 0.0))
+                cpu, wall = server.cpu() - cpu0, time.perf_counter() - wall0
+            finally:
+                server.stop()
+            n = max(load.sequences, 1)
+            figures = {
+                "seq_s": load.throughput, "loop_ms": 1000 * cpu.main / n, "worker_ms": 1000 * cpu.others / n,
+                "machine_share": cpu.total / wall / cpu_cores(), "p50_ms": load.percentile(50),
+                "p99_ms": load.percentile(99), "errors": load.errors,
+            }
+            results[index].append(figures)
+            print(f"round {round_ + 1} variant {index} {json.dumps(variant)}: " + _line(figures), flush=True)
+    for index, variant in enumerate(args.variants):
+        means = {key: statistics.fmean(r[key] for r in results[index]) for key in results[index][0]}
+        print(f"variant {index} {json.dumps(variant)}, mean of {args.rounds}: " + _line(means))
+    return 0
+
+
+def _line(f: dict[str, float]) -> str:
+    return (f"{f['seq_s']:.0f} seq/s, loop {f['loop_ms']:.3f} ms/seq, workers {f['worker_ms']:.3f} ms/seq, "
+            f"machine {f['machine_share']:.2f}, p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms, "
+            f"errors {f['errors']:.0f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
