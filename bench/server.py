@@ -60,7 +60,7 @@ class Server:
             env["PYTHONPATH"] = str(source.resolve())
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--repository", str(repository)],
+            [sys.executable, "-m", "service", "--repository", str(repository.resolve())],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=source,
         )
 

@@ -447,12 +447,13 @@ class Batcher:
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
         policy = self._policy
-        free = self._workers - len(self._inflight)
-        if free > 1 and len(self._pending) > 1:
-            # NOTE: several workers free: what waits is spread over them, not given to one
-            # while the others idle (a batch on one core takes about as long as its
-            # sequences one after another); full batches still form while all are busy.
-            share = -(-len(self._pending) // free)
+        if self._workers > 1 and len(self._pending) > 1:
+            # NOTE: a batch takes a worker's share of what waits, not all of it: a batch on
+            # one core takes about as long as its sequences one after another. Free workers
+            # split it among themselves; a batch queued behind busy workers takes one
+            # worker's share, leaving the rest to the next worker that frees up.
+            free = self._workers - len(self._inflight)
+            share = -(-len(self._pending) // (free if free > 0 else self._workers))
             policy = dataclasses.replace(policy, max_batch_size=min(policy.max_batch_size, share))
         plan = plan_batch(self._lengths(), policy)
         chosen = set(plan.indices.tolist())

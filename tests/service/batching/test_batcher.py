@@ -182,6 +182,33 @@ def test_sequences_waiting_for_several_free_workers_are_spread_over_them() -> No
     assert sorted(runtime.batch_sizes) == [2, 3]  # five sequences, two free workers: not one batch of five
 
 
+def test_a_batch_queued_behind_busy_workers_takes_one_workers_share() -> None:
+    release = threading.Event()
+    runtime = HeldRuntime({1.0: release, 2.0: release})
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = make(runtime, workers=2, max_batch_size=8)
+        batcher.start()
+        try:
+            busy = [asyncio.ensure_future(batcher.infer([seq(2, v)], timeout_seconds=TIMEOUT)) for v in (1.0, 2.0)]
+            await wait_for_thread(runtime.entered[1.0])
+            await wait_for_thread(runtime.entered[2.0])
+            # Both workers busy; 8 sequences wait, a full batch: the one queued behind takes 4 of them.
+            waiting = asyncio.ensure_future(batcher.infer([seq(3, 3.0)] * 8, timeout_seconds=TIMEOUT))
+            await asyncio.sleep(0.1)
+            release.set()
+            await asyncio.gather(*busy)
+            return await waiting
+        finally:
+            release.set()
+            await batcher.stop()
+
+    outputs = run(scenario)
+    assert [o.tolist() for o in outputs] == [[18.0, 3.0]] * 8
+    sizes = sorted(runtime.batch_sizes)
+    assert sizes[:2] == [1, 1] and sum(sizes[2:]) == 8 and max(sizes) == 4  # never all 8 on one core
+
+
 def test_an_idle_model_does_not_wait_for_company() -> None:
     runtime = FakeRuntime()
 
