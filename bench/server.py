@@ -24,7 +24,7 @@ def free_port() -> int:
 @dataclass(frozen=True)
 class CpuSample:
     """CPU seconds of a process: its main thread (event loop: HTTP, parsing, validation,
-    serialising) and every other thread (the batch worker and ONNX Runtime's pool)."""
+    serialising) and every other thread (the batch workers and ONNX Runtime's pool)."""
 
     main: float
     others: float

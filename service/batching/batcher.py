@@ -121,7 +121,7 @@ class _Outcome:
 
 @dataclass(eq=False)
 class _Batch:
-    """A batch handed to the worker thread: its items, their future, when it should end."""
+    """A batch handed to a worker thread: its items, their future, when it should end."""
 
     items: list[_Item]
     future: asyncio.Future[_Outcome]
@@ -477,7 +477,7 @@ class Batcher:
         batch = done.items
         try:
             outcome = done.future.result()
-        except BaseException as exc:  # the worker thread itself failed (e.g. shut down)
+        except BaseException as exc:  # a worker thread itself failed (e.g. shut down)
             outcome = _Outcome([exc] * len(batch), 0.0)
         if outcome.compute_seconds > 0 and not any(isinstance(o, BaseException) for o in outcome.outputs):
             rate = outcome.compute_seconds / done.cost
@@ -515,7 +515,7 @@ class Batcher:
         self._reported_depth = 0
         self._observer.queue_depth(0)
 
-    # -- the worker thread -------------------------------------------------
+    # -- the worker threads ------------------------------------------------
 
     def _compute(self, batch: list[_Item]) -> _Outcome:
         # NOTE: a batch may have waited behind the previous one: requests that ended

@@ -87,7 +87,7 @@ def _cuda_usable(runtime: RuntimeKind) -> tuple[bool, str]:
 def lower_thread_priority(increment: int) -> None:
     """Lower the calling thread's CPU priority by `increment` (Linux nice; threads it starts inherit it).
 
-    Compute threads (the batch worker, runtime thread pools) run below the event
+    Compute threads (the batch workers, runtime thread pools) run below the event
     loop, so HTTP, health checks and load shedding stay prompt while a batch keeps
     every core busy; when the loop is idle the compute threads get all the CPU.
     """
