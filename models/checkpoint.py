@@ -61,7 +61,9 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
                 obj = inner
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
+        raise CheckpointError(
+            f"{path}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}"
+        )
     return {str(k): v for k, v in obj.items()}
 
 
@@ -72,8 +74,9 @@ def load_arrays(path: Path) -> dict[str, Tensor]:
             arrays = {name: np.asarray(archive[name]) for name in archive.files}
     except ValueError as exc:
         if "allow_pickle" in str(exc):
-            raise CheckpointError(f"{path}: holds pickled Python objects; save plain numeric arrays "
-                                  f"(np.savez(path, W_z=..., ...))") from None
+            raise CheckpointError(
+                f"{path}: holds pickled Python objects; save plain numeric arrays (np.savez(path, W_z=..., ...))"
+            ) from None
         raise CheckpointError(f"{path}: not a NumPy .npz archive ({str(exc).splitlines()[0]})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise CheckpointError(f"{path}: not a NumPy .npz archive ({str(exc).splitlines()[0]})") from None
@@ -97,9 +100,9 @@ def map_names(spec: ModelSpec, state: Mapping[str, Tensor]) -> tuple[dict[str, T
         if name in renames:
             target = renames[name]
         elif rules.backward and name.startswith(rules.backward):
-            target = "rnn." + name[len(rules.backward):] + "_reverse"
+            target = "rnn." + name[len(rules.backward) :] + "_reverse"
         else:
-            target = next((to + name[len(src):] for src, to in rules.prefixes if name.startswith(src)), name)
+            target = next((to + name[len(src) :] for src, to in rules.prefixes if name.startswith(src)), name)
             if spec.family == "F7":
                 target = CELL_NAMES.sub(r"rnn.\1_l0", target)
         if target in mapped:
@@ -117,14 +120,18 @@ def checkpoint_name(spec: ModelSpec, name: str) -> str:
         if target == name:
             return source
     if rules.backward and name.startswith("rnn.") and name.endswith("_reverse"):
-        return rules.backward + name[len("rnn."):-len("_reverse")]
+        return rules.backward + name[len("rnn.") : -len("_reverse")]
     if spec.family == "F7":
         name = re.sub(r"^rnn\.(weight_ih|weight_hh|bias_ih|bias_hh)_l0$", r"rnn.\1", name)
-    return next((source + name[len(to):] for source, to in rules.prefixes if name.startswith(to)), name)
+    return next((source + name[len(to) :] for source, to in rules.prefixes if name.startswith(to)), name)
 
 
-def fit_problems(model: torch.nn.Module, state: Mapping[str, Tensor],
-                 origin: Mapping[str, str] | None = None, spec: ModelSpec | None = None) -> list[str]:
+def fit_problems(
+    model: torch.nn.Module,
+    state: Mapping[str, Tensor],
+    origin: Mapping[str, str] | None = None,
+    spec: ModelSpec | None = None,
+) -> list[str]:
     """Every tensor that is missing, unexpected or of the wrong shape, named as
     the checkpoint names it (and as seqserve does, where they differ)."""
     origin = origin or {}
@@ -138,8 +145,9 @@ def fit_problems(model: torch.nn.Module, state: Mapping[str, Tensor],
     for name, tensor in expected.items():
         if name not in state:
             theirs = checkpoint_name(spec, name) if spec is not None else name
-            problems.append(f"missing {name} {list(tensor.shape)}"
-                            + (f" ({theirs} in the checkpoint)" if theirs != name else ""))
+            problems.append(
+                f"missing {name} {list(tensor.shape)}" + (f" ({theirs} in the checkpoint)" if theirs != name else "")
+            )
         elif tuple(state[name].shape) != tuple(tensor.shape):
             problems.append(f"{label(name)} has shape {list(state[name].shape)}, the spec needs {list(tensor.shape)}")
     problems += [f"unexpected {label(name)} {list(state[name].shape)}" for name in state if name not in expected]

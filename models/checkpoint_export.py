@@ -47,7 +47,20 @@ def export_checkpoint(
         # Their module gets the checkpoint as saved: their names, their dtypes.
         reference = user_reference(user, spec_path.resolve().parent, state, spec)
         reference_name = user.describe()
-    source = {"checkpoint": checkpoint.name, "checkpoint_sha256": sha256(checkpoint), "spec": spec_path.name,
-              "reference": reference_name}
-    return export_model(model, repository, version, batches=batches, seed=seed, tolerance=tolerance,
-                        source=source, reference=reference, reference_name=reference_name)
+    source = {
+        "checkpoint": checkpoint.name,
+        "checkpoint_sha256": sha256(checkpoint),
+        "spec": spec_path.name,
+        "reference": reference_name,
+    }
+    return export_model(
+        model,
+        repository,
+        version,
+        batches=batches,
+        seed=seed,
+        tolerance=tolerance,
+        source=source,
+        reference=reference,
+        reference_name=reference_name,
+    )

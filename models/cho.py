@@ -31,9 +31,7 @@ GATES = ("z", "r", "h")
 
 
 @torch.jit.script
-def cho_gru_final(
-    x: Tensor, lengths: Tensor, w: Tensor, u_z: Tensor, u_r: Tensor, u_h: Tensor, b: Tensor
-) -> Tensor:
+def cho_gru_final(x: Tensor, lengths: Tensor, w: Tensor, u_z: Tensor, u_r: Tensor, u_h: Tensor, b: Tensor) -> Tensor:
     """Final state of each sequence: ``x [B, T, F]``, ``w [F, 3H]`` (z, r, h),
     ``u_* [H, H]`` used as ``h @ u``, ``b [3H]`` -> ``[B, H]``."""
     hidden = u_z.shape[0]
@@ -84,8 +82,9 @@ class ChoGRUModel(nn.Module):
         return h @ self._x_w("weight", self.head) + self.head.bias
 
 
-def write_onnx(model: ChoGRUModel, path: Path, input_name: str, lengths_name: str, output_name: str,
-               opset: int) -> None:
+def write_onnx(
+    model: ChoGRUModel, path: Path, input_name: str, lengths_name: str, output_name: str, opset: int
+) -> None:
     """``input [B, T, F]``, ``lengths [B]`` -> ``output [B, O]`` with one ONNX GRU node."""
     import numpy as np
     import onnx
@@ -106,8 +105,13 @@ def write_onnx(model: ChoGRUModel, path: Path, input_name: str, lengths_name: st
         helper.make_node("Transpose", [input_name], ["x_tbf"], perm=[1, 0, 2]),
         helper.make_node("Cast", [lengths_name], ["lengths_i32"], to=TensorProto.INT32),
         # NOTE: with sequence_lens, Y_h holds each sequence's state at its own last valid step.
-        helper.make_node("GRU", ["x_tbf", "W", "R", "B", "lengths_i32"], ["", "y_h"],
-                         hidden_size=spec.hidden_size, linear_before_reset=0),
+        helper.make_node(
+            "GRU",
+            ["x_tbf", "W", "R", "B", "lengths_i32"],
+            ["", "y_h"],
+            hidden_size=spec.hidden_size,
+            linear_before_reset=0,
+        ),
         helper.make_node("Squeeze", ["y_h", "axis0"], ["h"]),
         helper.make_node("Gemm", ["h", "head_w", "head_b"], [output_name], transB=1),
     ]
@@ -123,13 +127,14 @@ def write_onnx(model: ChoGRUModel, path: Path, input_name: str, lengths_name: st
     graph = helper.make_graph(
         nodes,
         spec.name,
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", "time", spec.input_size]),
-         helper.make_tensor_value_info(lengths_name, TensorProto.INT64, ["batch"])],
+        [
+            helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", "time", spec.input_size]),
+            helper.make_tensor_value_info(lengths_name, TensorProto.INT64, ["batch"]),
+        ],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", spec.num_outputs])],
         initializers,
     )
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                                   producer_name="seqserve")
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="seqserve")
     onnx_model.ir_version = 9  # readable by every onnxruntime seqserve supports
     onnx.checker.check_model(onnx_model, full_check=True)
     onnx.save(onnx_model, str(path))

@@ -29,39 +29,63 @@ class Parser(argparse.ArgumentParser):
 
 def train_parser() -> Parser:
     p = Parser(prog="seqserve train", description="Train the demo models on data shipped inside packages.")
-    p.add_argument("--demo", action="append", choices=["vowels", "names", "sunspots"],
-                   help="demo to train (repeatable; default: all)")
-    p.add_argument("--out", type=Path, default=Path("build/checkpoints"),
-                   help="folder for <name>.pt (state_dict) and <name>.spec.json (default: %(default)s)")
+    p.add_argument(
+        "--demo",
+        action="append",
+        choices=["vowels", "names", "sunspots"],
+        help="demo to train (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("build/checkpoints"),
+        help="folder for <name>.pt (state_dict) and <name>.spec.json (default: %(default)s)",
+    )
     p.add_argument("--quick", action="store_true", help="a few epochs on a subset: a smoke test, not a model")
     return p
 
 
 def export_parser() -> Parser:
-    p = Parser(prog="seqserve export",
-               description="Check a checkpoint's exported graphs against the reference module, then write "
-                           "<repository>/<name>/<version>/ (nothing is written if any check fails).")
-    p.add_argument("checkpoint", type=Path,
-                   help="a state_dict saved with torch.save (read with weights_only=True), or an .npz of arrays")
+    p = Parser(
+        prog="seqserve export",
+        description="Check a checkpoint's exported graphs against the reference module, then write "
+        "<repository>/<name>/<version>/ (nothing is written if any check fails).",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="a state_dict saved with torch.save (read with weights_only=True), or an .npz of arrays",
+    )
     p.add_argument("--spec", type=Path, help="model spec, JSON or YAML (default: <checkpoint>.spec.json beside it)")
-    p.add_argument("--module", metavar="FILE.py:CLASS",
-                   help="your own model class to check parity against (default: the spec's reference, else "
-                        "seqserve's plain module); built with the spec's reference.kwargs")
+    p.add_argument(
+        "--module",
+        metavar="FILE.py:CLASS",
+        help="your own model class to check parity against (default: the spec's reference, else "
+        "seqserve's plain module); built with the spec's reference.kwargs",
+    )
     p.add_argument("--module-kwargs", metavar="JSON", help="constructor arguments for --module, a JSON object")
-    p.add_argument("--module-inputs", choices=["batch", "batch_and_lengths", "sequence"],
-                   help="how --module is called on one sequence x: module(x[None]), module(x[None], lengths) "
-                        "or module(x) (default: the spec's, else batch)")
-    p.add_argument("--repository", type=Path, default=Path("repository"), help="model repository (default: %(default)s)")
+    p.add_argument(
+        "--module-inputs",
+        choices=["batch", "batch_and_lengths", "sequence"],
+        help="how --module is called on one sequence x: module(x[None]), module(x[None], lengths) "
+        "or module(x) (default: the spec's, else batch)",
+    )
+    p.add_argument(
+        "--repository", type=Path, default=Path("repository"), help="model repository (default: %(default)s)"
+    )
     p.add_argument("--version", type=int, help="version to write (default: the next free one)")
-    p.add_argument("--parity-batches", type=int, default=100,
-                   help="random mixed-length batches to check (default: %(default)s)")
+    p.add_argument(
+        "--parity-batches", type=int, default=100, help="random mixed-length batches to check (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the parity batches (default: %(default)s)")
     return p
 
 
 def inspect_parser() -> Parser:
-    p = Parser(prog="seqserve inspect",
-               description="List a checkpoint's tensors, suggest its family (F1-F9) and a spec to export it with.")
+    p = Parser(
+        prog="seqserve inspect",
+        description="List a checkpoint's tensors, suggest its family (F1-F9) and a spec to export it with.",
+    )
     p.add_argument("checkpoint", type=Path, help="a state_dict (.pt) or an .npz of arrays")
     p.add_argument("--write-spec", type=Path, metavar="PATH", help="also write the suggested spec to PATH (JSON)")
     return p
@@ -90,9 +114,8 @@ def user_module(args: argparse.Namespace, spec_reference: UserModule | None) -> 
     from models.spec import UserModule
 
     if args.module is None:
-        if args.module_kwargs is not None or args.module_inputs is not None:
-            if spec_reference is None:
-                raise UserError("--module-kwargs and --module-inputs need --module (or a reference in the spec)")
+        if (args.module_kwargs is not None or args.module_inputs is not None) and spec_reference is None:
+            raise UserError("--module-kwargs and --module-inputs need --module (or a reference in the spec)")
         if spec_reference is None:
             return None
         source, class_name = spec_reference.source, spec_reference.class_name
@@ -118,13 +141,22 @@ def run_export(args: argparse.Namespace) -> int:
 
     spec_path = args.spec or default_spec_path(args.checkpoint)
     user = user_module(args, load_spec(spec_path).reference)
-    path = export_checkpoint(args.checkpoint, spec_path, args.repository, module=user, version=args.version,
-                             batches=args.parity_batches, seed=args.seed)
+    path = export_checkpoint(
+        args.checkpoint,
+        spec_path,
+        args.repository,
+        module=user,
+        version=args.version,
+        batches=args.parity_batches,
+        seed=args.seed,
+    )
     parity = json.loads((path / "parity.json").read_text())
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in parity["max_abs_diff"].items())
     reference_name = json.loads((path / "model.json").read_text())["parity"]["reference"]
-    print(f"wrote {path} (parity against {reference_name} over {parity['sequences']} sequences in "
-          f"{parity['batches']} batches: {diffs})")
+    print(
+        f"wrote {path} (parity against {reference_name} over {parity['sequences']} sequences in "
+        f"{parity['batches']} batches: {diffs})"
+    )
     return 0
 
 

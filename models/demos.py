@@ -53,8 +53,13 @@ def vowels(quick: bool = False) -> SequenceModel:
         "(JapaneseVowels, shipped with sktime).",
     )
     model = SequenceModel(spec)
-    fit(model, train.sequences, train.targets, TrainConfig(epochs=3 if quick else 60, batch_size=32, lr=3e-3),
-        desc="vowels")
+    fit(
+        model,
+        train.sequences,
+        train.targets,
+        TrainConfig(epochs=3 if quick else 60, batch_size=32, lr=3e-3),
+        desc="vowels",
+    )
     accuracy = _accuracy(predict(model, test.sequences), test.targets)
     majority = np.bincount(train.targets).argmax()
     metrics = {
@@ -148,8 +153,7 @@ def sunspots(quick: bool = False) -> SequenceModel:
         max_length=128,
         input_normalization=Normalization((float(history.mean()),), (float(history.std()),)),
         output_normalization=Normalization((float(history.mean()),), (float(history.std()),)),
-        description="Next year's mean sunspot number from the previous years' (statsmodels' yearly "
-        "series 1700-2008).",
+        description="Next year's mean sunspot number from the previous years' (statsmodels' yearly series 1700-2008).",
     )
     model = SequenceModel(spec)
     fit(model, train_x, train_y, TrainConfig(epochs=3 if quick else 150, batch_size=32, lr=3e-3), desc="sunspots")

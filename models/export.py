@@ -118,29 +118,44 @@ def check_onnx_signature(path: Path, spec: ModelSpec) -> list[str]:
     problems = []
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
-    want_in = {INPUT_NAME: ("tensor(int64)" if spec.input_kind == "text" else "tensor(float)",
-                            2 if spec.input_kind == "text" else 3),
-               LENGTHS_NAME: ("tensor(int64)", 1)}
+    want_in = {
+        INPUT_NAME: (
+            "tensor(int64)" if spec.input_kind == "text" else "tensor(float)",
+            2 if spec.input_kind == "text" else 3,
+        ),
+        LENGTHS_NAME: ("tensor(int64)", 1),
+    }
     for name, (dtype, rank) in want_in.items():
         got = inputs.get(name)
         if got is None:
             problems.append(f"graph input {name!r} missing (has {sorted(inputs)})")
         elif got.type != dtype or len(got.shape) != rank:
             problems.append(f"graph input {name!r} is {got.type} rank {len(got.shape)}, expected {dtype} rank {rank}")
-        elif any(isinstance(d, int) for d in got.shape[:2 if rank > 1 else 1]):
+        elif any(isinstance(d, int) for d in got.shape[: 2 if rank > 1 else 1]):
             problems.append(f"graph input {name!r} has a fixed batch or time axis: {got.shape}")
     if list(outputs) != [output_name(spec)]:
         problems.append(f"graph outputs {sorted(outputs)}, expected [{output_name(spec)!r}]")
     return problems
 
 
-def model_json(spec: ModelSpec, version: int, formats: dict[str, str], parity: ParityReport,
-               provenance: dict[str, Any], reference: str = SEQSERVE_REFERENCE) -> dict[str, Any]:
+def model_json(
+    spec: ModelSpec,
+    version: int,
+    formats: dict[str, str],
+    parity: ParityReport,
+    provenance: dict[str, Any],
+    reference: str = SEQSERVE_REFERENCE,
+) -> dict[str, Any]:
     tokenizer = None
     if spec.tokenizer is not None:
         t = spec.tokenizer
-        tokenizer = {"type": t.type, "lowercase": t.lowercase, "vocabulary": list(t.vocabulary),
-                     "padding_id": t.padding_id, "unknown_id": t.unknown_id}
+        tokenizer = {
+            "type": t.type,
+            "lowercase": t.lowercase,
+            "vocabulary": list(t.vocabulary),
+            "padding_id": t.padding_id,
+            "unknown_id": t.unknown_id,
+        }
     return {
         "schema_version": SCHEMA_VERSION,
         "name": spec.name,
@@ -262,8 +277,9 @@ def export_model(
             "onnx": onnx_runner(str(onnx_path), INPUT_NAME, LENGTHS_NAME),
             "torchscript": torch_runner(loaded_ts),
         }
-        report = check_parity(spec, graphs, reference, batches=batches, seed=seed, tolerance=tolerance,
-                              reference_name=reference_name)
+        report = check_parity(
+            spec, graphs, reference, batches=batches, seed=seed, tolerance=tolerance, reference_name=reference_name
+        )
         formats = {"onnx": onnx_path.name, "torchscript": ts_path.name}
         provenance = {
             "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

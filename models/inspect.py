@@ -48,28 +48,37 @@ def guess_family(state: Mapping[str, Tensor], name: str = "model") -> FamilyGues
     if cho is not None:
         return _guess_cho(state, cho, name)
     # Only prefixes whose input and recurrent weights are both there can be read.
-    cells = sorted({k[: -len("weight_ih")] for k in state
-                    if k.endswith("weight_ih") and k[: -len("ih")] + "hh" in state})
-    stacks = [k[: -len("weight_ih_l0")] for k in state
-              if k.endswith("weight_ih_l0") and k[: -len("ih_l0")] + "hh_l0" in state]
+    cells = sorted(
+        {k[: -len("weight_ih")] for k in state if k.endswith("weight_ih") and k[: -len("ih")] + "hh" in state}
+    )
+    stacks = [
+        k[: -len("weight_ih_l0")] for k in state if k.endswith("weight_ih_l0") and k[: -len("ih_l0")] + "hh_l0" in state
+    ]
     if cells:
-        return _guess_rnn(state, name, cells[0], "F7",
-                          f"{cells[0]}weight_ih has no layer suffix: an nn.LSTMCell in a step loop")
+        return _guess_rnn(
+            state, name, cells[0], "F7", f"{cells[0]}weight_ih has no layer suffix: an nn.LSTMCell in a step loop"
+        )
     if not stacks:
         return None
     if len(stacks) >= 2 and not any(s + "weight_ih_l0_reverse" in state for s in stacks):
         backward = next((s for s in stacks if any(h in s.lower() for h in BACKWARD_HINTS)), stacks[1])
         forward = next(s for s in stacks if s != backward)
-        return _guess_rnn(state, name, forward, "F8",
-                          f"two LSTMs ({forward}*, {backward}*) without _reverse weights: a BiLSTM built by "
-                          f"hand with torch.flip; {backward}* taken as the one over the flipped input",
-                          backward=backward)
+        return _guess_rnn(
+            state,
+            name,
+            forward,
+            "F8",
+            f"two LSTMs ({forward}*, {backward}*) without _reverse weights: a BiLSTM built by "
+            f"hand with torch.flip; {backward}* taken as the one over the flipped input",
+            backward=backward,
+        )
     prefix = stacks[0]
     return _guess_rnn(state, name, prefix, None, "")
 
 
-def _guess_rnn(state: Mapping[str, Tensor], name: str, prefix: str, family: Family | None, reason: str,
-               backward: str | None = None) -> FamilyGuess:
+def _guess_rnn(
+    state: Mapping[str, Tensor], name: str, prefix: str, family: Family | None, reason: str, backward: str | None = None
+) -> FamilyGuess:
     cell_form = family == "F7"
     suffix = "" if cell_form else "_l0"
     w_ih, w_hh = state[f"{prefix}weight_ih{suffix}"], state[f"{prefix}weight_hh{suffix}"]
@@ -77,8 +86,16 @@ def _guess_rnn(state: Mapping[str, Tensor], name: str, prefix: str, family: Fami
     # With proj_size, weight_hh is [4H, P] and weight_hr [P, H].
     hidden = int(proj.shape[1]) if proj is not None else int(w_hh.shape[1])
     cell = "lstm" if int(w_ih.shape[0]) == 4 * hidden else "gru"
-    layers = 1 if cell_form else 1 + max(
-        int(k[len(prefix) + len("weight_ih_l"):].split("_")[0]) for k in state if k.startswith(prefix + "weight_ih_l"))
+    layers = (
+        1
+        if cell_form
+        else 1
+        + max(
+            int(k[len(prefix) + len("weight_ih_l") :].split("_")[0])
+            for k in state
+            if k.startswith(prefix + "weight_ih_l")
+        )
+    )
     bidirectional = backward is not None or f"{prefix}weight_ih_l0_reverse" in state
     rnn_prefixes = [prefix] + ([backward] if backward else [])
     rest = {k: v for k, v in state.items() if not any(k.startswith(p) for p in rnn_prefixes)}
@@ -86,13 +103,28 @@ def _guess_rnn(state: Mapping[str, Tensor], name: str, prefix: str, family: Fami
 
     embedding = next((k for k, v in rest.items() if "emb" in k.lower() and v.ndim == 2), None)
     if embedding is None:  # an embedding whose width feeds the RNN directly, whatever its name
-        embedding = next((k for k, v in rest.items() if k.endswith(".weight") and v.ndim == 2
-                          and k[: -len("weight")] + "bias" not in rest and v.shape[1] == w_ih.shape[1]), None)
+        embedding = next(
+            (
+                k
+                for k, v in rest.items()
+                if k.endswith(".weight")
+                and v.ndim == 2
+                and k[: -len("weight")] + "bias" not in rest
+                and v.shape[1] == w_ih.shape[1]
+            ),
+            None,
+        )
     if embedding is not None:
         rest.pop(embedding)
     step = (2 if bidirectional else 1) * (int(proj.shape[0]) if proj is not None else hidden)
-    norm = next((k[: -len("weight")] for k, v in rest.items() if k.endswith("weight") and v.ndim == 1
-                 and v.shape[0] == step and k[: -len("weight")] + "bias" in rest), None)
+    norm = next(
+        (
+            k[: -len("weight")]
+            for k, v in rest.items()
+            if k.endswith("weight") and v.ndim == 1 and v.shape[0] == step and k[: -len("weight")] + "bias" in rest
+        ),
+        None,
+    )
     if norm is not None:
         rest.pop(norm + "weight"), rest.pop(norm + "bias")
     linears = _linears(rest)
@@ -108,14 +140,25 @@ def _guess_rnn(state: Mapping[str, Tensor], name: str, prefix: str, family: Fami
         if proj is not None:
             family, reason = "F6", f"{prefix}weight_hr_l0 is a projection: nn.LSTM(proj_size={int(proj.shape[0])})"
         elif embedding is not None and (norm is not None or input_mlp):
-            family, reason = "F4", (f"{embedding} is an embedding, followed by "
-                                    + ("an MLP, " if input_mlp else "") + "an LSTM"
-                                    + (f" and a LayerNorm ({norm}*)" if norm else ""))
+            family, reason = (
+                "F4",
+                (
+                    f"{embedding} is an embedding, followed by "
+                    + ("an MLP, " if input_mlp else "")
+                    + "an LSTM"
+                    + (f" and a LayerNorm ({norm}*)" if norm else "")
+                ),
+            )
         elif cell == "gru":
             family, reason = "F3", f"{prefix}weight_ih_l0 has 3 gates: an nn.GRU"
         elif bidirectional:
-            family, reason = "F1", (f"{prefix}*_reverse: a bidirectional nn.LSTM; for a tagger with a per-step "
-                                    "head (F5) set family F5, task tagging, readout all")
+            family, reason = (
+                "F1",
+                (
+                    f"{prefix}*_reverse: a bidirectional nn.LSTM; for a tagger with a per-step "
+                    "head (F5) set family F5, task tagging, readout all"
+                ),
+            )
         else:
             family, reason = "F2", f"{prefix}weight_ih_l0 without _reverse: a unidirectional nn.LSTM"
 
@@ -134,8 +177,10 @@ def _guess_rnn(state: Mapping[str, Tensor], name: str, prefix: str, family: Fami
         renames.update(_rename_linear(head[0], "head.0."))
         renames.update(_rename_linear(head[1], "head.2."))
     elif head:
-        notes.append(f"{len(head)} linear layers after the RNN ({', '.join(h.prefix for h in head)}): seqserve's "
-                     "head has at most one hidden layer")
+        notes.append(
+            f"{len(head)} linear layers after the RNN ({', '.join(h.prefix for h in head)}): seqserve's "
+            "head has at most one hidden layer"
+        )
     else:
         notes.append("no linear head found")
     num_outputs = head[-1].out_features if head else 1
@@ -151,8 +196,10 @@ def _guess_rnn(state: Mapping[str, Tensor], name: str, prefix: str, family: Fami
     if embedding is not None:
         vocabulary = int(state[embedding].shape[0])
         spec.update({"input_kind": "text", "embedding_dim": int(state[embedding].shape[1]), "tokenizer": None})
-        notes.append(f"text: fill in tokenizer.vocabulary, {vocabulary} entries in the embedding's order "
-                     "(id 0 pads, id 1 is unknown)")
+        notes.append(
+            f"text: fill in tokenizer.vocabulary, {vocabulary} entries in the embedding's order "
+            "(id 0 pads, id 1 is unknown)"
+        )
     else:
         spec["input_size"] = rnn_in
     if input_mlp:
@@ -170,8 +217,12 @@ def _guess_rnn(state: Mapping[str, Tensor], name: str, prefix: str, family: Fami
     else:
         spec["labels"] = [f"class_{i}" for i in range(num_outputs)]
     spec["max_length"] = 256
-    spec["names"] = {"prefixes": {prefix: "rnn."} if prefix != "rnn." else {}, "renames": renames,
-                     "backward": backward, "ignore": []}
+    spec["names"] = {
+        "prefixes": {prefix: "rnn."} if prefix != "rnn." else {},
+        "renames": renames,
+        "backward": backward,
+        "ignore": [],
+    }
     return FamilyGuess(family, reason, spec, tuple(notes))
 
 
@@ -203,12 +254,24 @@ def _guess_cho(state: Mapping[str, Tensor], cho: dict[str, str], name: str) -> F
         notes.append("no output matrix found (W_y)")
     if bias is not None:
         renames[bias] = "head.bias"
-    spec = {"name": _slug(name), "family": "F9", "task": "classification", "cell": "gru", "hidden_size": hidden,
-            "input_size": features, "readout": "last", "num_outputs": num_outputs,
-            "labels": [f"class_{i}" for i in range(num_outputs)], "max_length": 256, "array_layout": layout,
-            "names": {"prefixes": {}, "renames": renames, "backward": None, "ignore": []}}
-    reason = (f"arrays {', '.join(sorted(cho.values()))}: a GRU in Cho et al.'s form "
-              f"({'W @ x' if layout == 'w_x' else 'x @ W'})")
+    spec = {
+        "name": _slug(name),
+        "family": "F9",
+        "task": "classification",
+        "cell": "gru",
+        "hidden_size": hidden,
+        "input_size": features,
+        "readout": "last",
+        "num_outputs": num_outputs,
+        "labels": [f"class_{i}" for i in range(num_outputs)],
+        "max_length": 256,
+        "array_layout": layout,
+        "names": {"prefixes": {}, "renames": renames, "backward": None, "ignore": []},
+    }
+    reason = (
+        f"arrays {', '.join(sorted(cho.values()))}: a GRU in Cho et al.'s form "
+        f"({'W @ x' if layout == 'w_x' else 'x @ W'})"
+    )
     return FamilyGuess("F9", reason, spec, tuple(notes))
 
 
@@ -239,13 +302,17 @@ def describe(state: Mapping[str, Tensor], name: str = "model") -> str:
     lines += [f"  {k:<{width}}  {str(v.dtype).removeprefix('torch.'):<8} {list(v.shape)}" for k, v in state.items()]
     guess = guess_family(state, name)
     if guess is None:
-        lines.append("no recurrent weights recognised (nn.LSTM/nn.GRU weight_ih_l0, nn.LSTMCell weight_ih, "
-                     "or Cho GRU arrays W_z, U_z, b_z, ...)")
+        lines.append(
+            "no recurrent weights recognised (nn.LSTM/nn.GRU weight_ih_l0, nn.LSTMCell weight_ih, "
+            "or Cho GRU arrays W_z, U_z, b_z, ...)"
+        )
         return "\n".join(lines)
     lines.append(f"family: {guess.family} ({FAMILIES[guess.family]})")
     lines.append(f"because: {guess.reason}")
     lines += [f"note: {note}" for note in guess.notes]
-    lines.append("suggested spec (check labels, max_length and readout; to check against your own module, "
-                 "export with --module FILE.py:CLASS):")
+    lines.append(
+        "suggested spec (check labels, max_length and readout; to check against your own module, "
+        "export with --module FILE.py:CLASS):"
+    )
     lines.append(json.dumps(guess.spec, indent=2))
     return "\n".join(lines)

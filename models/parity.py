@@ -136,8 +136,16 @@ def check_parity(
             want_shape = (len(lengths), x.shape[1], spec.num_outputs) if tagging else (len(lengths), spec.num_outputs)
             if got.shape != want_shape:
                 failures.append(
-                    Failure(name, b, len(lengths), 0, int(lengths[0]), x.shape[1], float("inf"),
-                            f"output shape {got.shape}, expected {want_shape}")
+                    Failure(
+                        name,
+                        b,
+                        len(lengths),
+                        0,
+                        int(lengths[0]),
+                        x.shape[1],
+                        float("inf"),
+                        f"output shape {got.shape}, expected {want_shape}",
+                    )
                 )
                 continue
             for i, n in enumerate(lengths):

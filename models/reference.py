@@ -42,8 +42,14 @@ class ReferenceModel(nn.Module):
     def _rnn(spec: ModelSpec, bidirectional: bool, state: dict[str, Tensor], suffix: str | None) -> nn.RNNBase:
         rnn_cls = nn.LSTM if spec.cell == "lstm" else nn.GRU
         kwargs = {"proj_size": spec.proj_size} if spec.proj_size else {}
-        rnn = rnn_cls(spec.rnn_input_width, spec.hidden_size, spec.num_layers, batch_first=True,
-                      bidirectional=bidirectional, **kwargs)
+        rnn = rnn_cls(
+            spec.rnn_input_width,
+            spec.hidden_size,
+            spec.num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            **kwargs,
+        )
         if suffix is not None:
             state = {k.removesuffix("_reverse"): v for k, v in state.items() if k.endswith("_reverse") == bool(suffix)}
         rnn.load_state_dict(state)
@@ -69,8 +75,9 @@ class ReferenceModel(nn.Module):
         elif spec.readout == "final":
             if model.norm is not None:  # the norm is on the outputs, so read the final states from them
                 half = out.shape[2] // spec.directions
-                pooled = torch.cat([out[:, -1, :half], out[:, 0, half:]], dim=1) if spec.bidirectional \
-                    else out[:, -1, :]
+                pooled = (
+                    torch.cat([out[:, -1, :half], out[:, 0, half:]], dim=1) if spec.bidirectional else out[:, -1, :]
+                )
             else:
                 pooled = torch.cat([h_n[-2], h_n[-1]], dim=1) if spec.bidirectional else h_n[-1]
         elif spec.readout == "mean":
@@ -111,4 +118,3 @@ class NumpyChoGRU:
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-a))
-

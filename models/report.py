@@ -1,6 +1,6 @@
 """Markdown tables for the README, read from a built model repository.
 
-    python -m models.report repository
+python -m models.report repository
 """
 
 from __future__ import annotations
@@ -25,19 +25,25 @@ def metrics_table(rows: list[tuple[dict, dict]]) -> str:
         held = ", ".join(f"{k} {v}" for k, v in m["held_out"].items())
         base = m["baseline"]
         base_text = ", ".join(f"{k} {v}" for k, v in base.items() if k != "name")
-        lines.append(f"| `{meta['name']}` v{meta['version']} | {meta['task']} | {m['split']} | {held} | "
-                     f"{base['name']}: {base_text} |")
+        lines.append(
+            f"| `{meta['name']}` v{meta['version']} | {meta['task']} | {m['split']} | {held} | "
+            f"{base['name']}: {base_text} |"
+        )
     return "\n".join(lines)
 
 
 def parity_table(rows: list[tuple[dict, dict]]) -> str:
-    lines = ["| model | sequences checked (batches, lengths) | eager | ONNX Runtime | TorchScript |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | sequences checked (batches, lengths) | eager | ONNX Runtime | TorchScript |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for meta, p in rows:
         d = p["max_abs_diff"]
-        lines.append(f"| `{meta['name']}` | {p['sequences']} ({p['batches']} batches of {min(p['batch_sizes'])}-"
-                     f"{max(p['batch_sizes'])}, lengths {p['min_length']}-{p['max_length']}) | "
-                     f"{d['eager']:.1e} | {d['onnx']:.1e} | {d['torchscript']:.1e} |")
+        lines.append(
+            f"| `{meta['name']}` | {p['sequences']} ({p['batches']} batches of {min(p['batch_sizes'])}-"
+            f"{max(p['batch_sizes'])}, lengths {p['min_length']}-{p['max_length']}) | "
+            f"{d['eager']:.1e} | {d['onnx']:.1e} | {d['torchscript']:.1e} |"
+        )
     return "\n".join(lines)
 
 

@@ -108,8 +108,12 @@ class NameMap:
     """Checkpoint tensors that are not part of the served model (an auxiliary head)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prefixes": dict(self.prefixes), "renames": dict(self.renames), "backward": self.backward,
-                "ignore": list(self.ignore)}
+        return {
+            "prefixes": dict(self.prefixes),
+            "renames": dict(self.renames),
+            "backward": self.backward,
+            "ignore": list(self.ignore),
+        }
 
     @classmethod
     def from_dict(cls, data: Any) -> NameMap:
@@ -119,8 +123,9 @@ class NameMap:
         pairs = {}
         for key in ("prefixes", "renames"):
             value = data.get(key) or {}
-            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                      for k, v in value.items()):
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
                 raise SpecError(f"names.{key}: a mapping of checkpoint name to seqserve name")
             pairs[key] = tuple(value.items())
         backward = data.get("backward")
@@ -291,8 +296,18 @@ class ModelSpec:
         if family == "F9":
             if self.readout not in ("last", "final"):
                 yield f"readout: family F9 reads the final state ('last' or 'final'), got {self.readout!r}"
-            odd = [n for n in ("input_mlp", "layer_norm", "concat_input_mean", "head_hidden", "input_normalization",
-                               "output_normalization") if getattr(self, n)]
+            odd = [
+                n
+                for n in (
+                    "input_mlp",
+                    "layer_norm",
+                    "concat_input_mean",
+                    "head_hidden",
+                    "input_normalization",
+                    "output_normalization",
+                )
+                if getattr(self, n)
+            ]
             if odd:
                 yield f"family F9 is a GRU and a Linear head; it has no {', '.join(odd)}"
         if self.array_layout != "w_x" and family != "F9":

@@ -23,6 +23,8 @@ projection.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor, nn
 
@@ -158,7 +160,7 @@ class SequenceModel(nn.Module):
         if spec.input_mlp:
             widths = (spec.rnn_input_size, *spec.input_mlp)
             layers: list[nn.Module] = []
-            for width_in, width_out in zip(widths, widths[1:]):
+            for width_in, width_out in itertools.pairwise(widths):
                 layers += [nn.Linear(width_in, width_out), activation(spec.activation)]
             self.input_mlp = nn.Sequential(*layers)
         self.rnn = LengthAwareRNN(
@@ -176,8 +178,9 @@ class SequenceModel(nn.Module):
         width = spec.pooled_size
         if spec.head_hidden:
             self.head: nn.Module = nn.Sequential(
-                nn.Linear(width, spec.head_hidden), activation(spec.activation),
-                nn.Linear(spec.head_hidden, spec.num_outputs)
+                nn.Linear(width, spec.head_hidden),
+                activation(spec.activation),
+                nn.Linear(spec.head_hidden, spec.num_outputs),
             )
         else:
             self.head = nn.Linear(width, spec.num_outputs)

@@ -89,8 +89,9 @@ def fit(
 
 
 @torch.no_grad()
-def predict(model: SequenceModel, sequences: Sequence[np.ndarray], padding_value: float = 0.0,
-            batch_size: int = 256) -> np.ndarray:
+def predict(
+    model: SequenceModel, sequences: Sequence[np.ndarray], padding_value: float = 0.0, batch_size: int = 256
+) -> np.ndarray:
     model.eval()
     outs = []
     for start in range(0, len(sequences), batch_size):

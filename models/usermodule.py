@@ -54,8 +54,11 @@ def load_class(source: Path, class_name: str) -> type:
 
 def strict_problems(expected: Mapping[str, tuple[int, ...]], given: Mapping[str, tuple[int, ...]]) -> list[str]:
     problems = [f"missing {k} {list(s)}" for k, s in expected.items() if k not in given]
-    problems += [f"{k} has shape {list(given[k])}, the module needs {list(s)}"
-                 for k, s in expected.items() if k in given and tuple(given[k]) != tuple(s)]
+    problems += [
+        f"{k} has shape {list(given[k])}, the module needs {list(s)}"
+        for k, s in expected.items()
+        if k in given and tuple(given[k]) != tuple(s)
+    ]
     problems += [f"unexpected {k} {list(s)}" for k, s in given.items() if k not in expected]
     return problems
 
@@ -69,7 +72,9 @@ def instantiate(user: UserModule, base: Path, state: Mapping[str, Tensor]) -> An
     try:
         obj = cls(**user.kwargs)
     except Exception as exc:
-        raise UserModuleError(f"{user.describe()}({_kwargs(user.kwargs)}) failed: {type(exc).__name__}: {exc}") from None
+        raise UserModuleError(
+            f"{user.describe()}({_kwargs(user.kwargs)}) failed: {type(exc).__name__}: {exc}"
+        ) from None
     given = {k: tuple(v.shape) for k, v in state.items()}
     if isinstance(obj, torch.nn.Module):
         expected = {k: tuple(v.shape) for k, v in obj.state_dict().items()}
@@ -109,8 +114,9 @@ def user_reference(user: UserModule, base: Path, state: Mapping[str, Tensor], sp
             with torch.no_grad():
                 out = call(*args)
         except Exception as exc:
-            raise UserModuleError(f"{user.describe()} failed on a sequence of length {len(seq)}: "
-                                  f"{type(exc).__name__}: {exc}") from None
+            raise UserModuleError(
+                f"{user.describe()} failed on a sequence of length {len(seq)}: {type(exc).__name__}: {exc}"
+            ) from None
         if isinstance(out, (tuple, list)):
             out = out[0]
         array = out.detach().numpy() if isinstance(out, Tensor) else np.asarray(out)
@@ -124,16 +130,23 @@ def _as_row(out: np.ndarray, user: UserModule, spec: ModelSpec, steps: int) -> n
     got = out.shape
     if user.inputs != "sequence":
         if not got or got[0] != 1:
-            raise UserModuleError(f"{user.describe()} returned shape {list(got)} for a batch of one; "
-                                  f"expected a leading batch axis of 1 (set reference.inputs)")
+            raise UserModuleError(
+                f"{user.describe()} returned shape {list(got)} for a batch of one; "
+                f"expected a leading batch axis of 1 (set reference.inputs)"
+            )
         out = out[0]
     # Allow a size-1 axis too many or too few (a forecaster's [1] vs [], a tagger's [T] for one output).
-    if out.shape != want and out.size == int(np.prod(want)) and \
-            [d for d in out.shape if d != 1] == [d for d in want if d != 1]:
+    if (
+        out.shape != want
+        and out.size == int(np.prod(want))
+        and [d for d in out.shape if d != 1] == [d for d in want if d != 1]
+    ):
         out = out.reshape(want)
     if out.shape != want:
-        raise UserModuleError(f"{user.describe()} returned shape {list(got)} for one sequence of length {steps}; "
-                              f"the spec's graph answers {list(want)} per sequence")
+        raise UserModuleError(
+            f"{user.describe()} returned shape {list(got)} for one sequence of length {steps}; "
+            f"the spec's graph answers {list(want)} per sequence"
+        )
     return out
 
 

@@ -33,8 +33,11 @@ _NAME, _VERSION = r"(?P<name>[^/]+)", r"(?P<version>[^/]+)"
 _ROUTES: list[_Route] = [
     (re.compile(r"/predict"), lambda r: lambda m, b: v1._predict(m, b, r), False),
     (re.compile(rf"/v1/models/{_NAME}/predict"), lambda r: lambda m, b: v1._predict(m, b, r), False),
-    (re.compile(rf"/v1/models/{_NAME}/versions/{_VERSION}/predict"), lambda r: lambda m, b: v1._predict(m, b, r),
-     False),
+    (
+        re.compile(rf"/v1/models/{_NAME}/versions/{_VERSION}/predict"),
+        lambda r: lambda m, b: v1._predict(m, b, r),
+        False,
+    ),
     (re.compile(rf"/v2/models/{_NAME}/infer"), lambda r: lambda m, b: v2._infer(m, b, r), True),
     (re.compile(rf"/v2/models/{_NAME}/versions/{_VERSION}/infer"), lambda r: lambda m, b: v2._infer(m, b, r), True),
 ]

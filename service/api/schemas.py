@@ -176,8 +176,12 @@ class V2InferRequest(BaseModel):
                 {
                     "id": "42",
                     "inputs": [
-                        {"name": "input", "datatype": "FP32", "shape": [1, 2, 4],
-                         "data": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]},
+                        {
+                            "name": "input",
+                            "datatype": "FP32",
+                            "shape": [1, 2, 4],
+                            "data": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+                        },
                     ],
                 }
             ]

@@ -523,8 +523,11 @@ class Batcher:
         # thread is safe; only the event loop changes a future.
         live = [i for i, item in enumerate(batch) if not item.request.future.done()]
         if len(live) < len(batch):
-            outcome = self._compute_sequences([batch[i].request.sequences[batch[i].index] for i in live]) if live \
+            outcome = (
+                self._compute_sequences([batch[i].request.sequences[batch[i].index] for i in live])
+                if live
                 else _Outcome([], 0.0)
+            )
             outputs: list[np.ndarray | BaseException | None] = [None] * len(batch)
             for i, output in zip(live, outcome.outputs, strict=True):
                 outputs[i] = output

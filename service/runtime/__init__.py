@@ -172,9 +172,7 @@ def _open(kind: RuntimeKind, path: Path, spec: ModelSpec, device: DeviceKind, th
     if kind == "onnx":
         from service.runtime.onnx import OnnxRuntime
 
-        return OnnxRuntime(
-            path, spec, device=device, threads=threads.onnx_threads, concurrency=threads.batch_workers
-        )
+        return OnnxRuntime(path, spec, device=device, threads=threads.onnx_threads, concurrency=threads.batch_workers)
     try:
         from service.runtime.torchscript import TorchScriptRuntime
     except ImportError as exc:
