@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from service.repository import ModelSpec
+from service.model_json import ModelJson
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -19,7 +19,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class OutputFormatter:
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelJson) -> None:
         self._task = spec.task
         self._softmax = spec.graph.output_activation == "softmax"
         self._labels = np.asarray(spec.labels or (), dtype=object)

@@ -18,8 +18,9 @@ import numpy as np
 from service.batching import Batcher, BatchPolicy
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from service.metrics import Metrics
+from service.model_json import NAME_PATTERN, VERSION_PATTERN, ModelJson, RuntimeKind
 from service.outputs import OutputFormatter
-from service.repository import NAME_PATTERN, VERSION_PATTERN, Entry, ModelSpec, RuntimeKind, scan_repository
+from service.repository import Entry, scan_repository
 from service.runtime import (
     Runtime,
     RuntimeUnavailable,
@@ -42,7 +43,7 @@ class ModelVersion:
 
     name: str
     version: int
-    spec: ModelSpec | None
+    spec: ModelJson | None
     state: State = "loading"
     error: str | None = None
     runtime: Runtime | None = None
@@ -50,6 +51,12 @@ class ModelVersion:
     batcher: Batcher | None = field(default=None, repr=False)
     validator: InputValidator | None = field(default=None, repr=False)
     formatter: OutputFormatter | None = field(default=None, repr=False)
+
+    def not_ready(self) -> ModelNotReady:
+        """The error for a request this version can't serve now (loading, or failed to load)."""
+        if self.state == "failed":
+            return ModelNotReady(f"model {self.name}/{self.version} failed to load: {self.error}")
+        return ModelNotReady(f"model {self.name}/{self.version} is still loading")
 
 
 class ModelRegistry:
@@ -185,7 +192,7 @@ class ModelRegistry:
             return runtime, reason
         raise RuntimeError("; ".join(problems) or "no usable model file")
 
-    def _warmup_shapes(self, spec: ModelSpec, runtime: Runtime) -> list[tuple[int, int]]:
+    def _warmup_shapes(self, spec: ModelJson, runtime: Runtime) -> list[tuple[int, int]]:
         """Typical (batch, time) shapes: short, medium and longest sequences, alone and batched."""
         max_length = runtime.fixed_length or spec.input.max_length
         lengths = sorted({max_length} if runtime.fixed_length else {1, min(16, max_length), max_length})
@@ -302,17 +309,11 @@ class ModelRegistry:
                 raise ModelNotFound("no default model: the repository is empty")
         found = self.lookup(name, version)
         if found.state != "ready":
-            raise ModelNotReady(_not_ready_message(found))
+            raise found.not_ready()
         return found
 
 
-def _not_ready_message(version: ModelVersion) -> str:
-    if version.state == "failed":
-        return f"model {version.name}/{version.version} failed to load: {version.error}"
-    return f"model {version.name}/{version.version} is still loading"
-
-
-def _check_outputs(spec: ModelSpec, runtime: Runtime) -> None:
+def _check_outputs(spec: ModelJson, runtime: Runtime) -> None:
     """The graph's output shape must match model.json's task, labels and output names."""
     time = runtime.fixed_length or min(3, spec.input.max_length)
     rows = runtime.fixed_batch or 2

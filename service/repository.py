@@ -8,106 +8,14 @@ it can be listed and logged instead of stopping the others.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
+
+from service.model_json import NAME_PATTERN, VERSION_PATTERN, ModelJson, RuntimeKind
 
 log = logging.getLogger(__name__)
-
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,8}$")
-# A format entry names a file inside the entry's own directory, nothing else.
-_FILE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-
-Task = Literal["classification", "regression", "tagging"]
-InputKind = Literal["features", "text"]
-Padding = Literal["exact", "equal-length"]
-RuntimeKind = Literal["onnx", "torchscript"]
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class TokenizerSpec(_Spec):
-    type: Literal["char"]
-    lowercase: bool = True
-    vocabulary: tuple[str, ...] = Field(min_length=2)
-    padding_id: int = Field(ge=0)
-    unknown_id: int = Field(ge=0)
-
-    @model_validator(mode="after")
-    def _ids_in_vocabulary(self) -> TokenizerSpec:
-        size = len(self.vocabulary)
-        if self.padding_id >= size or self.unknown_id >= size:
-            raise ValueError(f"padding_id and unknown_id must be < vocabulary size {size}")
-        return self
-
-
-class InputSpec(_Spec):
-    kind: InputKind
-    features: int | None = Field(default=None, ge=1, le=1 << 20)
-    max_length: int = Field(ge=1, le=1 << 20)
-    tokenizer: TokenizerSpec | None = None
-
-    @model_validator(mode="after")
-    def _kind_fields(self) -> InputSpec:
-        if self.kind == "features" and self.features is None:
-            raise ValueError("input.features is required for kind 'features'")
-        if self.kind == "text" and self.tokenizer is None:
-            raise ValueError("input.tokenizer is required for kind 'text'")
-        return self
-
-
-class GraphSpec(_Spec):
-    input: str = Field(min_length=1)
-    lengths: str | None = None
-    output: str = Field(min_length=1)
-    input_dtype: Literal["float32", "int64"]
-    output_activation: Literal["softmax", "none"] = "none"
-
-
-class FormatsSpec(_Spec):
-    onnx: str | None = Field(default=None, pattern=_FILE_NAME_PATTERN.pattern)
-    torchscript: str | None = Field(default=None, pattern=_FILE_NAME_PATTERN.pattern)
-
-
-class ModelSpec(BaseModel):
-    """model.json, schema_version 1. Informational sections are kept, unread."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-
-    schema_version: Literal[1]
-    name: str = Field(pattern=NAME_PATTERN.pattern)
-    version: int = Field(ge=1)
-    task: Task
-    description: str = ""
-    input: InputSpec
-    labels: tuple[str, ...] | None = None
-    output_names: tuple[str, ...] | None = None
-    graph: GraphSpec
-    padding: Padding
-    formats: FormatsSpec
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ModelSpec:
-        if self.task in ("classification", "tagging") and not self.labels:
-            raise ValueError(f"labels are required for task '{self.task}'")
-        if self.padding == "exact" and self.graph.lengths is None:
-            raise ValueError("padding 'exact' needs a graph lengths input")
-        expected_dtype = "float32" if self.input.kind == "features" else "int64"
-        if self.graph.input_dtype != expected_dtype:
-            raise ValueError(f"input kind '{self.input.kind}' needs graph.input_dtype '{expected_dtype}'")
-        if self.formats.onnx is None and self.formats.torchscript is None:
-            raise ValueError("formats lists no model file")
-        return self
-
-    @property
-    def uses_lengths(self) -> bool:
-        return self.graph.lengths is not None
 
 
 @dataclass(frozen=True)
@@ -117,7 +25,7 @@ class Entry:
     name: str
     version: int
     path: Path
-    spec: ModelSpec | None
+    spec: ModelJson | None
     files: dict[RuntimeKind, Path]
     error: str | None
 
@@ -150,7 +58,7 @@ def _read_entry(name: str, version: int, path: Path) -> Entry:
     if not meta.is_file():
         return broken("model.json is missing")
     try:
-        spec = ModelSpec.model_validate_json(meta.read_bytes())
+        spec = ModelJson.model_validate_json(meta.read_bytes())
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
         return broken(f"model.json is invalid: {problems}")

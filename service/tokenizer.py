@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.repository import TokenizerSpec
+from service.model_json import TokenizerJson
 
 
 class CharTokenizer:
     """One token per character; characters outside the vocabulary map to `unknown_id`."""
 
-    def __init__(self, spec: TokenizerSpec) -> None:
+    def __init__(self, spec: TokenizerJson) -> None:
         self._lowercase = spec.lowercase
         self._unknown = spec.unknown_id
         self.padding_id = spec.padding_id

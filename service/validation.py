@@ -28,7 +28,7 @@ import numpy as np
 import simdjson  # type: ignore[import-untyped]
 
 from service.errors import InvalidInput
-from service.repository import ModelSpec
+from service.model_json import ModelJson
 from service.tokenizer import CharTokenizer
 
 # V2 tensor names this server takes, whatever the graph's own names are.
@@ -67,7 +67,7 @@ def describe(value: object) -> str:
 
 
 class InputValidator:
-    def __init__(self, spec: ModelSpec, *, max_sequences: int, fixed_length: int | None = None) -> None:
+    def __init__(self, spec: ModelJson, *, max_sequences: int, fixed_length: int | None = None) -> None:
         self._spec = spec
         self._max_sequences = max_sequences
         self._max_length = spec.input.max_length if fixed_length is None else min(spec.input.max_length, fixed_length)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from service.repository import RuntimeKind
+from service.model_json import RuntimeKind
 from service.runtime import DeviceKind
 
 

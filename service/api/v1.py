@@ -13,7 +13,6 @@ from service.api.body import Body
 from service.api.inference import handle, run_model
 from service.api.responses import json_response
 from service.api.state import app_state
-from service.errors import ModelNotReady
 from service.registry import ModelVersion
 from service.validation import may_hold_booleans
 
@@ -90,7 +89,7 @@ def _metadata(request: Request, name: str, version: str | None) -> Response:
     chosen = registry.lookup(name, version)
     spec = chosen.spec
     if spec is None:
-        raise ModelNotReady(f"model {name}/{chosen.version} failed to load: {chosen.error}")
+        raise chosen.not_ready()
     return json_response(
         {
             "name": spec.name,

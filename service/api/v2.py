@@ -17,8 +17,8 @@ from service.api.inference import handle, run_model
 from service.api.responses import json_response
 from service.api.state import app_state
 from service.errors import ModelNotReady
+from service.model_json import ModelJson
 from service.registry import ModelVersion
-from service.repository import ModelSpec
 from service.validation import V2_FEATURES, V2_LENGTHS, V2_TEXT, may_hold_booleans, parse_v2_raw
 
 health = APIRouter(prefix="/v2", tags=["v2"])
@@ -53,7 +53,7 @@ async def server_metadata() -> Response:
     return json_response({"name": "seqserve", "version": __version__, "extensions": []})
 
 
-def _tensors(spec: ModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _tensors(spec: ModelJson) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     if spec.input.kind == "text":
         inputs = [{"name": V2_TEXT, "datatype": "BYTES", "shape": [-1]}]
     else:
@@ -80,7 +80,7 @@ def _metadata(request: Request, name: str, version: str | None) -> Response:
     versions = registry.model_versions(name)
     chosen = registry.lookup(name, version)
     if chosen.spec is None:
-        raise ModelNotReady(f"model {name}/{chosen.version} failed to load: {chosen.error}")
+        raise chosen.not_ready()
     inputs, outputs = _tensors(chosen.spec)
     runtime = chosen.runtime.name if chosen.runtime is not None else None
     return json_response(

@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from service.repository import ModelSpec, RuntimeKind
+from service.model_json import ModelJson, RuntimeKind
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _cgroup_cpu_quota(root: Path) -> int | None:
 def open_runtime(
     kind: RuntimeKind,
     path: Path,
-    spec: ModelSpec,
+    spec: ModelJson,
     requested_device: Literal["auto", "cpu", "cuda"],
     threads: ThreadSettings,
     prepare: Callable[[Runtime], None] | None = None,
@@ -168,7 +168,7 @@ def open_runtime(
     return opened("cpu"), reason
 
 
-def _open(kind: RuntimeKind, path: Path, spec: ModelSpec, device: DeviceKind, threads: ThreadSettings) -> Runtime:
+def _open(kind: RuntimeKind, path: Path, spec: ModelJson, device: DeviceKind, threads: ThreadSettings) -> Runtime:
     if kind == "onnx":
         from service.runtime.onnx import OnnxRuntime
 
@@ -182,7 +182,7 @@ def _open(kind: RuntimeKind, path: Path, spec: ModelSpec, device: DeviceKind, th
     )
 
 
-def zero_batch(spec: ModelSpec, batch: int, time: int) -> tuple[np.ndarray, np.ndarray]:
+def zero_batch(spec: ModelJson, batch: int, time: int) -> tuple[np.ndarray, np.ndarray]:
     """A padded input of the given shape (all padding) and its lengths, for warm-up and probes."""
     if spec.input.kind == "text":
         assert spec.input.tokenizer is not None

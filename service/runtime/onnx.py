@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.repository import ModelSpec, RuntimeKind
+from service.model_json import ModelJson, RuntimeKind
 from service.runtime import DeviceKind, DeviceUnavailable, RuntimeUnavailable, cpu_cores, zero_batch
 
 try:
@@ -33,7 +33,7 @@ class OnnxRuntime:
     name: RuntimeKind = "onnx"
 
     def __init__(
-        self, path: Path, spec: ModelSpec, *, device: DeviceKind, threads: int = 0, concurrency: int = 0
+        self, path: Path, spec: ModelJson, *, device: DeviceKind, threads: int = 0, concurrency: int = 0
     ) -> None:
         """`concurrency` batches run at once (0: one per CPU core on the CPU, one on a GPU), each
         on `threads` intra-op threads (0: the CPU cores divided among them)."""

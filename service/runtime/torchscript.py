@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.repository import ModelSpec, RuntimeKind
+from service.model_json import ModelJson, RuntimeKind
 from service.runtime import DeviceKind, DeviceUnavailable, zero_batch
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class TorchScriptRuntime:
     fixed_batch: int | None = None
     fixed_length: int | None = None
 
-    def __init__(self, path: Path, spec: ModelSpec, *, device: DeviceKind, threads: int, concurrency: int = 1) -> None:
+    def __init__(self, path: Path, spec: ModelJson, *, device: DeviceKind, threads: int, concurrency: int = 1) -> None:
         if device == "cuda" and not torch.cuda.is_available():
             raise DeviceUnavailable("torch.cuda.is_available() is false")
         if threads > 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.repository import ModelSpec
+from service.model_json import ModelJson
 
 VOCABULARY = ["<pad>", "<unk>", "a", "b", "c", " "]
 
@@ -46,5 +46,5 @@ def spec_document(kind: str = "features", task: str = "classification", **overri
     return document
 
 
-def make_spec(kind: str = "features", task: str = "classification", **overrides: Any) -> ModelSpec:
-    return ModelSpec.model_validate(spec_document(kind, task, **overrides))
+def make_spec(kind: str = "features", task: str = "classification", **overrides: Any) -> ModelJson:
+    return ModelJson.model_validate(spec_document(kind, task, **overrides))

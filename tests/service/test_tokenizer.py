@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from service.repository import TokenizerSpec
+from service.model_json import TokenizerJson
 from service.tokenizer import CharTokenizer
 
 
-def spec(lowercase: bool = True) -> TokenizerSpec:
-    return TokenizerSpec(
+def spec(lowercase: bool = True) -> TokenizerJson:
+    return TokenizerJson(
         type="char", lowercase=lowercase, vocabulary=("<pad>", "<unk>", "a", "b", "A"), padding_id=0, unknown_id=1
     )
 

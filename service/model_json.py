@@ -1,0 +1,107 @@
+"""model.json, schema_version 1: the contract between `seqserve export`, which writes
+it through `ModelJson`, and the server, which reads it through the same class.
+
+Only what the server reads is typed here; informational sections (architecture,
+parity, provenance) are kept as extra fields, unread.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,8}$")
+# A format entry names a file inside the entry's own directory, nothing else.
+_FILE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+Task = Literal["classification", "regression", "tagging"]
+InputKind = Literal["features", "text"]
+Padding = Literal["exact", "equal-length"]
+RuntimeKind = Literal["onnx", "torchscript"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TokenizerJson(_Section):
+    type: Literal["char"]
+    lowercase: bool = True
+    vocabulary: tuple[str, ...] = Field(min_length=2)
+    padding_id: int = Field(ge=0)
+    unknown_id: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ids_in_vocabulary(self) -> TokenizerJson:
+        size = len(self.vocabulary)
+        if self.padding_id >= size or self.unknown_id >= size:
+            raise ValueError(f"padding_id and unknown_id must be < vocabulary size {size}")
+        return self
+
+
+class InputJson(_Section):
+    kind: InputKind
+    features: int | None = Field(default=None, ge=1, le=1 << 20)
+    max_length: int = Field(ge=1, le=1 << 20)
+    tokenizer: TokenizerJson | None = None
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> InputJson:
+        if self.kind == "features" and self.features is None:
+            raise ValueError("input.features is required for kind 'features'")
+        if self.kind == "text" and self.tokenizer is None:
+            raise ValueError("input.tokenizer is required for kind 'text'")
+        return self
+
+
+class GraphJson(_Section):
+    input: str = Field(min_length=1)
+    lengths: str | None = None
+    output: str = Field(min_length=1)
+    input_dtype: Literal["float32", "int64"]
+    output_activation: Literal["softmax", "none"] = "none"
+
+
+class FormatsJson(_Section):
+    onnx: str | None = Field(default=None, pattern=_FILE_NAME_PATTERN.pattern)
+    torchscript: str | None = Field(default=None, pattern=_FILE_NAME_PATTERN.pattern)
+
+
+class ModelJson(BaseModel):
+    """model.json, schema_version 1. Informational sections are kept, unread."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    schema_version: Literal[1]
+    name: str = Field(pattern=NAME_PATTERN.pattern)
+    version: int = Field(ge=1)
+    task: Task
+    description: str = ""
+    input: InputJson
+    labels: tuple[str, ...] | None = None
+    output_names: tuple[str, ...] | None = None
+    graph: GraphJson
+    padding: Padding
+    formats: FormatsJson
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelJson:
+        if self.task in ("classification", "tagging") and not self.labels:
+            raise ValueError(f"labels are required for task '{self.task}'")
+        if self.padding == "exact" and self.graph.lengths is None:
+            raise ValueError("padding 'exact' needs a graph lengths input")
+        expected_dtype = "float32" if self.input.kind == "features" else "int64"
+        if self.graph.input_dtype != expected_dtype:
+            raise ValueError(f"input kind '{self.input.kind}' needs graph.input_dtype '{expected_dtype}'")
+        if self.formats.onnx is None and self.formats.torchscript is None:
+            raise ValueError("formats lists no model file")
+        return self
+
+    @property
+    def uses_lengths(self) -> bool:
+        return self.graph.lengths is not None
