@@ -1,6 +1,7 @@
 # One command per job; each sets itself up on a fresh machine.
 #   make serve   install, build the demo repository if missing, serve it on 127.0.0.1:8000
-#   make test    install, run the test suite
+#   make test    install, lint (ruff), type-check (mypy --strict) service/ and models/, run the test suite
+#   make docs    regenerate docs/settings.md from service/settings.py
 #   make models  install, build the demo repository (train + export + parity)
 #   make cluster install, build the demo repository if missing, serve it from 3 replicas
 #                behind Debian's nginx on 127.0.0.1:8080 (CLUSTER_ARGS="--measure FILE": run
@@ -16,7 +17,7 @@ DEMOS := vowels names sunspots
 EXTRAS ?= export,demo,cpu,test,bench
 CLUSTER_ARGS ?=
 
-.PHONY: install models serve test prerequisites cluster clean-models
+.PHONY: install models serve test lint docs prerequisites cluster clean-models
 
 install: $(VENV)/.installed
 
@@ -35,8 +36,18 @@ models: install
 serve: models
 	$(PY) -m seqserve serve --repository $(REPOSITORY)
 
-test: install prerequisites
+test: install prerequisites lint
 	$(PY) -m pytest -q
+
+# ruff (lint and format) and mypy --strict over the code that ships; configured in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check service models seqserve
+	$(VENV)/bin/ruff format --check service models seqserve
+	$(VENV)/bin/mypy
+
+# docs/settings.md's table, from service/settings.py (tests/test_docs.py fails when it drifts).
+docs: install
+	$(PY) -m service.settings_doc --write docs/settings.md
 
 # System packages the tests need (nginx for tests/deploy), installed only when missing.
 prerequisites:
