@@ -28,10 +28,10 @@ class Settings(BaseSettings):
     )
 
     repository: Path = Path("repository")
-    """Model repository: <repository>/<model>/<version>/model.json."""
+    """Model repository: `<repository>/<model>/<version>/model.json`."""
 
     host: str = "127.0.0.1"
-    """Interface to listen on (0.0.0.0 inside a container)."""
+    """Interface to listen on (`0.0.0.0` inside a container)."""
 
     port: int = Field(default=8000, ge=0, le=65535)
     """TCP port to listen on (0 picks a free one)."""
@@ -40,10 +40,11 @@ class Settings(BaseSettings):
     """auto: the GPU when usable, else the CPU; cuda: ask for the GPU (falls back to the CPU with a warning); cpu."""
 
     runtime: RuntimePreference = "auto"
-    """Preferred runtime when an entry has both files; auto prefers ONNX Runtime."""
+    """Preferred runtime when an entry has both files; auto prefers ONNX Runtime. The other file is used when the
+    preferred one can't be."""
 
     default_model: str | None = None
-    """Model answered by POST /predict; unset: the first model name in sorted order."""
+    """Model answered by `POST /predict`; unset: the first model name in sorted order."""
 
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     """Most sequences in one batch."""
@@ -59,10 +60,11 @@ class Settings(BaseSettings):
 
     max_queued_tokens: int = Field(default=262_144, ge=1, le=1 << 40)
     """Most time steps (characters for text models) waiting per model version, summed over queued
-    sequences: bounds the padded work and memory a queue can hold; past it 503 with Retry-After at once."""
+    sequences: bounds the padded work and memory a queue can hold; past it 503 with Retry-After at once. A single
+    request with more steps than this gets 413."""
 
     max_body_bytes: int = Field(default=8 * MiB, ge=1024, le=1024 * MiB)
-    """Largest request body accepted (413 past it)."""
+    """Largest request body accepted (413 past it), checked on Content-Length and on the streamed size."""
 
     max_sequences_per_request: int = Field(default=256, ge=1, le=65536)
     """Most sequences in one request (422 past it); never more than max_queue."""
@@ -71,7 +73,8 @@ class Settings(BaseSettings):
     """A request not answered within this time gets 504 timeout; its queued sequences are dropped."""
 
     api_key: SecretStr | None = None
-    """When set, every endpoint but liveness and readiness needs `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    """When set, every endpoint but liveness and readiness needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+    Prefer the environment variable: a flag shows in `ps`."""
 
     grace_period_seconds: float = Field(default=20.0, ge=0.0, le=3600.0)
     """After SIGTERM: time allowed to finish queued and in-flight requests before the process exits."""
@@ -82,19 +85,20 @@ class Settings(BaseSettings):
     each batch single-threaded), one on a GPU and for TorchScript."""
 
     onnx_threads: int = Field(default=0, ge=0, le=1024)
-    """ONNX Runtime intra-op threads per batch; 0: the CPU cores divided among the batch workers."""
+    """ONNX Runtime intra-op threads per batch; 0: the CPU cores divided among the batch workers (1 by default)."""
 
     compute_nice: int = Field(default=0, ge=0, le=19)
     """How far below the event loop the compute threads (batch workers, runtime thread pools) run, in
     Linux nice steps: HTTP and health checks stay prompt while batches keep every core busy, at some
-    cost in throughput (10 cost about 8% at 64 clients on 2 cores). 0: same priority."""
+    cost in throughput. 0: same priority."""
 
     torch_threads: int = Field(default=0, ge=0, le=1024)
     """torch intra-op threads for TorchScript models; 0: torch's default."""
 
     keep_alive_seconds: float = Field(default=5.0, gt=0.0, le=3600.0)
-    """How long an idle HTTP keep-alive connection stays open; a load balancer in front should keep
-    its idle upstream connections for less (deploy/nginx: 4 s)."""
+    """How long an idle HTTP keep-alive connection stays open. A load balancer or client reusing connections
+    must drop idle ones sooner (deploy/nginx keeps them 4 s), or a request written just as the server closes
+    one is lost."""
 
     log_level: LogLevel = "info"
     """Log level of the server and uvicorn."""
