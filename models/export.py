@@ -16,15 +16,16 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from models import cho
 from models.cho import ChoGRUModel
@@ -32,11 +33,19 @@ from models.parity import TOLERANCE, ParityReport, Reference, check_parity, onnx
 from models.reference import SEQSERVE_REFERENCE, ReferenceModel, cho_gru_reference
 from models.spec import ModelSpec
 from models.stack import SequenceModel
+from service.model_json import (
+    NAME_PATTERN,
+    SCHEMA_VERSION,
+    FormatsJson,
+    GraphJson,
+    InputJson,
+    ModelJson,
+    TokenizerJson,
+    validation_problems,
+)
 
 ExportableModel = SequenceModel | ChoGRUModel
 
-SCHEMA_VERSION = 1
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 INPUT_NAME = "input"
 LENGTHS_NAME = "lengths"
 ONNX_OPSET = 18
@@ -44,6 +53,12 @@ ONNX_OPSET = 18
 
 class ExportError(RuntimeError):
     """The model cannot be exported as asked; nothing was written."""
+
+
+# NOTE: torch ships `torch.jit.trace` and `torch.jit.load` without annotations; on a
+# module (never a function) both return a ScriptModule, which is all this file uses.
+_jit_trace = cast(Callable[..., torch.jit.ScriptModule], torch.jit.trace)
+_jit_load = cast(Callable[..., torch.jit.ScriptModule], torch.jit.load)
 
 
 def output_name(spec: ModelSpec) -> str:
@@ -106,7 +121,7 @@ def write_torchscript(model: ExportableModel, path: Path) -> None:
     x, lengths = example_inputs(model.spec)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in 2.13; users still deploy it
-        traced = torch.jit.trace(model, (x, lengths), check_trace=False)
+        traced = _jit_trace(model, (x, lengths), check_trace=False)
         traced.save(str(path))
 
 
@@ -141,44 +156,25 @@ def check_onnx_signature(path: Path, spec: ModelSpec) -> list[str]:
 def model_json(
     spec: ModelSpec,
     version: int,
-    formats: dict[str, str],
+    formats: FormatsJson,
     parity: ParityReport,
     provenance: dict[str, Any],
     reference: str = SEQSERVE_REFERENCE,
-) -> dict[str, Any]:
+) -> ModelJson:
+    """The entry's model.json: the sections the server reads, typed and validated by the
+    server's own schema; the informational ones (architecture, family, metrics, parity,
+    provenance) as its extras. Raises pydantic's ValidationError if the server would refuse it."""
     tokenizer = None
     if spec.tokenizer is not None:
         t = spec.tokenizer
-        tokenizer = {
-            "type": t.type,
-            "lowercase": t.lowercase,
-            "vocabulary": list(t.vocabulary),
-            "padding_id": t.padding_id,
-            "unknown_id": t.unknown_id,
-        }
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "name": spec.name,
-        "version": version,
-        "task": spec.task,
-        "description": spec.description,
-        "input": {
-            "kind": spec.input_kind,
-            "features": spec.input_size if spec.input_kind == "features" else None,
-            "max_length": spec.max_length,
-            "tokenizer": tokenizer,
-        },
-        "labels": list(spec.labels) if spec.labels is not None else None,
-        "output_names": list(spec.output_names) if spec.output_names is not None else None,
-        "graph": {
-            "input": INPUT_NAME,
-            "lengths": LENGTHS_NAME,
-            "output": output_name(spec),
-            "input_dtype": "int64" if spec.input_kind == "text" else "float32",
-            "output_activation": "none" if spec.task == "regression" else "softmax",
-        },
-        "padding": "exact",
-        "formats": formats,
+        tokenizer = TokenizerJson(
+            type=t.type,
+            lowercase=t.lowercase,
+            vocabulary=t.vocabulary,
+            padding_id=t.padding_id,
+            unknown_id=t.unknown_id,
+        )
+    informational: dict[str, Any] = {
         "architecture": {
             "cell": spec.cell,
             "bidirectional": spec.bidirectional,
@@ -204,6 +200,31 @@ def model_json(
         "parity": {"tolerance": parity.tolerance, "max_abs_diff": parity.max_abs_diff, "reference": reference},
         "provenance": provenance,
     }
+    return ModelJson(
+        schema_version=SCHEMA_VERSION,
+        name=spec.name,
+        version=version,
+        task=spec.task,
+        description=spec.description,
+        input=InputJson(
+            kind=spec.input_kind,
+            features=spec.input_size if spec.input_kind == "features" else None,
+            max_length=spec.max_length,
+            tokenizer=tokenizer,
+        ),
+        labels=spec.labels,
+        output_names=spec.output_names,
+        graph=GraphJson(
+            input=INPUT_NAME,
+            lengths=LENGTHS_NAME,
+            output=output_name(spec),
+            input_dtype="int64" if spec.input_kind == "text" else "float32",
+            output_activation="none" if spec.task == "regression" else "softmax",
+        ),
+        padding="exact",
+        formats=formats,
+        **informational,
+    )
 
 
 def sha256(path: Path) -> str:
@@ -222,7 +243,7 @@ def seqserve_reference(model: ExportableModel) -> Reference:
     reference = ReferenceModel(model)
 
     def run(seq: np.ndarray) -> np.ndarray:
-        out = reference(torch.from_numpy(seq).unsqueeze(0))[0]
+        out: torch.Tensor = reference(torch.from_numpy(seq).unsqueeze(0))[0]
         return out.numpy().astype(np.float64)
 
     return run
@@ -271,7 +292,7 @@ def export_model(
             raise ExportError("ONNX graph signature: " + "; ".join(problems))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            loaded_ts = torch.jit.load(str(ts_path))
+            loaded_ts = _jit_load(str(ts_path))
         graphs = {
             "eager": torch_runner(model),
             "onnx": onnx_runner(str(onnx_path), INPUT_NAME, LENGTHS_NAME),
@@ -280,18 +301,21 @@ def export_model(
         report = check_parity(
             spec, graphs, reference, batches=batches, seed=seed, tolerance=tolerance, reference_name=reference_name
         )
-        formats = {"onnx": onnx_path.name, "torchscript": ts_path.name}
+        formats = FormatsJson(onnx=onnx_path.name, torchscript=ts_path.name)
         provenance = {
             "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "exporter": "seqserve export",
             "torch": torch.__version__,
             "onnx_opset": _opset(onnx_path),
-            "files_sha256": {name: sha256(staging / name) for name in formats.values()},
+            "files_sha256": {path.name: sha256(path) for path in (onnx_path, ts_path)},
             **(source or {}),
             **spec.provenance,
         }
-        meta = model_json(spec, version, formats, report, provenance, reference_name)
-        (staging / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            meta = model_json(spec, version, formats, report, provenance, reference_name)
+        except ValidationError as exc:
+            raise ExportError(f"model.json would be refused by the server: {validation_problems(exc)}") from exc
+        (staging / "model.json").write_text(meta.to_json())
         (staging / "parity.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         os.chmod(staging, 0o755)
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,19 @@
 """model.json, schema_version 1: the contract between `seqserve export`, which writes
-it through `ModelJson`, and the server, which reads it through the same class.
+it through `ModelJson.to_json`, and the server, which reads it through the same class.
 
 Only what the server reads is typed here; informational sections (architecture,
-parity, provenance) are kept as extra fields, unread.
+family, metrics, parity, provenance) are kept as extra fields, unread.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Literal
+from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,8}$")
@@ -105,3 +106,12 @@ class ModelJson(BaseModel):
     @property
     def uses_lengths(self) -> bool:
         return self.graph.lengths is not None
+
+    def to_json(self) -> str:
+        """The text of model.json, informational sections included."""
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """A model.json validation error on one line: `field.path: message; ...`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.model_json import NAME_PATTERN, VERSION_PATTERN, ModelJson, RuntimeKind
+from service.model_json import NAME_PATTERN, VERSION_PATTERN, ModelJson, RuntimeKind, validation_problems
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,7 @@ def _read_entry(name: str, version: int, path: Path) -> Entry:
     try:
         spec = ModelJson.model_validate_json(meta.read_bytes())
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
-        return broken(f"model.json is invalid: {problems}")
+        return broken(f"model.json is invalid: {validation_problems(exc)}")
     except OSError as exc:
         return broken(f"model.json could not be read: {exc}")
     if spec.name != name or spec.version != version:

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from service.model_json import ModelJson, RuntimeKind
-from service.runtime import DeviceKind, DeviceUnavailable, RuntimeUnavailable, cpu_cores, zero_batch
+from service.runtime.base import DeviceKind, DeviceUnavailable, RuntimeUnavailable, zero_batch
+from service.runtime.cpu import cpu_cores
 
 try:
-    import onnxruntime as ort  # type: ignore[import-untyped]
+    import onnxruntime as ort
 except ImportError as _exc:  # pragma: no cover - onnxruntime is a runtime dependency
     raise RuntimeUnavailable(f"onnxruntime is not installed ({_exc})") from _exc
 
@@ -22,8 +23,9 @@ _ORT_DTYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
 
 
 def cuda_available() -> tuple[bool, str]:
+    """Whether this onnxruntime build has the CUDA provider (`service.runtime.device` decides)."""
     # NOTE: onnxruntime-gpu lists CUDAExecutionProvider even without the CUDA
-    # libraries; the session's own provider list is checked again after opening.
+    # libraries; a session opened for CUDA checks its own providers.
     if "CUDAExecutionProvider" in ort.get_available_providers():
         return True, "onnxruntime lists CUDAExecutionProvider"
     return False, "onnxruntime has no CUDAExecutionProvider"
@@ -42,8 +44,7 @@ class OnnxRuntime:
         # NOTE: on the CPU, one single-threaded batch per core beats one batch on every core:
         # a recurrent step is a small matrix product, and a thread pool that splits each step
         # waits at a barrier per step, idling a core whenever one of its threads is preempted
-        # (by the event loop, or by another process). Measured on 2 cores with the bench's
-        # reference model: batches of 11 on average, 1,207 against 1,030 sequences/s.
+        # (by the event loop, or by another process).
         cores = cpu_cores()
         self.concurrency = concurrency or (cores if device == "cpu" else 1)
         options = ort.SessionOptions()
@@ -55,12 +56,9 @@ class OnnxRuntime:
         # few cores of a typical replica between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
-        providers: list[str] = ["CPUExecutionProvider"]
-        if device == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise DeviceUnavailable("this onnxruntime has no CUDAExecutionProvider")
-            providers.insert(0, "CUDAExecutionProvider")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         self._session = ort.InferenceSession(str(path), options, providers=providers)
+        # NOTE: ONNX Runtime drops a provider it cannot enable and runs on the CPU without raising.
         if device == "cuda" and "CUDAExecutionProvider" not in self._session.get_providers():
             raise DeviceUnavailable("ONNX Runtime could not enable CUDAExecutionProvider")
         self.device: DeviceKind = device

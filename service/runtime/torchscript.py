@@ -10,12 +10,13 @@ import numpy as np
 import torch
 
 from service.model_json import ModelJson, RuntimeKind
-from service.runtime import DeviceKind, DeviceUnavailable, zero_batch
+from service.runtime.base import DeviceKind, zero_batch
 
 log = logging.getLogger(__name__)
 
 
 def cuda_available() -> tuple[bool, str]:
+    """Whether torch sees a CUDA device (`service.runtime.device` decides)."""
     if torch.cuda.is_available():
         return True, f"torch sees {torch.cuda.get_device_name(0)}"
     return False, "torch.cuda.is_available() is false"
@@ -27,8 +28,6 @@ class TorchScriptRuntime:
     fixed_length: int | None = None
 
     def __init__(self, path: Path, spec: ModelJson, *, device: DeviceKind, threads: int, concurrency: int = 1) -> None:
-        if device == "cuda" and not torch.cuda.is_available():
-            raise DeviceUnavailable("torch.cuda.is_available() is false")
         if threads > 0:
             torch.set_num_threads(threads)
         self._spec = spec

@@ -22,13 +22,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def small_spec(name: str = "tiny") -> ModelSpec:
-    return ModelSpec(name=name, task="classification", cell="lstm", bidirectional=True, num_layers=1,
-                     hidden_size=8, input_size=3, num_outputs=2, labels=("no", "yes"), max_length=16)
+    return ModelSpec(
+        name=name,
+        task="classification",
+        cell="lstm",
+        bidirectional=True,
+        num_layers=1,
+        hidden_size=8,
+        input_size=3,
+        num_outputs=2,
+        labels=("no", "yes"),
+        max_length=16,
+    )
 
 
 def seqserve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "seqserve", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "seqserve", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
 def test_entry_has_every_file_and_the_contract_fields(tmp_path: Path) -> None:
@@ -36,15 +47,19 @@ def test_entry_has_every_file_and_the_contract_fields(tmp_path: Path) -> None:
     assert entry == tmp_path / "tiny" / "1"
     assert sorted(p.name for p in entry.iterdir()) == ["model.json", "model.onnx", "model.pt", "parity.json"]
     meta = json.loads((entry / "model.json").read_text())
-    assert meta["graph"] == {"input": "input", "lengths": "lengths", "output": "logits",
-                             "input_dtype": "float32", "output_activation": "softmax"}
+    assert meta["graph"] == {
+        "input": "input",
+        "lengths": "lengths",
+        "output": "logits",
+        "input_dtype": "float32",
+        "output_activation": "softmax",
+    }
     assert meta["padding"] == "exact" and meta["labels"] == ["no", "yes"] and meta["version"] == 1
     assert not (entry / "model.onnx.data").exists()  # one self-contained file
     assert export_model(SequenceModel(small_spec()), tmp_path, batches=5) == tmp_path / "tiny" / "2"
 
 
-def test_failed_parity_writes_nothing_and_names_the_worst_case(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_parity_writes_nothing_and_names_the_worst_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = export.write_torchscript
 
     def write_skewed_torchscript(model: SequenceModel, path: Path) -> None:
@@ -103,8 +118,16 @@ def test_cli_names_missing_and_misshapen_tensors(checkpoint: Path, tmp_path: Pat
     state["head.weight"] = torch.zeros(2, 99)
     bad = tmp_path / "bad.pt"
     torch.save(state, bad)
-    line = one_error_line(seqserve("export", str(bad), "--spec", str(checkpoint.with_suffix(".spec.json")),
-                                   "--repository", str(tmp_path / "repo")))
+    line = one_error_line(
+        seqserve(
+            "export",
+            str(bad),
+            "--spec",
+            str(checkpoint.with_suffix(".spec.json")),
+            "--repository",
+            str(tmp_path / "repo"),
+        )
+    )
     assert "missing rnn.weight_hh_l0_reverse" in line
     assert "head.weight has shape [2, 99], the spec needs [2, 16]" in line
     assert not (tmp_path / "repo").exists()
@@ -140,7 +163,7 @@ def test_inspect_reads_the_architecture_off_the_names(checkpoint: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "family: F1" in result.stdout
     spec = json.loads(result.stdout.split("suggested spec")[1].split("\n", 1)[1])
-    assert {k: spec[k] for k in ("cell", "hidden_size", "num_layers", "bidirectional", "input_size",
-                                 "num_outputs")} == {"cell": "lstm", "hidden_size": 8, "num_layers": 1,
-                                                     "bidirectional": True, "input_size": 3, "num_outputs": 2}
+    assert {
+        k: spec[k] for k in ("cell", "hidden_size", "num_layers", "bidirectional", "input_size", "num_outputs")
+    } == {"cell": "lstm", "hidden_size": 8, "num_layers": 1, "bidirectional": True, "input_size": 3, "num_outputs": 2}
     assert spec["names"]["prefixes"] == {}  # seqserve's own names need no mapping
