@@ -77,8 +77,9 @@ class Item:
 
 class PendingQueue:
     """The sequences waiting for a batch, oldest first, with their time steps summed and the
-    earliest deadline of their requests. Each change costs no more than the sequences it moves;
-    `take` and `drop` also rescan the deadlines of what stays."""
+    earliest deadline of their requests. `add`, once per request, costs only that request's
+    sequences; `take`, `drop` and `clear` (once per batch, or once a request ended) rebuild
+    the list and rescan the deadlines of what stays."""
 
     __slots__ = ("earliest_deadline", "items", "tokens")
 
