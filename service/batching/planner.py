@@ -10,12 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# NOTE: cost model of one batch, in units of "one row for one time step":
-# cost = longest * (rows + STEP_COST_ROWS) + BATCH_COST_CELLS. A recurrent
-# step has a fixed cost worth about two rows on CPU (FINDINGS.md: batch 1 ran
-# 25 us/step, batch 32 about 270 us/step), and a call has a fixed overhead.
+# NOTE: see `batch_cost`. On the CPU a recurrent step costs about two rows on top of
+# its rows (a batch of one is far from free per step), and a call has a fixed overhead.
 STEP_COST_ROWS = 2.0
 BATCH_COST_CELLS = 16.0
+
+
+def batch_cost(rows: int, longest: int) -> float:
+    """The cost of one batch of `rows` sequences padded to `longest` steps, in units of one row
+    for one time step: its padded cells, a fixed cost per step and a fixed cost per call."""
+    return longest * (rows + STEP_COST_ROWS) + BATCH_COST_CELLS
 
 
 @dataclass(frozen=True)
@@ -61,14 +65,18 @@ def plan_batch(lengths: np.ndarray, policy: BatchPolicy) -> Plan:
     # best[j]: least cost of serving window[j:]; group[j]: end of the first group in that plan.
     best = [0.0] * (m + 1)
     group = [m] * (m + 1)
-    room = [0] + [capacity(policy, longest) for longest in window]  # room[i]: capacity(policy, window[i - 1])
+    # Indexed like `best`: room[i], fixed[i] and per_row[i] are for groups ending at window[i - 1].
+    # NOTE: batch_cost is linear in rows, so it is read here once per length, as a fixed part
+    # and a part per row, instead of once per candidate group in the inner loop.
+    room = [0] + [capacity(policy, longest) for longest in window]
+    fixed = [0.0] + [batch_cost(0, longest) for longest in window]
+    per_row = [0.0] + [batch_cost(1, longest) - batch_cost(0, longest) for longest in window]
     for j in range(m - 1, -1, -1):
         best[j] = float("inf")
         for i in range(j + 1, m + 1):
-            longest = window[i - 1]
             if i - j > room[i]:
                 break
-            cost = best[i] + longest * (i - j + STEP_COST_ROWS) + BATCH_COST_CELLS
+            cost = best[i] + fixed[i] + per_row[i] * (i - j)
             if cost <= best[j]:  # on a tie, the larger group
                 best[j], group[j] = cost, i
     start = 0

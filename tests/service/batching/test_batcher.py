@@ -285,22 +285,6 @@ def test_equal_length_graphs_get_batches_of_one_length_without_lengths() -> None
     assert sorted(runtime.batch_sizes) == [1, 1, 2, 2]
 
 
-def test_per_step_outputs_are_cut_to_each_sequence() -> None:
-    runtime = FakeRuntime(per_step=True)
-
-    async def scenario() -> list[np.ndarray]:
-        batcher = make(runtime)
-        batcher.start()
-        try:
-            return await batcher.infer([seq(2), seq(4)], timeout_seconds=TIMEOUT)
-        finally:
-            await batcher.stop()
-
-    short, long = run(scenario)
-    assert short.shape == (2, 1) and long.shape == (4, 1)
-    assert long[:, 0].tolist() == [2.0, 4.0, 6.0, 8.0]
-
-
 def test_a_full_queue_refuses_at_once() -> None:
     gate = threading.Event()
     runtime = FakeRuntime(gate=gate)
@@ -572,6 +556,39 @@ def test_metrics_observer_sees_batches_and_queue_depth() -> None:
     assert observer.batches == [(2, 8, 6)]  # 2 sequences, padded to 2 x 4 cells, 6 real steps
     assert observer.depths[0] == 2 and observer.depths[-1] == 0
     assert len(observer.waits) == 2
+
+
+def test_queue_depth_counts_a_batch_queued_behind_busy_workers_also_when_requests_drop() -> None:
+    release = threading.Event()
+    runtime = HeldRuntime({1.0: release})
+    observer = RecordingObserver()
+
+    async def scenario() -> None:
+        batcher = make(runtime, observer, workers=1, max_batch_size=2)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.infer([seq(3, 1.0)], timeout_seconds=TIMEOUT))
+            await wait_for_thread(runtime.entered[1.0])
+            # A full batch waits: it is handed over behind the busy worker, and still counts as queued.
+            behind = asyncio.ensure_future(batcher.infer([seq(2, 2.0)] * 2, timeout_seconds=TIMEOUT))
+            await asyncio.sleep(0.05)
+            assert batcher.queued == 0 and observer.depths[-1] == 2
+            dropped = batcher.submit([seq(2, 3.0)], timeout_seconds=TIMEOUT)
+            await asyncio.sleep(0.05)
+            assert observer.depths[-1] == 3
+            dropped.cancel()
+            while not observer.drops:
+                await asyncio.sleep(0.01)
+            assert observer.depths[-2:] == [3, 2]  # one definition: the batch behind the worker still waits
+            release.set()
+            await first
+            await behind
+        finally:
+            release.set()
+            await batcher.stop()
+
+    run(scenario)
+    assert observer.drops == {"cancelled": 1} and observer.depths[-1] == 0
 
 
 def test_a_batch_out_of_memory_is_split_in_halves_and_retried() -> None:

@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.batching.planner import BatchPolicy, capacity, plan_batch
+from service.batching.planner import BatchPolicy, batch_cost, capacity, plan_batch
 
 
 def policy(**overrides: object) -> BatchPolicy:
@@ -77,3 +77,31 @@ def test_plans_hold_their_invariants(
     assert len(chosen) == 1 or len(chosen) * longest <= max_batch_tokens
     if equal_length:
         assert set(array[chosen].tolist()) == {lengths[0]}
+
+
+def least_cost(sorted_lengths: list[int], p: BatchPolicy) -> float:
+    """The least total `batch_cost` of serving `sorted_lengths` in contiguous groups, by brute force."""
+    best = [0.0] * (len(sorted_lengths) + 1)
+    for j in range(len(sorted_lengths) - 1, -1, -1):
+        best[j] = min(
+            best[i] + batch_cost(i - j, sorted_lengths[i - 1])
+            for i in range(j + 1, len(sorted_lengths) + 1)
+            if i - j <= capacity(p, sorted_lengths[i - 1])
+        )
+    return best[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 300), min_size=1, max_size=12),
+    max_batch_tokens=st.integers(1, 2000),
+)
+def test_the_next_batch_is_a_group_of_a_least_cost_split(lengths: list[int], max_batch_tokens: int) -> None:
+    p = policy(max_batch_size=16, max_batch_tokens=max_batch_tokens)  # every pending sequence in view
+    order = np.argsort(np.array(lengths), kind="stable").tolist()
+    ranks = sorted(order.index(i) for i in plan_batch(np.array(lengths), p).indices.tolist())
+    start, stop = ranks[0], ranks[-1] + 1
+    assert ranks == list(range(start, stop)), "a contiguous run of lengths"
+    ordered = sorted(lengths)
+    around = least_cost(ordered[:start], p) + least_cost(ordered[stop:], p)
+    assert least_cost(ordered, p) == around + batch_cost(stop - start, ordered[stop - 1])

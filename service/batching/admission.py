@@ -1,0 +1,75 @@
+"""Whether a model version takes a request: refused at once, never made to wait.
+
+Two checks: `reading()` before a request's body is read and parsed, estimating
+its size from the mean request so far; `admit()` once its sequences are known.
+Both read the queue's counters and change nothing in the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from service.batching.pending import PendingQueue
+from service.batching.planner import BatchPolicy
+from service.errors import Draining, Overloaded, PayloadTooLarge
+
+
+class Admission:
+    def __init__(self, policy: BatchPolicy, queue: PendingQueue, *, name: str) -> None:
+        self._policy = policy
+        self._queue = queue
+        self._name = name
+        self.closing = False  # draining or stopped: every request is refused
+        self._reading = 0  # requests admitted by `reading()` whose bodies are still being read
+        self._admitted = 0  # requests admitted so far
+        self._mean_sequences = 0.0  # per request: the mean of the first ten, then a moving average
+        self._mean_tokens = 0.0  # time steps per request, likewise
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Admit a request before its body is read and parsed, or raise `Overloaded` / `Draining` at once.
+
+        Under overload the event loop would otherwise spend its time parsing bodies
+        only to refuse them at `admit()`, and accepted requests would wait behind
+        that work. The requests being read count as the mean request seen so far.
+        """
+        if self.closing:
+            raise Draining("the server is shutting down")
+        queued, queued_tokens = self._queue.sequences, self._queue.tokens
+        incoming = self._reading + 1
+        policy = self._policy
+        over = None
+        if queued + incoming * self._mean_sequences > policy.max_queue:
+            over = f"{queued} sequences queued (limit {policy.max_queue})"
+        elif queued_tokens + incoming * self._mean_tokens > policy.max_queued_tokens:
+            over = f"{queued_tokens} time steps queued (limit {policy.max_queued_tokens})"
+        if over is not None and (queued or self._reading):  # an idle model always reads a request
+            raise Overloaded(f"model {self._name} has {over} and {self._reading} requests being read; retry later")
+        self._reading += 1
+        try:
+            yield
+        finally:
+            self._reading -= 1
+
+    def admit(self, count: int, tokens: int) -> None:
+        """Take a request of `count` sequences and `tokens` time steps in all into the moving means,
+        or raise `Draining`, `PayloadTooLarge` (it could never be queued) or `Overloaded` (not now)."""
+        if self.closing:
+            raise Draining("the server is shutting down")
+        if count == 0:
+            raise ValueError("a request needs at least one sequence")
+        policy, queue = self._policy, self._queue
+        limit = policy.max_queued_tokens
+        if tokens > limit:
+            raise PayloadTooLarge(f"request has {tokens} time steps in all; max_queued_tokens is {limit}")
+        if queue.sequences + count > policy.max_queue:
+            raise Overloaded(
+                f"model {self._name} has {queue.sequences} sequences queued (limit {policy.max_queue}); retry later"
+            )
+        if queue.tokens + tokens > limit:
+            raise Overloaded(f"model {self._name} has {queue.tokens} time steps queued (limit {limit}); retry later")
+        self._admitted += 1
+        weight = max(0.1, 1.0 / self._admitted)
+        self._mean_sequences += weight * (count - self._mean_sequences)
+        self._mean_tokens += weight * (tokens - self._mean_tokens)

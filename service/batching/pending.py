@@ -1,0 +1,131 @@
+"""The requests waiting for the batcher: one record per request, and the queue of their sequences.
+
+`PendingQueue` is the only thing that changes the queue. Every change goes through
+`add`, `take`, `drop` or `clear`, which keep its counters (sequences, time steps,
+earliest deadline) in step with the sequences it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import RequestTimeout
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    """One request: its sequences and the future that answers it with one output per sequence."""
+
+    sequences: Sequence[np.ndarray]
+    future: asyncio.Future[list[np.ndarray]]
+    enqueued_at: float
+    deadline: float
+    arrived_idle: bool
+    _results: list[np.ndarray | None] = field(default_factory=list)
+    _remaining: int = 0
+
+    def __post_init__(self) -> None:
+        self._results = [None] * len(self.sequences)
+        self._remaining = len(self.sequences)
+
+    def cancel(self) -> None:
+        """Give up on the request: its sequences still queued are dropped before compute."""
+        self.future.cancel()
+
+    def _set_output(self, index: int, output: np.ndarray) -> None:
+        if self.future.done():
+            return
+        self._results[index] = output
+        self._remaining -= 1
+        if self._remaining == 0:
+            self.future.set_result(self._results)  # type: ignore[arg-type]
+
+    def _fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+def ended_by(request: PendingRequest) -> str:
+    """Why a request ended before all its sequences ran: cancelled, timeout or failed."""
+    if request.future.cancelled():
+        return "cancelled"
+    return "timeout" if isinstance(request.future.exception(), RequestTimeout) else "failed"
+
+
+@dataclass(eq=False, slots=True)
+class Item:
+    """One sequence of a pending request: the unit the planner batches and a worker computes."""
+
+    request: PendingRequest
+    index: int
+    length: int
+
+    @property
+    def sequence(self) -> np.ndarray:
+        return self.request.sequences[self.index]
+
+    def ended(self) -> bool:
+        """Whether its request has ended (answered, cancelled, timed out, failed).
+
+        Safe to call from a worker thread: only the event loop changes a future."""
+        return self.request.future.done()
+
+
+class PendingQueue:
+    """The sequences waiting for a batch, oldest first, with their time steps summed and the
+    earliest deadline of their requests. `add`, once per request, costs only that request's
+    sequences; `take`, `drop` and `clear` (once per batch, or once a request ended) rebuild
+    the list and rescan the deadlines of what stays."""
+
+    __slots__ = ("earliest_deadline", "items", "tokens")
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []  # arrival order
+        self.tokens = 0
+        self.earliest_deadline = float("inf")
+
+    @property
+    def sequences(self) -> int:
+        return len(self.items)
+
+    def lengths(self) -> np.ndarray:
+        """The queued sequences' lengths, [N], oldest first: what the planner reads."""
+        return np.fromiter((item.length for item in self.items), dtype=np.int64, count=len(self.items))
+
+    def add(self, request: PendingRequest) -> None:
+        self.items.extend(Item(request, i, len(seq)) for i, seq in enumerate(request.sequences))
+        self.tokens += sum(map(len, request.sequences))
+        self.earliest_deadline = min(self.earliest_deadline, request.deadline)
+
+    def take(self, indices: np.ndarray) -> list[Item]:
+        """Remove and return the items at `indices` (positions in arrival order, ascending)."""
+        positions: list[int] = indices.tolist()
+        taken = [self.items[i] for i in positions]
+        chosen = set(positions)
+        self._keep([item for i, item in enumerate(self.items) if i not in chosen], taken)
+        return taken
+
+    def drop(self, ended: Callable[[Item], bool]) -> list[Item]:
+        """Remove and return the items for which `ended` is true."""
+        kept: list[Item] = []
+        dropped: list[Item] = []
+        for item in self.items:
+            (dropped if ended(item) else kept).append(item)
+        if dropped:
+            self._keep(kept, dropped)
+        return dropped
+
+    def clear(self) -> list[Item]:
+        """Remove and return every item."""
+        items = self.items
+        self._keep([], items)
+        return items
+
+    def _keep(self, kept: list[Item], removed: list[Item]) -> None:
+        self.items = kept
+        self.tokens -= sum(item.length for item in removed)
+        self.earliest_deadline = min((item.request.deadline for item in kept), default=float("inf"))
