@@ -57,7 +57,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
 
 def _describe_request_bodies(app: FastAPI, *, api_key_required: bool) -> None:
     """Bodies are parsed by hand (fast); put their models into the OpenAPI components. The routes
-    declare the API key's headers (`auth.API_KEY`); a server without a key documents none."""
+    declare the API key's headers (`auth.API_KEY`, `auth.API_KEY_SCHEMA`); a server without a key
+    documents none."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
