@@ -71,6 +71,12 @@ class Draining(RetryableError):
     code = "draining"
 
 
+class ServerNotReady(RetryableError):
+    """The server would not serve a request now: models still loading, one failed, or none at all."""
+
+    code = "not_ready"
+
+
 class RequestTimeout(ServiceError):
     code = "timeout"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import socket
 from types import FrameType
@@ -75,7 +76,7 @@ def serve(settings: Settings) -> None:
         access_log=settings.access_log,
         lifespan="on",
         timeout_graceful_shutdown=int(max(1.0, settings.grace_period_seconds)),
-        timeout_keep_alive=settings.keep_alive_seconds,
+        timeout_keep_alive=math.ceil(settings.keep_alive_seconds),
         server_header=False,
         http=CoalescingHttpToolsProtocol,
     )

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.api import health, schemas, v1, v2
 from service.api.errors import install_handlers
+from service.api.routes import INFER, PREDICT, inference_router
 from service.api.state import AppState
 from service.metrics import Metrics
 from service.registry import ModelRegistry
@@ -46,15 +47,18 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
     install_handlers(app)
     app.include_router(health.router)
     app.include_router(v2.health)
+    app.include_router(inference_router(PREDICT))
     app.include_router(v1.router)
     app.include_router(v2.router)
+    app.include_router(inference_router(INFER))
     _describe_request_bodies(app, api_key_required=api_key is not None)
     return app
 
 
 def _describe_request_bodies(app: FastAPI, *, api_key_required: bool) -> None:
     """Bodies are parsed by hand (fast); put their models into the OpenAPI components. The routes
-    declare the API key's headers (`auth.API_KEY`); a server without a key documents none."""
+    declare the API key's headers (`auth.API_KEY`, `auth.API_KEY_SCHEMA`); a server without a key
+    documents none."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -17,7 +17,7 @@ _HEADER = APIKeyHeader(name="X-API-Key", scheme_name="apiKey", description="X-AP
 
 
 async def require_api_key(request: Request) -> None:
-    """A no-op when no key is configured; the inference fast path calls it directly.
+    """A no-op when no key is configured; the inference path (`inference.serve`) calls it directly.
 
     NOTE: async on purpose: FastAPI runs a plain `def` dependency in a worker thread.
     """
@@ -32,11 +32,18 @@ async def require_api_key(request: Request) -> None:
         raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or X-API-Key)")
 
 
-async def _api_key_dependency(
-    request: Request,
+async def _declare_api_key(
     _bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
     _header: str | None = Security(_HEADER),
 ) -> None:
+    """Checks nothing: its parameters put both headers into the schema."""
+
+
+API_KEY_SCHEMA = Depends(_declare_api_key)
+"""Both headers in the schema, no check: for the inference routes, whose path checks the key itself."""
+
+
+async def _api_key_dependency(request: Request, _schema: None = API_KEY_SCHEMA) -> None:
     await require_api_key(request)
 
 

@@ -24,7 +24,7 @@ class Body:
     @cached_property
     def document(self) -> Any:
         """The parsed JSON; raises `InvalidJSON`. Not parsed at all when the numbers are read
-        straight from `raw` (`InputValidator.predict_raw`)."""
+        straight from `raw` by the validator."""
         return parse_json(self.raw)
 
 

@@ -1,4 +1,4 @@
-"""The one table from domain errors to HTTP statuses, and the handlers that use it.
+"""The one table from domain errors to HTTP statuses, and the one function that answers an error.
 
 Every error answer has the shape `{"error": {"code": str, "message": str}}`,
 except under /v2, where the Open Inference Protocol's `{"error": str}` (plus
@@ -32,6 +32,7 @@ STATUS: dict[type[errors.ServiceError], int] = {
     errors.InvalidInput: 422,
     errors.InferenceFailed: 500,
     errors.ModelNotReady: 503,
+    errors.ServerNotReady: 503,
     errors.Overloaded: 503,
     errors.Draining: 503,
     errors.RequestTimeout: 504,
@@ -40,9 +41,28 @@ STATUS: dict[type[errors.ServiceError], int] = {
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away before its answer
 
 
-def status_for(exc: BaseException) -> int:
+def error_answer(exc: BaseException, *, v2: bool) -> Response:
+    """The answer to a request that raised `exc`, in the /v2 shape when `v2`.
+
+    A `ServiceError` gets its status from `STATUS`, with `Retry-After` when it is retryable and
+    `WWW-Authenticate` when a key is missing; `Abandoned` gets 499 (nobody reads it); anything
+    else is a bug: 500, its traceback logged under an error id that the answer names.
+    """
+    if isinstance(exc, errors.ServiceError):
+        headers: dict[str, str] = {}
+        if isinstance(exc, errors.RetryableError):
+            headers["Retry-After"] = str(exc.retry_after_seconds)
+        if isinstance(exc, errors.Unauthorized):
+            headers["WWW-Authenticate"] = "Bearer"
+        return error_response(_status_for(exc), exc.code, exc.message, headers, v2=v2)
     if isinstance(exc, errors.Abandoned):
-        return CLIENT_CLOSED_REQUEST
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    error_id = uuid.uuid4().hex[:12]
+    log.error("internal error (error id %s)", error_id, exc_info=exc)
+    return error_response(500, "internal", f"internal server error (error id {error_id})", v2=v2)
+
+
+def _status_for(exc: errors.ServiceError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
             return STATUS[cls]
@@ -60,25 +80,12 @@ def is_v2(request: Request) -> bool:
     return request.url.path == "/v2" or request.url.path.startswith("/v2/")
 
 
-def service_error_response(exc: errors.ServiceError, *, v2: bool = False) -> Response:
-    headers: dict[str, str] = {}
-    if isinstance(exc, errors.RetryableError):
-        headers["Retry-After"] = str(exc.retry_after_seconds)
-    if isinstance(exc, errors.Unauthorized):
-        headers["WWW-Authenticate"] = "Bearer"
-    return error_response(status_for(exc), exc.code, exc.message, headers, v2=v2)
-
-
-def internal_error_response(exc: BaseException, *, v2: bool = False) -> Response:
-    error_id = uuid.uuid4().hex[:12]
-    log.error("internal error (error id %s)", error_id, exc_info=exc)
-    return error_response(500, "internal", f"internal server error (error id {error_id})", v2=v2)
-
-
 def install_handlers(app: FastAPI) -> None:
-    async def on_service_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, errors.ServiceError)
-        return service_error_response(exc, v2=is_v2(request))
+    """Domain errors and bugs go through `error_answer`; FastAPI's own (no such route, a malformed
+    path or query) are answered in the same shape."""
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return error_answer(exc, v2=is_v2(request))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -96,10 +103,7 @@ def install_handlers(app: FastAPI) -> None:
         )
         return error_response(422, "invalid_request", problems or "invalid request", v2=is_v2(request))
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        return internal_error_response(exc, v2=is_v2(request))
-
-    app.add_exception_handler(errors.ServiceError, on_service_error)
+    app.add_exception_handler(errors.ServiceError, on_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(Exception, on_unexpected)
+    app.add_exception_handler(Exception, on_error)

@@ -7,20 +7,39 @@ from starlette.responses import Response
 
 from service.api import schemas
 from service.api.auth import API_KEY
-from service.api.errors import error_response, is_v2
 from service.api.responses import json_response
 from service.api.state import app_state
+from service.errors import Draining, ServerNotReady
 from service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 
 
-def readiness_response(request: Request, body: dict[str, object]) -> Response:
+# NOTE: a comment, not a docstring: FastAPI would put a docstring into the schema of both routes.
+# 200 `{"ready": true}` when a request would be served now; else 503 (`draining` or `not_ready`,
+# with `Retry-After`) and the reasons. GET /readyz and GET /v2/health/ready.
+async def readiness(request: Request) -> Response:
     ready, reasons = app_state(request).registry.readiness()
-    if ready:
-        return json_response(body)
-    code = "draining" if "draining" in reasons else "not_ready"
-    return error_response(503, code, "; ".join(reasons), v2=is_v2(request))
+    if not ready:
+        raise (Draining if "draining" in reasons else ServerNotReady)("; ".join(reasons))
+    return json_response({"ready": True})
+
+
+def add_readiness_route(router: APIRouter, path: str, *, name: str, summary: str, v2: bool = False) -> None:
+    """GET `path` answered by `readiness`, documented in the /v2 shapes when `v2`."""
+    router.add_api_route(
+        path,
+        readiness,
+        name=name,
+        response_model=schemas.V2Ready if v2 else schemas.ReadyResponse,
+        responses={
+            503: {
+                "model": schemas.V2ErrorResponse if v2 else schemas.ErrorResponse,
+                "description": "Loading, a model failed, or draining",
+            }
+        },
+        summary=summary,
+    )
 
 
 @router.get("/healthz", response_model=schemas.LiveResponse, summary="Liveness: the process answers")
@@ -28,14 +47,7 @@ async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get(
-    "/readyz",
-    response_model=schemas.ReadyResponse,
-    responses={503: {"model": schemas.ErrorResponse, "description": "Loading, a model failed, or draining"}},
-    summary="Readiness: every model loaded and warmed, not draining",
-)
-async def readyz(request: Request) -> Response:
-    return readiness_response(request, {"ready": True})
+add_readiness_route(router, "/readyz", name="readyz", summary="Readiness: every model loaded and warmed, not draining")
 
 
 @router.get(

@@ -1,38 +1,48 @@
-"""The path every inference request takes at the edge, for /predict and V2 alike:
-refuse while draining, resolve the model, read the body, validate, wait for the
-batcher (dropping the work if the client goes away), answer, count."""
+"""The path every inference request takes at the edge, and the handlers at its end.
+
+`serve` is that path, for /predict and V2 alike: check the API key, refuse while
+draining, resolve the model, read the body, call the route's handler, answer any
+error through `error_answer`, count. The handlers (`predict`, `infer`) validate
+the body, wait for the batcher (dropping the work if the client goes away) and
+format the answer. Both the fast path and the FastAPI routes call `serve`; the
+routes themselves are declared once, in `service.api.routes`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from fastapi import Request
 from starlette.responses import Response
 
+from service.api.auth import require_api_key
 from service.api.body import Body, read_body
-from service.api.errors import (
-    CLIENT_CLOSED_REQUEST,
-    internal_error_response,
-    service_error_response,
-    status_for,
-)
+from service.api.errors import error_answer
+from service.api.responses import json_response
 from service.api.state import app_state
-from service.errors import Abandoned, Draining, ServiceError
+from service.errors import Draining, Unauthorized
 from service.registry import ModelVersion
+from service.validation import may_hold_booleans, parse_v2_raw
 
-Handler = Callable[[ModelVersion, Body], Awaitable[Response]]
+Handler = Callable[[Request, ModelVersion, Body], Awaitable[Response]]
+"""What answers an inference request once its model is resolved and its body read."""
 
 
-async def handle(
-    request: Request, name: str | None, version: str | None, handler: Handler, *, v2: bool = False
-) -> Response:
+async def serve(request: Request, handler: Handler, name: str | None, version: str | None, *, v2: bool) -> Response:
+    """The answer to an inference request for `name` (None: the default model) at `version`
+    (None: its default version); errors in the /v2 shape when `v2`."""
+    try:
+        await require_api_key(request)
+    except Unauthorized as exc:
+        return error_answer(exc, v2=v2)
     state = app_state(request)
     started = time.perf_counter()
     labels = ("", "")
-    status = 500
+    response: Response | None = None  # none when cancelled: counted as a 500
     try:
         if state.registry.draining:
             raise Draining("the server is shutting down; retry on another replica")
@@ -41,21 +51,43 @@ async def handle(
         assert model.batcher is not None  # resolve() returns ready versions only
         with model.batcher.reading():  # sheds before the body is read and parsed
             body = await read_body(request, state.settings.max_body_bytes, binary_extension=v2)
-        response = await handler(model, body)
-        status = response.status_code
-        return response
-    except ServiceError as exc:
-        status = status_for(exc)
-        return service_error_response(exc, v2=v2)
-    except Abandoned:
-        status = CLIENT_CLOSED_REQUEST
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
+        response = await handler(request, model, body)
     except Exception as exc:
-        return internal_error_response(exc, v2=v2)
+        response = error_answer(exc, v2=v2)
     finally:
+        status = 500 if response is None else response.status_code
         state.metrics.requests.labels(*labels, str(status)).inc()
         if labels[0]:
             state.metrics.request_latency.labels(*labels).observe(time.perf_counter() - started)
+    return response
+
+
+async def predict(request: Request, model: ModelVersion, body: Body) -> Response:
+    """POST /predict and /v1/models/{name}[/versions/{version}]/predict."""
+    assert model.validator is not None and model.formatter is not None
+    sequences = model.validator.predict_raw(body.raw)
+    if sequences is None:
+        sequences = model.validator.predict_request(body.document, scan_types=may_hold_booleans(body.raw))
+    outputs = await run_model(request, model, sequences)
+    return json_response({"model": model.name, "version": model.version, "outputs": model.formatter.predict(outputs)})
+
+
+async def infer(request: Request, model: ModelVersion, body: Body) -> Response:
+    """POST /v2/models/{name}[/versions/{version}]/infer: Open Inference Protocol inference."""
+    assert model.validator is not None and model.formatter is not None
+    document = parse_v2_raw(body.raw)
+    parsed = model.validator.v2_request(
+        body.document if document is None else document,
+        scan_types=may_hold_booleans(body.raw),
+        known_outputs=model.formatter.v2_output_names(),
+        binary=body.binary,
+    )
+    outputs = await run_model(request, model, parsed.sequences)
+    answer: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
+    if parsed.id is not None:
+        answer["id"] = parsed.id
+    answer["outputs"] = model.formatter.v2(outputs, parsed.outputs)
+    return json_response(answer)
 
 
 async def run_model(request: Request, model: ModelVersion, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:

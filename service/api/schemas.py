@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 
 
@@ -151,6 +152,10 @@ class V2ModelMetadata(BaseModel):
     outputs: list[V2TensorMetadata]
 
 
+def _required_unless_binary(schema: JsonDict) -> None:
+    schema.pop("default")  # required unless binary; never null
+
+
 class V2InferInput(BaseModel):
     name: str = Field(description="'input' (FP32 [B, T, F]) and optional 'lengths' (INT64 [B]); 'text' (BYTES [B]).")
     shape: list[Annotated[int, Field(ge=0)]]
@@ -159,7 +164,7 @@ class V2InferInput(BaseModel):
         default=None,
         description="Row-major, flat or nested. Omitted when `parameters.binary_data_size` puts the tensor "
         "in the binary data after the JSON (binary tensor data extension).",
-        json_schema_extra=lambda schema: schema.pop("default"),  # required unless binary; never null
+        json_schema_extra=_required_unless_binary,
     )
     parameters: dict[str, Any] | None = None
 

@@ -1,4 +1,5 @@
-"""seqserve's own API: /predict and /v1/models."""
+"""seqserve's own API: /v1/models. Its inference routes (/predict, /v1/models/.../predict) are in
+`service.api.routes`."""
 
 from __future__ import annotations
 
@@ -9,45 +10,12 @@ from starlette.responses import Response
 
 from service.api import schemas
 from service.api.auth import API_KEY
-from service.api.body import Body
-from service.api.inference import handle, run_model
 from service.api.responses import json_response
+from service.api.routes import add_model_routes
 from service.api.state import app_state
 from service.registry import ModelVersion
-from service.validation import may_hold_booleans
 
-router = APIRouter(dependencies=[API_KEY])
-
-_PREDICT: dict[str, Any] = {
-    "response_model": schemas.PredictResponse,
-    "openapi_extra": schemas.request_body(schemas.PredictRequest),
-    "responses": schemas.errors(*schemas.INFERENCE_ERRORS),
-    "tags": ["predict"],
-}
-
-
-async def _predict(model: ModelVersion, body: Body, request: Request) -> Response:
-    assert model.validator is not None and model.formatter is not None
-    sequences = model.validator.predict_raw(body.raw)
-    if sequences is None:
-        sequences = model.validator.predict_request(body.document, scan_types=may_hold_booleans(body.raw))
-    outputs = await run_model(request, model, sequences)
-    return json_response({"model": model.name, "version": model.version, "outputs": model.formatter.predict(outputs)})
-
-
-@router.post("/predict", summary="Predict with the default model", **_PREDICT)
-async def predict_default(request: Request) -> Response:
-    return await handle(request, None, None, lambda model, body: _predict(model, body, request))
-
-
-@router.post("/v1/models/{name}/predict", summary="Predict with a model's default version", **_PREDICT)
-async def predict(name: str, request: Request) -> Response:
-    return await handle(request, name, None, lambda model, body: _predict(model, body, request))
-
-
-@router.post("/v1/models/{name}/versions/{version}/predict", summary="Predict with a pinned version", **_PREDICT)
-async def predict_version(name: str, version: str, request: Request) -> Response:
-    return await handle(request, name, version, lambda model, body: _predict(model, body, request))
+router = APIRouter(tags=["models"], dependencies=[API_KEY])
 
 
 def _version_info(version: ModelVersion) -> dict[str, Any]:
@@ -66,7 +34,6 @@ def _version_info(version: ModelVersion) -> dict[str, Any]:
     "/v1/models",
     response_model=schemas.ModelList,
     responses=schemas.errors(401, 500),
-    tags=["models"],
     summary="List models and versions",
 )
 async def list_models(request: Request) -> Response:
@@ -84,7 +51,7 @@ async def list_models(request: Request) -> Response:
     return json_response({"default_model": registry.default_model(), "models": models})
 
 
-def _metadata(request: Request, name: str, version: str | None) -> Response:
+async def metadata(request: Request, name: str, version: str | None = None) -> Response:
     registry = app_state(request).registry
     chosen = registry.lookup(name, version)
     spec = chosen.spec
@@ -106,23 +73,6 @@ def _metadata(request: Request, name: str, version: str | None) -> Response:
     )
 
 
-@router.get(
-    "/v1/models/{name}",
-    response_model=schemas.ModelMetadata,
-    responses=schemas.errors(*schemas.MODEL_ERRORS),
-    tags=["models"],
-    summary="Model metadata",
+add_model_routes(
+    router, "/v1/models/{name}", metadata, schemas.ModelMetadata, ("Model metadata", "Metadata of one version")
 )
-async def model_metadata(name: str, request: Request) -> Response:
-    return _metadata(request, name, None)
-
-
-@router.get(
-    "/v1/models/{name}/versions/{version}",
-    response_model=schemas.ModelMetadata,
-    responses=schemas.errors(*schemas.MODEL_ERRORS),
-    tags=["models"],
-    summary="Metadata of one version",
-)
-async def version_metadata(name: str, version: str, request: Request) -> Response:
-    return _metadata(request, name, version)

@@ -1,4 +1,5 @@
-"""Open Inference Protocol (KServe V2) REST endpoints, over the same batcher as /predict."""
+"""Open Inference Protocol (KServe V2) REST endpoints, over the same batcher as /predict. The
+inference routes (/v2/models/.../infer) are in `service.api.routes`."""
 
 from __future__ import annotations
 
@@ -10,20 +11,15 @@ from starlette.responses import Response
 from service import __version__
 from service.api import schemas
 from service.api.auth import API_KEY
-from service.api.body import Body
-from service.api.errors import error_response
-from service.api.health import readiness_response
-from service.api.inference import handle, run_model
+from service.api.health import add_readiness_route
 from service.api.responses import json_response
+from service.api.routes import add_model_routes
 from service.api.state import app_state
-from service.errors import ModelNotReady
 from service.model_json import ModelJson
-from service.registry import ModelVersion
-from service.validation import V2_FEATURES, V2_LENGTHS, V2_TEXT, may_hold_booleans, parse_v2_raw
+from service.validation import V2_FEATURES, V2_LENGTHS, V2_TEXT
 
 health = APIRouter(prefix="/v2", tags=["v2"])
 router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[API_KEY])
-_MODEL_ERRORS = schemas.errors(*schemas.MODEL_ERRORS, v2=True)
 
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
 
@@ -33,14 +29,7 @@ async def live() -> Response:
     return json_response({"live": True})
 
 
-@health.get(
-    "/health/ready",
-    response_model=schemas.V2Ready,
-    responses={503: {"model": schemas.V2ErrorResponse, "description": "Loading, a model failed, or draining"}},
-    summary="V2 readiness",
-)
-async def ready(request: Request) -> Response:
-    return readiness_response(request, {"ready": True})
+add_readiness_route(health, "/health/ready", name="ready", summary="V2 readiness", v2=True)
 
 
 @router.get(
@@ -75,7 +64,7 @@ def _tensors(spec: ModelJson) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return inputs, outputs
 
 
-def _metadata(request: Request, name: str, version: str | None) -> Response:
+async def metadata(request: Request, name: str, version: str | None = None) -> Response:
     registry = app_state(request).registry
     versions = registry.model_versions(name)
     chosen = registry.lookup(name, version)
@@ -94,78 +83,14 @@ def _metadata(request: Request, name: str, version: str | None) -> Response:
     )
 
 
-@router.get(
-    "/models/{name}", response_model=schemas.V2ModelMetadata, responses=_MODEL_ERRORS, summary="V2 model metadata"
-)
-async def model_metadata(name: str, request: Request) -> Response:
-    return _metadata(request, name, None)
-
-
-@router.get(
-    "/models/{name}/versions/{version}",
-    response_model=schemas.V2ModelMetadata,
-    responses=_MODEL_ERRORS,
-    summary="V2 version metadata",
-)
-async def version_metadata(name: str, version: str, request: Request) -> Response:
-    return _metadata(request, name, version)
-
-
-def _model_ready(request: Request, name: str, version: str | None) -> Response:
-    registry = app_state(request).registry
-    try:
-        registry.resolve(name, version)
-    except ModelNotReady as exc:
-        return error_response(503, exc.code, exc.message, v2=True)
+async def ready(request: Request, name: str, version: str | None = None) -> Response:
+    app_state(request).registry.resolve(name, version)  # raises ModelNotReady: 503 with Retry-After
     return json_response({"name": name, "ready": True})
 
 
-@router.get(
-    "/models/{name}/ready", response_model=schemas.V2ModelReady, responses=_MODEL_ERRORS, summary="V2 model readiness"
+add_model_routes(
+    router, "/models/{name}", metadata, schemas.V2ModelMetadata, ("V2 model metadata", "V2 version metadata"), v2=True
 )
-async def model_ready(name: str, request: Request) -> Response:
-    return _model_ready(request, name, None)
-
-
-@router.get(
-    "/models/{name}/versions/{version}/ready",
-    response_model=schemas.V2ModelReady,
-    responses=_MODEL_ERRORS,
-    summary="V2 version readiness",
+add_model_routes(
+    router, "/models/{name}/ready", ready, schemas.V2ModelReady, ("V2 model readiness", "V2 version readiness"), v2=True
 )
-async def version_ready(name: str, version: str, request: Request) -> Response:
-    return _model_ready(request, name, version)
-
-
-async def _infer(model: ModelVersion, body: Body, request: Request) -> Response:
-    assert model.validator is not None and model.formatter is not None
-    document = parse_v2_raw(body.raw)
-    parsed = model.validator.v2_request(
-        body.document if document is None else document,
-        scan_types=may_hold_booleans(body.raw),
-        known_outputs=model.formatter.v2_output_names(),
-        binary=body.binary,
-    )
-    outputs = await run_model(request, model, parsed.sequences)
-    answer: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
-    if parsed.id is not None:
-        answer["id"] = parsed.id
-    answer["outputs"] = model.formatter.v2(outputs, parsed.outputs)
-    return json_response(answer)
-
-
-_INFER: dict[str, Any] = {
-    "response_model": schemas.V2InferResponse,
-    "openapi_extra": schemas.v2_infer_body(),
-    "responses": schemas.errors(*schemas.INFERENCE_ERRORS, v2=True),
-}
-
-
-@router.post("/models/{name}/infer", summary="V2 inference", **_INFER)
-async def infer(name: str, request: Request) -> Response:
-    return await handle(request, name, None, lambda model, body: _infer(model, body, request), v2=True)
-
-
-@router.post("/models/{name}/versions/{version}/infer", summary="V2 inference, pinned version", **_INFER)
-async def infer_version(name: str, version: str, request: Request) -> Response:
-    return await handle(request, name, version, lambda model, body: _infer(model, body, request), v2=True)

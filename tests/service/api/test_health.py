@@ -143,6 +143,13 @@ def test_a_broken_entry_keeps_readiness_off_while_others_serve(
                 ready.json()["error"]["code"] == "not_ready" and "broken/1 failed" in ready.json()["error"]["message"]
             )
             assert client.get("/v2/health/ready").status_code == 503
+            # every 503 tells the client when to retry: readiness, and a version that failed to load
+            assert ready.headers["retry-after"] == "1"
+            assert client.get("/v2/health/ready").headers["retry-after"] == "1"
+            model_ready = client.get("/v2/models/broken/ready")
+            assert model_ready.status_code == 503 and model_ready.json()["code"] == "model_not_ready"
+            assert "broken/1 failed to load" in model_ready.json()["error"]
+            assert model_ready.headers["retry-after"] == "1"
             assert client.get("/healthz").status_code == 200
             listing = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
             assert listing["broken"]["versions"][0]["state"] == "failed"

@@ -53,6 +53,7 @@ def test_sigterm_under_load_loses_nothing(test_repository: BuiltRepository, tmp_
 
             ready = httpx.get(f"{server.url}/readyz", timeout=10)
             assert ready.status_code == 503 and ready.json()["error"]["code"] == "draining"
+            assert ready.headers["retry-after"] == "1"
             refused = httpx.post(f"{server.url}/predict", json={"inputs": requests[0][:1]}, timeout=10)
             assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
             assert refused.headers["retry-after"] == "1"
