@@ -14,7 +14,6 @@ from service.api.inference import handle, run_model
 from service.api.responses import json_response
 from service.api.state import app_state
 from service.registry import ModelVersion
-from service.validation import may_hold_booleans
 
 router = APIRouter(dependencies=[API_KEY])
 
@@ -28,9 +27,7 @@ _PREDICT: dict[str, Any] = {
 
 async def _predict(model: ModelVersion, body: Body, request: Request) -> Response:
     assert model.validator is not None and model.formatter is not None
-    sequences = model.validator.predict_raw(body.raw)
-    if sequences is None:
-        sequences = model.validator.predict_request(body.document, scan_types=may_hold_booleans(body.raw))
+    sequences = model.validator.predict(body)
     outputs = await run_model(request, model, sequences)
     return json_response({"model": model.name, "version": model.version, "outputs": model.formatter.predict(outputs)})
 

@@ -19,7 +19,7 @@ from service.api.state import app_state
 from service.errors import ModelNotReady
 from service.model_json import ModelJson
 from service.registry import ModelVersion
-from service.validation import V2_FEATURES, V2_LENGTHS, V2_TEXT, may_hold_booleans, parse_v2_raw
+from service.validation import V2_FEATURES, V2_LENGTHS, V2_TEXT
 
 health = APIRouter(prefix="/v2", tags=["v2"])
 router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[API_KEY])
@@ -139,13 +139,7 @@ async def version_ready(name: str, version: str, request: Request) -> Response:
 
 async def _infer(model: ModelVersion, body: Body, request: Request) -> Response:
     assert model.validator is not None and model.formatter is not None
-    document = parse_v2_raw(body.raw)
-    parsed = model.validator.v2_request(
-        body.document if document is None else document,
-        scan_types=may_hold_booleans(body.raw),
-        known_outputs=model.formatter.v2_output_names(),
-        binary=body.binary,
-    )
+    parsed = model.validator.v2(body, known_outputs=model.formatter.v2_output_names())
     outputs = await run_model(request, model, parsed.sequences)
     answer: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
     if parsed.id is not None:
