@@ -257,8 +257,10 @@ class InputValidator:
         data = tensor.fields["data"]
         if not isinstance(data, list):
             raise InvalidInput(f"{where}.data: expected an array, got {describe(data)}")
-        numbers = _flatten(data)
-        i = _first_non_number(numbers)
+        numbers, i = data, _first_non_number(data)
+        if i is not None and list in map(type, data):  # nested: the elements in row-major order
+            numbers = _flatten(data)
+            i = _first_non_number(numbers)
         if i is not None:
             raise InvalidInput(f"{where}.data[{i}]: expected a number, got {describe(numbers[i])}")
         try:
@@ -386,7 +388,6 @@ _NUMBERS = frozenset((int, float))  # exact types: a parsed `true` is a bool, wh
 
 def _first_non_number(values: list[Any]) -> int | None:
     """The index of the first element of `values` that is not a number, if any."""
-    types = list(map(type, values))
-    if _NUMBERS.issuperset(types):
+    if _NUMBERS.issuperset(map(type, values)):
         return None
-    return next(i for i, kind in enumerate(types) if kind not in _NUMBERS)
+    return next(i for i, value in enumerate(values) if type(value) not in _NUMBERS)

@@ -157,6 +157,12 @@ def test_v2_nested_data_without_lengths_keeps_every_step() -> None:
     assert seq.tolist() == [[1, 2, 3], [4, 5, 6]]
 
 
+def test_v2_ragged_data_is_read_in_row_major_order() -> None:
+    ragged = [[1, 2], [3], [], [4, [5, 6]]]
+    [seq] = v2(features(), {"inputs": [tensor("input", [1, 2, 3], "FP32", ragged)]}).sequences
+    assert seq.tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
 def test_v2_text() -> None:
     request = v2(text(), {"inputs": [tensor("text", [2], "BYTES", ["ab", "C"])]})
     assert [s.tolist() for s in request.sequences] == [[2, 3], [4]]
@@ -175,6 +181,10 @@ def test_v2_text() -> None:
         (
             [tensor("input", [1, 2, 3], "FP32", [0, 0, 0, 0, False, 0])],
             "inputs[0].data[4]: expected a number, got boolean",
+        ),
+        (
+            [tensor("input", [1, 2, 3], "FP32", [[0, 0, 0], [0, None, 0]])],
+            "inputs[0].data[4]: expected a number, got null",
         ),
         (
             [tensor("input", [1, 2], "FP32", [0, 0])],
