@@ -23,8 +23,8 @@ class Body:
 
     @cached_property
     def document(self) -> Any:
-        """The parsed JSON; raises `InvalidJSON`. Not parsed at all when the numbers are read
-        straight from `raw` by the validator."""
+        """The parsed JSON; raises `InvalidJSON`. Never parsed when the fast reader
+        (`service.fast_read`) takes the body."""
         return parse_json(self.raw)
 
 

@@ -26,7 +26,6 @@ from service.api.responses import json_response
 from service.api.state import app_state
 from service.errors import Draining, Unauthorized
 from service.registry import ModelVersion
-from service.validation import may_hold_booleans, parse_v2_raw
 
 Handler = Callable[[Request, ModelVersion, Body], Awaitable[Response]]
 """What answers an inference request once its model is resolved and its body read."""
@@ -65,9 +64,7 @@ async def serve(request: Request, handler: Handler, name: str | None, version: s
 async def predict(request: Request, model: ModelVersion, body: Body) -> Response:
     """POST /predict and /v1/models/{name}[/versions/{version}]/predict."""
     assert model.validator is not None and model.formatter is not None
-    sequences = model.validator.predict_raw(body.raw)
-    if sequences is None:
-        sequences = model.validator.predict_request(body.document, scan_types=may_hold_booleans(body.raw))
+    sequences = model.validator.predict(body)
     outputs = await run_model(request, model, sequences)
     return json_response({"model": model.name, "version": model.version, "outputs": model.formatter.predict(outputs)})
 
@@ -75,13 +72,7 @@ async def predict(request: Request, model: ModelVersion, body: Body) -> Response
 async def infer(request: Request, model: ModelVersion, body: Body) -> Response:
     """POST /v2/models/{name}[/versions/{version}]/infer: Open Inference Protocol inference."""
     assert model.validator is not None and model.formatter is not None
-    document = parse_v2_raw(body.raw)
-    parsed = model.validator.v2_request(
-        body.document if document is None else document,
-        scan_types=may_hold_booleans(body.raw),
-        known_outputs=model.formatter.v2_output_names(),
-        binary=body.binary,
-    )
+    parsed = model.validator.v2(body, known_outputs=model.formatter.v2_output_names())
     outputs = await run_model(request, model, parsed.sequences)
     answer: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
     if parsed.id is not None:
