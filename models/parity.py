@@ -173,7 +173,8 @@ def check_parity(
 def torch_runner(module: torch.nn.Module | torch.jit.ScriptModule) -> Runner:
     def run(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return module(torch.from_numpy(x), torch.from_numpy(lengths)).numpy()
+            out: torch.Tensor = module(torch.from_numpy(x), torch.from_numpy(lengths))
+            return out.numpy()
 
     return run
 
@@ -184,6 +185,7 @@ def onnx_runner(path: str, input_name: str = "input", lengths_name: str = "lengt
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
     def run(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: x, lengths_name: lengths})[0]
+        outputs: list[np.ndarray] = session.run(None, {input_name: x, lengths_name: lengths})
+        return outputs[0]
 
     return run

@@ -146,6 +146,12 @@ class SequenceModel(nn.Module):
     ``[B, O]`` or, for tagging, ``[B, T, O]`` (logits or regression values).
     """
 
+    # Non-persistent buffers, ``None`` when the spec has no normalisation.
+    input_mean: Tensor | None
+    input_std: Tensor | None
+    output_mean: Tensor | None
+    output_std: Tensor | None
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
@@ -209,7 +215,7 @@ class SequenceModel(nn.Module):
         pooled = self.pool(out, lengths)
         if self.concat_input_mean:
             pooled = torch.cat([pooled, masked_mean(encoded, lengths)], dim=1)
-        y = self.head(pooled)
+        y: Tensor = self.head(pooled)
         if self.output_mean is not None and self.output_std is not None:
             y = y * self.output_std + self.output_mean
         return y
@@ -240,8 +246,11 @@ def masked_mean(x: Tensor, lengths: Tensor) -> Tensor:
     return total / lengths.unsqueeze(1).to(x.dtype)
 
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
 def activation(name: str) -> nn.Module:
-    return {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}[name]()
+    return ACTIVATIONS[name]()
 
 
 def _vector(norm: object, attr: str) -> Tensor | None:
