@@ -19,7 +19,8 @@ TOLERANCE = 1e-4
 """Max abs difference allowed between any graph and the reference (float32)."""
 
 BATCH_SIZES = (1, 2, 4, 5, 8, 13, 16, 32)
-"""Batch sizes the check cycles through; the export itself traces batch 3."""
+"""Batch sizes the check cycles through, so sizes other than the one the export
+traces with (``models.export.example_inputs``) are checked."""
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``(padded [B, T, ...], lengths [B]) -> outputs``, as a served graph is called."""

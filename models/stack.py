@@ -7,9 +7,10 @@ sequence reversed *within its own length* (a gather with ``len-1-t`` for
 ``t < len``), so it starts at the last real step instead of in the padding, and
 its output is reversed back the same way. Readouts gather or mask by length.
 
-This construction exports with ``torch.onnx.export(dynamo=True)`` into native
-ONNX LSTM/GRU ops with dynamic batch and time axes, where
-``pack_padded_sequence`` does not.
+This construction exports through the TorchScript-based ONNX exporter
+(``dynamo=False``; ``models.export.write_onnx`` says why) into native ONNX
+LSTM/GRU ops with dynamic batch and time axes, where ``pack_padded_sequence``
+does not.
 
 Parameters are named exactly as in ``nn.LSTM``/``nn.GRU`` (``rnn.weight_ih_l0``,
 ``rnn.weight_hh_l0_reverse``, ...), so a standard ``state_dict`` loads as is.
