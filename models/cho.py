@@ -69,17 +69,17 @@ class ChoGRUModel(nn.Module):
         shape = (cols, rows) if self.transposed else (rows, cols)
         return nn.init.uniform_(torch.empty(shape), -0.3, 0.3)
 
-    def _x_w(self, name: str, module: nn.Module | None = None) -> Tensor:
-        """The named matrix as used in ``x @ W``, whatever its stored layout."""
-        weight = getattr(module if module is not None else self.rnn, name)
+    def _x_w(self, name: str) -> Tensor:
+        """The named matrix (``rnn.W_z``, ``head.weight``) as used in ``x @ W``,
+        whatever its stored layout."""
+        weight = self.get_parameter(name)
         return weight if self.transposed else weight.t()
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        rnn = self.rnn
-        w = torch.cat([self._x_w(f"W_{g}") for g in GATES], dim=1)
-        b = torch.cat([rnn.b_z, rnn.b_r, rnn.b_h])
-        h = cho_gru_final(x, lengths, w, self._x_w("U_z"), self._x_w("U_r"), self._x_w("U_h"), b)
-        return h @ self._x_w("weight", self.head) + self.head.bias
+        w = torch.cat([self._x_w(f"rnn.W_{g}") for g in GATES], dim=1)
+        b = torch.cat([self.get_parameter(f"rnn.b_{g}") for g in GATES])
+        h: Tensor = cho_gru_final(x, lengths, w, self._x_w("rnn.U_z"), self._x_w("rnn.U_r"), self._x_w("rnn.U_h"), b)
+        return h @ self._x_w("head.weight") + self.get_parameter("head.bias")
 
 
 def write_onnx(
@@ -90,17 +90,20 @@ def write_onnx(
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    def row_major(name: str, module: nn.Module | None = None) -> np.ndarray:  # [out, in], as W @ x
-        return model._x_w(name, module).detach().t().numpy().astype(np.float32)
+    def row_major(name: str) -> np.ndarray:  # [out, in], as W @ x
+        return model._x_w(name).detach().t().numpy().astype(np.float32)
 
-    rnn, spec = model.rnn, model.spec
+    def vector(name: str) -> np.ndarray:
+        return model.get_parameter(name).detach().numpy()
+
+    spec = model.spec
     # ONNX GRU: W [1, 3H, F], R [1, 3H, H] in gate order z, r, h; B [1, 6H] = Wb then Rb.
-    w = np.concatenate([-row_major("W_z"), row_major("W_r"), row_major("W_h")])[None]
-    r = np.concatenate([-row_major("U_z"), row_major("U_r"), row_major("U_h")])[None]
-    wb = np.concatenate([-rnn.b_z.detach().numpy(), rnn.b_r.detach().numpy(), rnn.b_h.detach().numpy()])
+    w = np.concatenate([-row_major("rnn.W_z"), row_major("rnn.W_r"), row_major("rnn.W_h")])[None]
+    r = np.concatenate([-row_major("rnn.U_z"), row_major("rnn.U_r"), row_major("rnn.U_h")])[None]
+    wb = np.concatenate([-vector("rnn.b_z"), vector("rnn.b_r"), vector("rnn.b_h")])
     b = np.concatenate([wb, np.zeros_like(wb)]).astype(np.float32)[None]
-    head_w = row_major("weight", model.head)  # [O, H]
-    head_b = model.head.bias.detach().numpy().astype(np.float32)
+    head_w = row_major("head.weight")  # [O, H]
+    head_b = vector("head.bias").astype(np.float32)
     nodes = [
         helper.make_node("Transpose", [input_name], ["x_tbf"], perm=[1, 0, 2]),
         helper.make_node("Cast", [lengths_name], ["lengths_i32"], to=TensorProto.INT32),

@@ -23,8 +23,31 @@ class Demo:
     """``build(quick)`` trains and returns the model with metrics in its spec."""
 
 
-def _accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
-    return float((logits.argmax(axis=1) == targets).mean())
+def _fitted(spec: ModelSpec, sequences: list[np.ndarray], targets: np.ndarray, config: TrainConfig) -> SequenceModel:
+    """A new model for ``spec``, trained; progress is labelled with its name."""
+    model = SequenceModel(spec)
+    fit(model, sequences, targets, config, desc=spec.name)
+    return model
+
+
+def _with_metrics(
+    model: SequenceModel, split: str, held_out: dict[str, float], baseline: dict[str, str | float]
+) -> SequenceModel:
+    """``model`` with its held-out figures and the baseline's recorded in its spec."""
+    model.spec = replace(model.spec, metrics={"split": split, "held_out": held_out, "baseline": baseline})
+    return model
+
+
+def _classifier_with_metrics(
+    model: SequenceModel, split: str, train_targets: np.ndarray, test: list[np.ndarray], test_targets: np.ndarray
+) -> SequenceModel:
+    """Held-out accuracy beside always answering the training set's majority class."""
+    accuracy = float((predict(model, test).argmax(axis=1) == test_targets).mean())
+    majority = np.bincount(train_targets).argmax()
+    baseline = float((test_targets == majority).mean())
+    return _with_metrics(
+        model, split, {"accuracy": round(accuracy, 4)}, {"name": "majority class", "accuracy": round(baseline, 4)}
+    )
 
 
 def vowels(quick: bool = False) -> SequenceModel:
@@ -52,23 +75,10 @@ def vowels(quick: bool = False) -> SequenceModel:
         description="Speaker of a Japanese /ae/ vowel from 12 LPC cepstrum coefficients per frame "
         "(JapaneseVowels, shipped with sktime).",
     )
-    model = SequenceModel(spec)
-    fit(
-        model,
-        train.sequences,
-        train.targets,
-        TrainConfig(epochs=3 if quick else 60, batch_size=32, lr=3e-3),
-        desc="vowels",
-    )
-    accuracy = _accuracy(predict(model, test.sequences), test.targets)
-    majority = np.bincount(train.targets).argmax()
-    metrics = {
-        "split": f"the data set's own: {len(train.sequences)} train / {len(test.sequences)} held-out test",
-        "held_out": {"accuracy": round(accuracy, 4)},
-        "baseline": {"name": "majority class", "accuracy": round(float((test.targets == majority).mean()), 4)},
-    }
-    model.spec = replace(spec, metrics=metrics)
-    return model
+    config = TrainConfig(epochs=3 if quick else 60, batch_size=32, lr=3e-3)
+    model = _fitted(spec, train.sequences, train.targets, config)
+    split = f"the data set's own: {len(train.sequences)} train / {len(test.sequences)} held-out test"
+    return _classifier_with_metrics(model, split, train.targets, test.sequences, test.targets)
 
 
 def names(quick: bool = False) -> SequenceModel:
@@ -106,17 +116,9 @@ def names(quick: bool = False) -> SequenceModel:
 
     train_x, train_y = encode(train)
     test_x, test_y = encode(test)
-    model = SequenceModel(spec)
-    fit(model, train_x, train_y, TrainConfig(epochs=1 if quick else 6, batch_size=128, lr=5e-3), desc="names")
-    accuracy = _accuracy(predict(model, test_x), test_y)
-    majority = np.bincount(train_y).argmax()
-    metrics = {
-        "split": f"by a hash of the name: {len(train)} train / {len(test)} held-out",
-        "held_out": {"accuracy": round(accuracy, 4)},
-        "baseline": {"name": "majority class", "accuracy": round(float((test_y == majority).mean()), 4)},
-    }
-    model.spec = replace(spec, metrics=metrics)
-    return model
+    model = _fitted(spec, train_x, train_y, TrainConfig(epochs=1 if quick else 6, batch_size=128, lr=5e-3))
+    split = f"by a hash of the name: {len(train)} train / {len(test)} held-out"
+    return _classifier_with_metrics(model, split, train_y, test_x, test_y)
 
 
 def sunspots(quick: bool = False) -> SequenceModel:
@@ -155,20 +157,17 @@ def sunspots(quick: bool = False) -> SequenceModel:
         output_normalization=Normalization((float(history.mean()),), (float(history.std()),)),
         description="Next year's mean sunspot number from the previous years' (statsmodels' yearly series 1700-2008).",
     )
-    model = SequenceModel(spec)
-    fit(model, train_x, train_y, TrainConfig(epochs=3 if quick else 150, batch_size=32, lr=3e-3), desc="sunspots")
-    pred = predict(model, test_x)
+    model = _fitted(spec, train_x, train_y, TrainConfig(epochs=3 if quick else 150, batch_size=32, lr=3e-3))
+    rmse = float(np.sqrt(np.mean((predict(model, test_x) - test_y) ** 2)))
     last = np.asarray([s[-1] for s in test_x])
-    rmse = float(np.sqrt(np.mean((pred - test_y) ** 2)))
     baseline = float(np.sqrt(np.mean((last - test_y) ** 2)))
-    metrics = {
-        "split": f"chronological: targets before {cutoff} train ({len(train_x)} windows of 8-40 years), "
-        f"{cutoff}-2008 held out ({len(test_x)} windows of 24 years)",
-        "held_out": {"rmse": round(rmse, 2)},
-        "baseline": {"name": "last value (persistence)", "rmse": round(baseline, 2)},
-    }
-    model.spec = replace(spec, metrics=metrics)
-    return model
+    split = (
+        f"chronological: targets before {cutoff} train ({len(train_x)} windows of 8-40 years), "
+        f"{cutoff}-2008 held out ({len(test_x)} windows of 24 years)"
+    )
+    return _with_metrics(
+        model, split, {"rmse": round(rmse, 2)}, {"name": "last value (persistence)", "rmse": round(baseline, 2)}
+    )
 
 
 DEMOS = {d.name: d for d in (Demo("vowels", vowels), Demo("names", names), Demo("sunspots", sunspots))}

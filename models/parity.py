@@ -19,7 +19,8 @@ TOLERANCE = 1e-4
 """Max abs difference allowed between any graph and the reference (float32)."""
 
 BATCH_SIZES = (1, 2, 4, 5, 8, 13, 16, 32)
-"""Batch sizes the check cycles through; the export itself traces batch 3."""
+"""Batch sizes the check cycles through, so sizes other than the one the export
+traces with (``models.export.example_inputs``) are checked."""
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``(padded [B, T, ...], lengths [B]) -> outputs``, as a served graph is called."""
@@ -173,7 +174,8 @@ def check_parity(
 def torch_runner(module: torch.nn.Module | torch.jit.ScriptModule) -> Runner:
     def run(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return module(torch.from_numpy(x), torch.from_numpy(lengths)).numpy()
+            out: torch.Tensor = module(torch.from_numpy(x), torch.from_numpy(lengths))
+            return out.numpy()
 
     return run
 
@@ -184,6 +186,7 @@ def onnx_runner(path: str, input_name: str = "input", lengths_name: str = "lengt
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
     def run(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: x, lengths_name: lengths})[0]
+        outputs: list[np.ndarray] = session.run(None, {input_name: x, lengths_name: lengths})
+        return outputs[0]
 
     return run

@@ -86,7 +86,7 @@ class ReferenceModel(nn.Module):
             pooled = out.max(dim=1).values
         if spec.concat_input_mean:
             pooled = torch.cat([pooled, encoded.mean(dim=1)], dim=1)
-        y = model.head(pooled)
+        y: Tensor = model.head(pooled)
         if model.output_mean is not None and model.output_std is not None:
             y = y * model.output_std + model.output_mean
         return y
@@ -113,8 +113,10 @@ class NumpyChoGRU:
             r = _sigmoid(p["rnn.W_r"] @ x + p["rnn.U_r"] @ h + p["rnn.b_r"])
             h_hat = np.tanh(p["rnn.W_h"] @ x + p["rnn.U_h"] @ (r * h) + p["rnn.b_h"])
             h = (1 - z) * h + z * h_hat
-        return p["head.weight"] @ h + p["head.bias"]
+        y: np.ndarray = p["head.weight"] @ h + p["head.bias"]
+        return y
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-a))
+    s: np.ndarray = 1.0 / (1.0 + np.exp(-a))
+    return s

@@ -8,9 +8,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+Entry = tuple[dict[str, Any], dict[str, Any]]
+"""One version's ``model.json`` and ``parity.json``."""
 
 
-def entries(repository: Path) -> list[tuple[dict, dict]]:
+def entries(repository: Path) -> list[Entry]:
     out = []
     for meta_path in sorted(repository.glob("*/*/model.json")):
         parity = json.loads((meta_path.parent / "parity.json").read_text())
@@ -18,7 +22,7 @@ def entries(repository: Path) -> list[tuple[dict, dict]]:
     return out
 
 
-def metrics_table(rows: list[tuple[dict, dict]]) -> str:
+def metrics_table(rows: list[Entry]) -> str:
     lines = ["| model | task | data (held-out split) | held-out | baseline |", "| --- | --- | --- | --- | --- |"]
     for meta, _ in rows:
         m = meta["metrics"]
@@ -32,7 +36,7 @@ def metrics_table(rows: list[tuple[dict, dict]]) -> str:
     return "\n".join(lines)
 
 
-def parity_table(rows: list[tuple[dict, dict]]) -> str:
+def parity_table(rows: list[Entry]) -> str:
     lines = [
         "| model | sequences checked (batches, lengths) | eager | ONNX Runtime | TorchScript |",
         "| --- | --- | --- | --- | --- |",

@@ -18,7 +18,7 @@ Readout = Literal["last", "final", "mean", "max", "all"]
 Task = Literal["classification", "regression", "tagging"]
 InputKind = Literal["features", "text"]
 Family = Literal["F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8", "F9"]
-"""The tutorial-style model families of DESIGN.md a user's checkpoint can come from."""
+"""The tutorial-style model families a user's checkpoint can come from, described in ``FAMILIES``."""
 Activation = Literal["relu", "tanh", "gelu"]
 ReferenceInputs = Literal["batch", "batch_and_lengths", "sequence"]
 ArrayLayout = Literal["w_x", "x_w"]
@@ -386,7 +386,7 @@ class ModelSpec:
     def load(cls, path: Path) -> ModelSpec:
         text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
-            import yaml
+            import yaml  # type: ignore[import-untyped]  # PyYAML ships no types; types-PyYAML is not installed
 
             data = yaml.safe_load(text)
         else:

@@ -7,9 +7,10 @@ sequence reversed *within its own length* (a gather with ``len-1-t`` for
 ``t < len``), so it starts at the last real step instead of in the padding, and
 its output is reversed back the same way. Readouts gather or mask by length.
 
-This construction exports with ``torch.onnx.export(dynamo=True)`` into native
-ONNX LSTM/GRU ops with dynamic batch and time axes, where
-``pack_padded_sequence`` does not.
+This construction exports through the TorchScript-based ONNX exporter
+(``dynamo=False``; ``models.export.write_onnx`` says why) into native ONNX
+LSTM/GRU ops with dynamic batch and time axes, where ``pack_padded_sequence``
+does not.
 
 Parameters are named exactly as in ``nn.LSTM``/``nn.GRU`` (``rnn.weight_ih_l0``,
 ``rnn.weight_hh_l0_reverse``, ...), so a standard ``state_dict`` loads as is.
@@ -146,6 +147,12 @@ class SequenceModel(nn.Module):
     ``[B, O]`` or, for tagging, ``[B, T, O]`` (logits or regression values).
     """
 
+    # Non-persistent buffers, ``None`` when the spec has no normalisation.
+    input_mean: Tensor | None
+    input_std: Tensor | None
+    output_mean: Tensor | None
+    output_std: Tensor | None
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
@@ -209,7 +216,7 @@ class SequenceModel(nn.Module):
         pooled = self.pool(out, lengths)
         if self.concat_input_mean:
             pooled = torch.cat([pooled, masked_mean(encoded, lengths)], dim=1)
-        y = self.head(pooled)
+        y: Tensor = self.head(pooled)
         if self.output_mean is not None and self.output_std is not None:
             y = y * self.output_std + self.output_mean
         return y
@@ -240,8 +247,11 @@ def masked_mean(x: Tensor, lengths: Tensor) -> Tensor:
     return total / lengths.unsqueeze(1).to(x.dtype)
 
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
 def activation(name: str) -> nn.Module:
-    return {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}[name]()
+    return ACTIVATIONS[name]()
 
 
 def _vector(norm: object, attr: str) -> Tensor | None:

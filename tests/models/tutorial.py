@@ -1,4 +1,4 @@
-"""Users' own model classes, one per family (DESIGN.md F1-F9), written the way
+"""Users' own model classes, one per family (F1-F9 of ``models.spec.FAMILIES``), written the way
 the common tutorials and blog posts write them, traps included. seqserve
 imports this file from its path, as it would a user's ``model.py``; it needs
 nothing from seqserve."""
