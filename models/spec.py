@@ -386,7 +386,7 @@ class ModelSpec:
     def load(cls, path: Path) -> ModelSpec:
         text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
-            import yaml  # type: ignore[import-untyped]  # PyYAML ships no types; types-PyYAML is not installed
+            import yaml
 
             data = yaml.safe_load(text)
         else:
