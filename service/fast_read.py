@@ -86,7 +86,8 @@ def read_predict(raw: bytes, limits: Limits) -> list[np.ndarray] | None:
 
 def read_v2(raw: bytes, limits: Limits, known_outputs: Sequence[str]) -> V2Fields | None:
     """An Open Inference Protocol request with an FP32 `input` `[B, T, F]` and an optional INT64 or INT32
-    `lengths` `[B]`, their `data` flat or nested as their shape, in the JSON text (no binary data)."""
+    `lengths` `[B]`, their `data` flat or nested as their shape, in the JSON text (no binary data), every
+    output answered in JSON."""
     document = _parse(raw)
     if document is None:
         return None
@@ -107,6 +108,8 @@ def _v2(raw: bytes, document: Any, limits: Limits, known_outputs: Sequence[str])
     if request_id is not None and type(request_id) is not str:
         return None
     if not _parameters(rest.get("parameters")) or not (requested is None or _known(requested, known_outputs)):
+        return None
+    if not _json_answer(rest.get("parameters"), requested):
         return None
     inputs = top.get("inputs")
     if type(inputs) is not simdjson.Array or not 0 < len(inputs) <= 2:
@@ -172,6 +175,15 @@ def _known(requested: Any, known: Sequence[str]) -> bool:
         and _parameters(output.get("parameters"))
         for output in requested
     )
+
+
+def _json_answer(parameters: dict[str, Any] | None, requested: list[dict[str, Any]] | None) -> bool:
+    """Whether every output is answered in JSON: `binary_data_output` and each output's `binary_data`
+    (binary tensor data extension) absent or false. A request for binary outputs is declined: the
+    explaining path reads it, and says why when a flag is not a boolean."""
+    if (parameters or {}).get("binary_data_output", False) is not False:
+        return False
+    return all((output.get("parameters") or {}).get("binary_data", False) is False for output in requested or ())
 
 
 def _shape(header: dict[str, Any], datatypes: tuple[str, ...], rank: int) -> list[int] | None:

@@ -1,13 +1,16 @@
-"""Turn a model's raw outputs into answers: /predict objects and V2 output tensors."""
+"""Turn a model's raw outputs into answers: /predict objects and V2 output tensors, in JSON or binary."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from service.model_json import ModelJson
+
+_LENGTH = struct.Struct("<I")  # a BYTES element's length in binary tensor data
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -82,3 +85,30 @@ class OutputFormatter:
 def _tensor(name: str, datatype: str, array: np.ndarray) -> dict[str, Any]:
     data: Any = array.ravel().tolist() if datatype == "BYTES" else np.ascontiguousarray(array).ravel()
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
+
+
+def v2_binary(tensors: list[dict[str, Any]], binary: Sequence[bool]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The binary tensor data extension: each tensor whose flag in `binary` is set (aligned with `tensors`)
+    leaves its data out of the JSON for `parameters.binary_data_size`; its bytes are returned, in order, to
+    follow the JSON. FP32 as little-endian float32; BYTES as each element's 4-byte little-endian length,
+    then its UTF-8."""
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for tensor, in_binary in zip(tensors, binary, strict=True):
+        if not in_binary:
+            outputs.append(tensor)
+            continue
+        chunk = _bytes_elements(tensor["data"]) if tensor["datatype"] == "BYTES" else _fp32_bytes(tensor["data"])
+        header = {key: value for key, value in tensor.items() if key != "data"}
+        outputs.append({**header, "parameters": {"binary_data_size": len(chunk)}})
+        chunks.append(chunk)
+    return outputs, chunks
+
+
+def _fp32_bytes(data: np.ndarray) -> bytes:
+    return np.ascontiguousarray(data, dtype="<f4").tobytes()
+
+
+def _bytes_elements(data: list[str]) -> bytes:
+    encoded = [text.encode("utf-8") for text in data]
+    return b"".join(_LENGTH.pack(len(element)) + element for element in encoded)

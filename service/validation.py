@@ -49,6 +49,9 @@ class V2Request:
     id: str | None
     sequences: list[np.ndarray]
     outputs: tuple[str, ...] | None  # None: every output
+    binary_outputs: tuple[bool, ...] = ()
+    """Binary tensor data extension: per output answered (`outputs`, else every output, in order), whether
+    its data goes in binary after the JSON; empty when none does."""
 
 
 def describe(value: object) -> str:
@@ -174,7 +177,7 @@ class InputValidator:
         request_id = body.get("id")
         if request_id is not None and not isinstance(request_id, str):
             raise InvalidInput(f"id: expected a string, got {describe(request_id)}")
-        _parameters(body, "parameters")
+        binary_default = _flag(_parameters(body, "parameters"), "binary_data_output", "parameters", default=False)
         inputs = body.get("inputs")
         if not isinstance(inputs, list) or not inputs:
             raise InvalidInput("inputs: expected a non-empty array of tensors")
@@ -210,22 +213,29 @@ class InputValidator:
             sequences = self._v2_text(tensors[V2_TEXT])
         else:
             sequences = self._v2_features(tensors[V2_FEATURES], tensors.get(V2_LENGTHS))
-        return V2Request(request_id, sequences, self._v2_outputs(body.get("outputs"), known_outputs))
+        outputs, in_binary = self._v2_outputs(body.get("outputs"), known_outputs, binary_default)
+        return V2Request(request_id, sequences, outputs, in_binary if any(in_binary) else ())
 
     @staticmethod
-    def _v2_outputs(requested: Any, known: Sequence[str]) -> tuple[str, ...] | None:
+    def _v2_outputs(
+        requested: Any, known: Sequence[str], binary_default: bool
+    ) -> tuple[tuple[str, ...] | None, tuple[bool, ...]]:
+        """The names of the outputs asked for (None: every output), and whether each is answered in binary:
+        its `binary_data`, else the request's `binary_data_output` (`binary_default`)."""
         if requested is None:
-            return None
+            return None, (binary_default,) * len(known)
         if not isinstance(requested, list):
             raise InvalidInput(f"outputs: expected an array, got {describe(requested)}")
         names: list[str] = []
+        binary: list[bool] = []
         for i, output in enumerate(requested):
             name = output.get("name") if isinstance(output, dict) else None
             if not isinstance(name, str) or name not in known:
                 raise InvalidInput(f"outputs[{i}]: unknown output {name!r}; this model has {', '.join(known)}")
-            _parameters(output, f"outputs[{i}].parameters")
+            where = f"outputs[{i}].parameters"
+            binary.append(_flag(_parameters(output, where), "binary_data", where, default=binary_default))
             names.append(name)
-        return tuple(names)
+        return tuple(names), tuple(binary)
 
     @staticmethod
     def _header(tensor: _Tensor, datatypes: tuple[str, ...], rank: tuple[int, ...]) -> list[int]:
@@ -325,6 +335,14 @@ def _parameters(owner: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(parameters, dict):
         raise InvalidInput(f"{where}: expected an object, got {describe(parameters)}")
     return parameters
+
+
+def _flag(parameters: dict[str, Any], name: str, where: str, *, default: bool) -> bool:
+    """A boolean parameter of the binary tensor data extension; `default` when absent."""
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}.{name}: expected a boolean, got {describe(value)}")
+    return value
 
 
 @dataclass(frozen=True)

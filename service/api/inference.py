@@ -22,9 +22,10 @@ from starlette.responses import Response
 from service.api.auth import require_api_key
 from service.api.body import Body, read_body
 from service.api.errors import error_answer
-from service.api.responses import json_response
+from service.api.responses import binary_response, json_response
 from service.api.state import app_state
 from service.errors import Draining, Unauthorized
+from service.outputs import v2_binary
 from service.registry import ModelVersion
 
 Handler = Callable[[Request, ModelVersion, Body], Awaitable[Response]]
@@ -77,8 +78,12 @@ async def infer(request: Request, model: ModelVersion, body: Body) -> Response:
     answer: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
     if parsed.id is not None:
         answer["id"] = parsed.id
-    answer["outputs"] = model.formatter.v2(outputs, parsed.outputs)
-    return json_response(answer)
+    tensors = model.formatter.v2(outputs, parsed.outputs)
+    if not parsed.binary_outputs:
+        answer["outputs"] = tensors
+        return json_response(answer)
+    answer["outputs"], chunks = v2_binary(tensors, parsed.binary_outputs)
+    return binary_response(answer, chunks)
 
 
 async def run_model(request: Request, model: ModelVersion, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:

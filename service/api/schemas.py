@@ -203,7 +203,15 @@ class V2InferOutput(BaseModel):
     name: str
     datatype: Literal["FP32", "BYTES"]
     shape: list[int]
-    data: list[Any]
+    data: list[Any] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="Row-major, flat. Omitted when `parameters.binary_data_size` puts the tensor in the binary "
+        "data after the JSON (binary tensor data extension).",
+        json_schema_extra=_required_unless_binary,
+    )
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="`binary_data_size`: bytes of this tensor in the binary data, when there."
+    )
 
 
 class V2InferResponse(BaseModel):
@@ -225,7 +233,7 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
 def v2_infer_body() -> dict[str, Any]:
     """`openapi_extra` of V2 inference: a V2InferRequest, or under the binary tensor data extension
     that JSON followed by the tensors' bytes, its length in `Inference-Header-Content-Length`
-    (then any content type is taken)."""
+    (then any content type is taken); the answer likewise when an output is asked for in binary."""
     extra = request_body(V2InferRequest)
     binary = {"type": "string", "format": "binary", "description": "The JSON request, then the tensors' bytes."}
     extra["requestBody"]["content"]["application/octet-stream"] = {"schema": binary}
@@ -238,6 +246,29 @@ def v2_infer_body() -> dict[str, Any]:
             "description": "Binary tensor data extension: bytes of JSON at the start of the body.",
         }
     ]
+    # NOTE: merged into the 200 answer FastAPI documents from the response model (application/json).
+    extra["responses"] = {
+        "200": {
+            "content": {
+                "application/octet-stream": {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "When an output is asked for in binary (its `parameters.binary_data`, or "
+                        "the request's `parameters.binary_data_output`): the V2InferResponse JSON, then those "
+                        "outputs' bytes in output order.",
+                    }
+                }
+            },
+            "headers": {
+                "Inference-Header-Content-Length": {
+                    "schema": {"type": "integer", "minimum": 1},
+                    "description": "Binary tensor data extension: bytes of JSON at the start of the body "
+                    "(only on an application/octet-stream answer).",
+                }
+            },
+        }
+    }
     return extra
 
 

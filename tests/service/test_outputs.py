@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.outputs import OutputFormatter, softmax
+from service.outputs import OutputFormatter, softmax, v2_binary
 from tests.service.specs import make_spec
 
 
@@ -58,3 +58,34 @@ def test_v2_regression_tensor() -> None:
     formatter = OutputFormatter(make_spec(task="regression"))
     [values] = formatter.v2([np.array([1.0], np.float32), np.array([2.0], np.float32)], None)
     assert values["name"] == "values" and values["shape"] == [2, 1]
+
+
+def test_v2_binary_moves_only_the_flagged_tensors_out_of_the_json() -> None:
+    formatter = OutputFormatter(make_spec())
+    tensors = formatter.v2([np.array([2.0, 0.0], np.float32), np.array([0.0, 3.0], np.float32)], None)
+    outputs, chunks = v2_binary(tensors, (True, True, False))
+    probabilities, label, logits = outputs
+    assert probabilities == {
+        "name": "probabilities",
+        "datatype": "FP32",
+        "shape": [2, 2],
+        "parameters": {"binary_data_size": 16},
+    }
+    assert label == {"name": "label", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": 10}}
+    assert logits is tensors[2] and "data" in logits, "a tensor not asked for in binary stays as it was"
+    assert chunks[0] == np.asarray(tensors[0]["data"], dtype="<f4").tobytes()
+    assert chunks[1] == b"\x01\x00\x00\x00x\x01\x00\x00\x00y", "BYTES: 4-byte little-endian length, then the bytes"
+
+
+def test_v2_binary_bytes_are_utf8_and_padding_is_an_empty_element() -> None:
+    tensor = {"name": "label", "datatype": "BYTES", "shape": [3], "data": ["é", "", "ab"]}
+    [_], [chunk] = v2_binary([tensor], (True,))
+    assert chunk == b"\x02\x00\x00\x00\xc3\xa9" + b"\x00\x00\x00\x00" + b"\x02\x00\x00\x00ab"
+
+
+def test_v2_binary_fp32_is_little_endian_whatever_the_array() -> None:
+    big_endian = np.array([[1.5, -2.0], [0.25, 3.0]], dtype=">f4")
+    tensor = {"name": "values", "datatype": "FP32", "shape": [2, 2], "data": big_endian.T.ravel()}
+    [header], [chunk] = v2_binary([tensor], (True,))
+    assert header["parameters"] == {"binary_data_size": 16}
+    assert np.frombuffer(chunk, dtype="<f4").tolist() == [1.5, 0.25, -2.0, 3.0]
