@@ -123,7 +123,8 @@ def test_infer_regression(client: httpx.Client, test_repository: BuiltRepository
 
 
 def test_binary_tensor_extension_as_v2_clients_send_it(client: httpx.Client, test_repository: BuiltRepository) -> None:
-    """tritonclient's default: a JSON header, then raw little-endian tensors; the answer in JSON."""
+    """tritonclient's default: a JSON header, then raw little-endian tensors; here the answer asked for in JSON
+    (binary answers: test_v2_binary.py)."""
     batch = np.random.default_rng(12).normal(size=(2, 4, 5)).astype("<f4")
     lengths = np.array([4, 2], dtype="<i8")
     header = {
@@ -131,7 +132,7 @@ def test_binary_tensor_extension_as_v2_clients_send_it(client: httpx.Client, tes
             {"name": "input", "shape": [2, 4, 5], "datatype": "FP32", "parameters": {"binary_data_size": batch.nbytes}},
             {"name": "lengths", "shape": [2], "datatype": "INT64", "parameters": {"binary_data_size": lengths.nbytes}},
         ],
-        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}],
     }
     head = json.dumps(header).encode()
     response = client.post(
