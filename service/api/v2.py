@@ -18,6 +18,9 @@ from service.api.state import app_state
 from service.model_json import ModelJson
 from service.validation import V2_FEATURES, V2_LENGTHS, V2_TEXT
 
+EXTENSIONS = ("binary_tensor_data",)
+"""Protocol extensions this server implements, by the names Triton reports them under."""
+
 health = APIRouter(prefix="/v2", tags=["v2"])
 router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[API_KEY])
 
@@ -39,7 +42,7 @@ add_readiness_route(health, "/health/ready", name="ready", summary="V2 readiness
     summary="V2 server metadata",
 )
 async def server_metadata() -> Response:
-    return json_response({"name": "seqserve", "version": __version__, "extensions": []})
+    return json_response({"name": "seqserve", "version": __version__, "extensions": list(EXTENSIONS)})
 
 
 def _tensors(spec: ModelJson) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

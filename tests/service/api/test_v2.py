@@ -25,6 +25,7 @@ def test_server_health_and_metadata(client: httpx.Client) -> None:
     assert client.get("/v2/health/ready").json() == {"ready": True}
     metadata = client.get("/v2").json()
     assert metadata["name"] == "seqserve" and isinstance(metadata["extensions"], list)
+    assert "binary_tensor_data" in metadata["extensions"]  # inputs and outputs
 
 
 def test_model_metadata_and_readiness(client: httpx.Client) -> None:
