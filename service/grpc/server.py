@@ -34,7 +34,8 @@ class GrpcServer:
 
 
 async def start_grpc_server(registry: ModelRegistry, settings: Settings, metrics: Metrics, port: int) -> GrpcServer:
-    """Listen on `settings.host`:`port` (0: a free port) on the running event loop.
+    """Listen on `settings.host`:`port` (0: a free port, see `GrpcServer.port`) on the running event loop;
+    raises OSError when it can't.
 
     Messages are limited to `settings.max_body_bytes` both ways: a larger request ends RESOURCE_EXHAUSTED
     before it is read, as a larger HTTP body gets 413.
@@ -52,9 +53,12 @@ async def start_grpc_server(registry: ModelRegistry, settings: Settings, metrics
     )
     add_servicer(servicer, server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpcio's "Failed to bind"; older versions returned 0
+        bound = 0
     if bound == 0:
-        raise OSError(f"gRPC: could not listen on {host}:{port}")
+        raise OSError(f"gRPC: could not listen on {host}:{port} (in use?)")
     await server.start()
     log.info("gRPC (Open Inference Protocol) listening on %s:%d", host, bound)
     return GrpcServer(server, servicer, bound)

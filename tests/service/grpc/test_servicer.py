@@ -5,6 +5,7 @@ batcher on purpose; plus the status table itself."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -140,3 +141,16 @@ def test_every_domain_error_has_a_status_and_none_is_a_server_fault_but_a_failed
         else:
             assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), cls
     assert STATUS[errors.RetryableError] == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_port_in_use_is_an_os_error(test_repository: BuiltRepository) -> None:
+    async def scenario() -> None:
+        settings = Settings(repository=test_repository.path)
+        metrics = Metrics()
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            with pytest.raises(OSError, match="could not listen"):
+                await start_grpc_server(ModelRegistry(settings, metrics), settings, metrics, taken.getsockname()[1])
+
+    asyncio.run(scenario())
