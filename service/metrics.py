@@ -20,6 +20,19 @@ class Metrics:
         self.requests = Counter(
             "seqserve_requests", "Inference requests answered, by HTTP status.", [*labels, "status"], registry=r
         )
+        self.grpc_requests = Counter(
+            "seqserve_grpc_requests",
+            "Inference requests over gRPC answered, by gRPC status code (OK, INVALID_ARGUMENT, ...).",
+            [*labels, "code"],
+            registry=r,
+        )
+        self.grpc_request_latency = Histogram(
+            "seqserve_grpc_request_latency_seconds",
+            "End-to-end time of an inference request over gRPC, message received to answer.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.request_latency = Histogram(
             "seqserve_request_latency_seconds",
             "End-to-end time of an inference request, body read to response.",

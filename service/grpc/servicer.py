@@ -1,0 +1,177 @@
+"""`inference.GRPCInferenceService`: the Open Inference Protocol over gRPC, over the same registry,
+validator, batcher and formatter as HTTP.
+
+Each RPC takes the HTTP edge's path (`service.api.inference.serve`) in the same order: API key (not for
+liveness and readiness), refuse while draining, resolve the model, read, validate, wait for the batcher,
+answer; errors end the RPC through `service.grpc.status`, and inference is counted by gRPC status code.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from grpc import aio
+
+from service import __version__
+from service.errors import Draining, ModelNotReady, ServiceError, Unauthorized
+from service.grpc import tensors
+from service.grpc.proto import grpc_predict_v2_pb2 as pb
+from service.grpc.status import failure_for
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+
+SERVICE = "inference.GRPCInferenceService"
+"""The service's full name in KServe's and Triton's protos; method paths are `/<SERVICE>/<rpc>`."""
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Context = aio.ServicerContext[Any, Any]
+
+
+class InferenceServicer:
+    def __init__(
+        self, registry: ModelRegistry, metrics: Metrics, *, api_key: bytes | None, request_timeout_seconds: float
+    ) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self._api_key = api_key
+        self._timeout = request_timeout_seconds
+        self.draining = False  # set by the server's begin_drain(); the registry's own flag counts too
+
+    # -- health and metadata -------------------------------------------------
+
+    async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._registry.readiness()[0] and not self._draining())
+
+    async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        try:
+            self._authorize(context)
+            self._registry.resolve(request.name, request.version or None)
+        except ModelNotReady:
+            return pb.ModelReadyResponse(ready=False)
+        except ServiceError as exc:
+            await _abort(context, exc)
+        return pb.ModelReadyResponse(ready=not self._draining())
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
+        try:
+            self._authorize(context)
+        except ServiceError as exc:
+            await _abort(context, exc)
+        # NOTE: no extensions: binary_tensor_data is HTTP's; gRPC carries raw tensors in the core protocol.
+        return pb.ServerMetadataResponse(name="seqserve", version=__version__, extensions=[])
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
+        try:
+            self._authorize(context)
+            versions = self._registry.model_versions(request.name)
+            chosen = self._registry.lookup(request.name, request.version or None)
+            if chosen.spec is None:
+                raise chosen.not_ready()
+        except ServiceError as exc:
+            await _abort(context, exc)
+        listed = [str(v) for v in sorted(versions)] if not request.version else [str(chosen.version)]
+        runtime = chosen.runtime.name if chosen.runtime is not None else ""
+        return tensors.model_metadata(request.name, listed, tensors.PLATFORMS.get(runtime, ""), chosen.spec)
+
+    # -- inference -------------------------------------------------------------
+
+    async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        started = time.perf_counter()
+        labels = ("", "")
+        code = grpc.StatusCode.CANCELLED  # unless it ends otherwise: the client went away
+        try:
+            try:
+                self._authorize(context)
+                if self._draining():
+                    raise Draining("the server is shutting down; retry on another replica")
+                model = self._registry.resolve(request.model_name, request.model_version or None)
+                labels = (model.name, str(model.version))
+                assert model.batcher is not None and model.validator is not None and model.formatter is not None
+                known = model.formatter.v2_output_names()
+                with model.batcher.reading():  # sheds before the request is converted and validated
+                    document, binary = tensors.infer_document(request)
+                parsed = model.validator.v2_document(document, known_outputs=known, binary=binary)
+                outputs = await model.batcher.infer(parsed.sequences, timeout_seconds=self._timeout)
+                answer = tensors.infer_response(
+                    model.name,
+                    model.version,
+                    parsed.id,
+                    model.formatter.v2(outputs, parsed.outputs),
+                    raw=bool(request.raw_input_contents),
+                )
+            except Exception as exc:
+                failure = failure_for(exc)
+                code = failure.code
+                await context.abort(failure.code, failure.details, failure.metadata)
+            code = grpc.StatusCode.OK
+            return answer
+        finally:
+            self._metrics.grpc_requests.labels(*labels, code.name).inc()
+            if labels[0]:
+                self._metrics.grpc_request_latency.labels(*labels).observe(time.perf_counter() - started)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _draining(self) -> bool:
+        return self.draining or self._registry.draining
+
+    def _authorize(self, context: Context) -> None:
+        """`authorization: Bearer <key>` or `x-api-key: <key>` in the call's metadata, compared in constant
+        time, as the HTTP edge checks its headers; a no-op when no key is configured."""
+        if self._api_key is None:
+            return
+        metadata = {key.lower(): value for key, value in context.invocation_metadata() or ()}
+        given = metadata.get("x-api-key")
+        if given is None:
+            scheme, _, credentials = str(metadata.get("authorization", "")).partition(" ")
+            given = credentials.strip() if scheme.lower() == "bearer" else None
+        if isinstance(given, str):
+            given = given.encode()
+        if given is None or not hmac.compare_digest(given, self._api_key):
+            raise Unauthorized("a valid API key is required (metadata authorization: Bearer <key>, or x-api-key)")
+
+
+async def _abort(context: Context, exc: BaseException) -> NoReturn:
+    failure = failure_for(exc)
+    await context.abort(failure.code, failure.details, failure.metadata)
+
+
+def add_servicer(servicer: InferenceServicer, server: aio.Server) -> None:
+    """Register `servicer`'s methods under `SERVICE`."""
+
+    def unary(
+        method: Callable[[Request, Context], Awaitable[Response]],
+        read: Callable[[bytes], Request],
+        write: Callable[[Response], bytes],
+    ) -> grpc.RpcMethodHandler[Request, Response]:
+        return grpc.unary_unary_rpc_method_handler(method, request_deserializer=read, response_serializer=write)
+
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "ServerLive": unary(
+            servicer.server_live, pb.ServerLiveRequest.FromString, pb.ServerLiveResponse.SerializeToString
+        ),
+        "ServerReady": unary(
+            servicer.server_ready, pb.ServerReadyRequest.FromString, pb.ServerReadyResponse.SerializeToString
+        ),
+        "ModelReady": unary(
+            servicer.model_ready, pb.ModelReadyRequest.FromString, pb.ModelReadyResponse.SerializeToString
+        ),
+        "ServerMetadata": unary(
+            servicer.server_metadata, pb.ServerMetadataRequest.FromString, pb.ServerMetadataResponse.SerializeToString
+        ),
+        "ModelMetadata": unary(
+            servicer.model_metadata, pb.ModelMetadataRequest.FromString, pb.ModelMetadataResponse.SerializeToString
+        ),
+        "ModelInfer": unary(
+            servicer.model_infer, pb.ModelInferRequest.FromString, pb.ModelInferResponse.SerializeToString
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
