@@ -3,8 +3,6 @@ inference routes (/v2/models/.../infer) are in `service.api.routes`."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -15,16 +13,13 @@ from service.api.health import add_readiness_route
 from service.api.responses import json_response
 from service.api.routes import add_model_routes
 from service.api.state import app_state
-from service.model_json import ModelJson
-from service.validation import V2_FEATURES, V2_LENGTHS, V2_TEXT
+from service.v2_metadata import PLATFORMS, model_tensors
 
 EXTENSIONS = ("binary_tensor_data",)
 """Protocol extensions this server implements, by the names Triton reports them under."""
 
 health = APIRouter(prefix="/v2", tags=["v2"])
 router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[API_KEY])
-
-_PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
 
 
 @health.get("/health/live", response_model=schemas.V2Live, summary="V2 liveness")
@@ -45,41 +40,19 @@ async def server_metadata() -> Response:
     return json_response({"name": "seqserve", "version": __version__, "extensions": list(EXTENSIONS)})
 
 
-def _tensors(spec: ModelJson) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    if spec.input.kind == "text":
-        inputs = [{"name": V2_TEXT, "datatype": "BYTES", "shape": [-1]}]
-    else:
-        inputs = [
-            {"name": V2_FEATURES, "datatype": "FP32", "shape": [-1, -1, spec.input.features]},
-            {"name": V2_LENGTHS, "datatype": "INT64", "shape": [-1]},
-        ]
-    if spec.task == "regression":
-        count = len(spec.output_names) if spec.output_names else -1
-        return inputs, [{"name": "values", "datatype": "FP32", "shape": [-1, count]}]
-    classes = len(spec.labels or ())
-    steps = [-1, -1] if spec.task == "tagging" else [-1]
-    outputs = [
-        {"name": "probabilities", "datatype": "FP32", "shape": [*steps, classes]},
-        {"name": "label", "datatype": "BYTES", "shape": steps},
-    ]
-    if spec.graph.output_activation == "softmax":
-        outputs.append({"name": "logits", "datatype": "FP32", "shape": [*steps, classes]})
-    return inputs, outputs
-
-
 async def metadata(request: Request, name: str, version: str | None = None) -> Response:
     registry = app_state(request).registry
     versions = registry.model_versions(name)
     chosen = registry.lookup(name, version)
     if chosen.spec is None:
         raise chosen.not_ready()
-    inputs, outputs = _tensors(chosen.spec)
+    inputs, outputs = model_tensors(chosen.spec)
     runtime = chosen.runtime.name if chosen.runtime is not None else None
     return json_response(
         {
             "name": name,
             "versions": [str(v) for v in sorted(versions)] if version is None else [str(chosen.version)],
-            "platform": _PLATFORMS.get(runtime or "", ""),
+            "platform": PLATFORMS.get(runtime or "", ""),
             "inputs": inputs,
             "outputs": outputs,
         }

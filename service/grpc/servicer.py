@@ -23,6 +23,7 @@ from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.status import failure_for
 from service.metrics import Metrics
 from service.registry import ModelRegistry
+from service.v2_metadata import PLATFORMS
 
 SERVICE = "inference.GRPCInferenceService"
 """The service's full name in KServe's and Triton's protos; method paths are `/<SERVICE>/<rpc>`."""
@@ -79,7 +80,7 @@ class InferenceServicer:
             await _abort(context, exc)
         listed = [str(v) for v in sorted(versions)] if not request.version else [str(chosen.version)]
         runtime = chosen.runtime.name if chosen.runtime is not None else ""
-        return tensors.model_metadata(request.name, listed, tensors.PLATFORMS.get(runtime, ""), chosen.spec)
+        return tensors.model_metadata(request.name, listed, PLATFORMS.get(runtime, ""), chosen.spec)
 
     # -- inference -------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from service.errors import InvalidInput
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.model_json import ModelJson
 from service.outputs import v2_binary
-from service.validation import V2_FEATURES, V2_LENGTHS, V2_TEXT
+from service.v2_metadata import model_tensors
 
 # The field of InferTensorContents that carries each datatype.
 _CONTENTS = {
@@ -34,8 +34,6 @@ _CONTENTS = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-
-PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
 
 
 def infer_document(request: pb.ModelInferRequest) -> tuple[dict[str, Any], bytes]:
@@ -99,27 +97,13 @@ def infer_response(
 
 
 def model_metadata(name: str, versions: list[str], platform: str, spec: ModelJson) -> pb.ModelMetadataResponse:
-    """A model's V2 metadata: the tensors this server takes and answers, whatever the graph's own names are.
-    NOTE: the same tensors as the HTTP edge's `GET /v2/models/{name}` (a test holds them equal)."""
+    """A model's V2 metadata, the same tensors as the HTTP edge's `GET /v2/models/{name}`."""
     Tensor = pb.ModelMetadataResponse.TensorMetadata
-    if spec.input.kind == "text":
-        inputs = [Tensor(name=V2_TEXT, datatype="BYTES", shape=[-1])]
-    else:
-        features = spec.input.features or -1
-        inputs = [
-            Tensor(name=V2_FEATURES, datatype="FP32", shape=[-1, -1, features]),
-            Tensor(name=V2_LENGTHS, datatype="INT64", shape=[-1]),
-        ]
-    if spec.task == "regression":
-        count = len(spec.output_names) if spec.output_names else -1
-        outputs = [Tensor(name="values", datatype="FP32", shape=[-1, count])]
-    else:
-        classes = len(spec.labels or ())
-        steps = [-1, -1] if spec.task == "tagging" else [-1]
-        outputs = [
-            Tensor(name="probabilities", datatype="FP32", shape=[*steps, classes]),
-            Tensor(name="label", datatype="BYTES", shape=steps),
-        ]
-        if spec.graph.output_activation == "softmax":
-            outputs.append(Tensor(name="logits", datatype="FP32", shape=[*steps, classes]))
-    return pb.ModelMetadataResponse(name=name, versions=versions, platform=platform, inputs=inputs, outputs=outputs)
+    inputs, outputs = model_tensors(spec)
+    return pb.ModelMetadataResponse(
+        name=name,
+        versions=versions,
+        platform=platform,
+        inputs=[Tensor(**tensor) for tensor in inputs],
+        outputs=[Tensor(**tensor) for tensor in outputs],
+    )
