@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import resource
 import signal
 import socket
 from types import FrameType
@@ -19,9 +20,12 @@ import uvicorn
 
 from service.registry import ModelRegistry
 from service.settings import Settings
-from service.wire import CoalescingHttpToolsProtocol
+from service.wire import ConnectionLimits, http_protocol
 
 log = logging.getLogger(__name__)
+
+FD_RESERVE = 256
+"""File descriptors kept beside the connections: the listener, model files, logs, runtime threads."""
 
 
 class DrainingServer(uvicorn.Server):
@@ -67,6 +71,12 @@ def serve(settings: Settings) -> None:
     from service.api import InferenceFastPath, create_app
 
     app = create_app(settings)
+    fit_fd_limit(settings.max_connections)
+    limits = ConnectionLimits(
+        head_timeout_seconds=settings.head_timeout_seconds,
+        body_timeout_seconds=settings.body_timeout_seconds,
+        max_connections=settings.max_connections,
+    )
     config = uvicorn.Config(
         InferenceFastPath(app),
         host=settings.host,
@@ -78,7 +88,31 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=int(max(1.0, settings.grace_period_seconds)),
         timeout_keep_alive=math.ceil(settings.keep_alive_seconds),
         server_header=False,
-        http=CoalescingHttpToolsProtocol,
+        http=http_protocol(limits),
     )
     registry: ModelRegistry = app.state.seqserve.registry
     DrainingServer(config, registry, settings.grace_period_seconds).run()
+
+
+def fit_fd_limit(max_connections: int) -> None:
+    """Raise the soft limit on open files to fit `max_connections` (up to the hard limit); warn when it cannot:
+    past it, accepting a connection fails before the connection limit can answer 503."""
+    wanted = max_connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    if soft < wanted:
+        log.warning(
+            "open-file limit %d is below --max-connections %d + %d: connections past about %d will fail to be accepted",
+            soft,
+            max_connections,
+            FD_RESERVE,
+            soft - FD_RESERVE,
+        )

@@ -100,6 +100,21 @@ class Settings(BaseSettings):
     must drop idle ones sooner (deploy/nginx keeps them 4 s), or a request written just as the server closes
     one is lost."""
 
+    head_timeout_seconds: float = Field(default=10.0, gt=0.0, le=3600.0)
+    """Time a client has to send a request's head (request line and headers) from its first byte; past it 408 and
+    the connection is closed. A head fits in one packet: any client sends it in well under a second. A connection
+    that sends nothing at all is closed after keep_alive_seconds."""
+
+    body_timeout_seconds: float = Field(default=30.0, gt=0.0, le=3600.0)
+    """Time a client has to send a request's whole body from the end of its head; past it 408 and the connection is
+    closed (the clock restarts if the server itself was holding off reading). 30 s takes a max_body_bytes body of
+    8 MiB at 2.2 Mbit/s; a client that trickles bytes is cut off all the same."""
+
+    max_connections: int = Field(default=2048, ge=1, le=1 << 20)
+    """Most open client connections. Past it a new connection gets 503 with Retry-After at once and is closed;
+    open ones keep being served. At start the open-file soft limit is raised to fit (up to the hard limit), with a
+    warning when it can't be. 2048: far above what a load balancer pools, and within common file limits."""
+
     log_level: LogLevel = "info"
     """Log level of the server and uvicorn."""
 

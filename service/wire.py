@@ -1,28 +1,52 @@
-"""Each answer leaves the process in one write: its head never goes out without its body.
+"""seqserve's HTTP/1.1 protocol: uvicorn's httptools protocol, with each answer in one write and bounded connections.
 
-uvicorn writes a response's status line and headers, then its body, as two
-socket writes. A replica killed between the two (`kill -9`, the OOM killer, a
-node lost) leaves the load balancer with a 200 head and no body: the head has
-already been passed on, so nginx cannot retry the request elsewhere and the
-client sees a truncated answer. Held until the body, the head goes out with it:
-a replica that dies first has sent nothing, and the load balancer retries the
-request on another one.
+One write per answer. uvicorn writes a response's status line and headers, then
+its body, as two socket writes. A replica killed between the two (`kill -9`, the
+OOM killer, a node lost) leaves the load balancer with a 200 head and no body:
+the head has already been passed on, so nginx cannot retry the request elsewhere
+and the client sees a truncated answer. Held until the body, the head goes out
+with it: a replica that dies first has sent nothing, and the load balancer
+retries the request on another one. `CoalescingTransport` holds a written
+response head (`HTTP/1.1 ...` up to its blank line) until the next write or
+close, unless no body follows it: an interim `1xx`, a `204` or `304`, a
+`Content-Length: 0`, and any answer to HEAD go out at once. uvicorn writes each
+head in one call, so the head is always whole.
 
-`CoalescingHttpToolsProtocol` is uvicorn's httptools protocol over a transport
-that holds a written response head (`HTTP/1.1 ...` up to its blank line, not
-an interim `1xx`) until the next write or close. uvicorn writes each head in
-one call, so the head is always whole.
+Bounded connections. A client must send a request's head within
+`head_timeout_seconds` of its first byte and its body within
+`body_timeout_seconds` of the head's end, else it gets 408 and the connection is
+closed (slowloris: a few hundred connections trickling bytes would otherwise
+hold the server's file descriptors for ever). A connection that never sends a
+byte is closed after the keep-alive timeout, as an idle one is between requests.
+Past `max_connections` open connections, a new one gets 503 with `Retry-After`
+at once and is closed; open ones keep being served. One timer per connection on
+the event loop, moved on lazily: no task, and no timer churn per request.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import http
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
+import orjson
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+log = logging.getLogger(__name__)
 
 _HEAD_START = b"HTTP/1.1 "
 _HEAD_END = b"\r\n\r\n"
+_EMPTY_BODY = b"\r\ncontent-length: 0\r\n"  # uvicorn writes header names in lower case
+
+REFUSED_LINGER_SECONDS = 1.0
+"""How long a refused connection stays half-closed, its input read and dropped, so that the client reads the 503
+rather than a reset."""
 
 
 class CoalescingTransport:
@@ -34,7 +58,7 @@ class CoalescingTransport:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         data = bytes(data)
-        if not self._head and _is_final_head(data):
+        if not self._head and _is_head_with_body(data):
             self._head = data
             return
         if self._head:
@@ -54,11 +78,203 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-def _is_final_head(data: bytes) -> bool:
-    # A final response's head: not "HTTP/1.1 1xx" (100 Continue goes out at once).
-    return data.startswith(_HEAD_START) and data.endswith(_HEAD_END) and data[9:10] != b"1"
+def _is_head_with_body(data: bytes) -> bool:
+    # A final response's head that a body follows: not "HTTP/1.1 1xx" (100 Continue), 204 or 304, nor Content-Length 0.
+    if not (data.startswith(_HEAD_START) and data.endswith(_HEAD_END)):
+        return False
+    status = data[9:12]
+    return status[:1] != b"1" and status not in (b"204", b"304") and _EMPTY_BODY not in data
 
 
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one client connection may take (see `Settings` for each)."""
+
+    head_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    max_connections: int = 2048
+
+
+class ConnectionReport:
+    """Connections closed for a timeout or refused over the limit, logged as one summary at most every
+    `every_seconds` (a slowloris attack would otherwise write a line per connection)."""
+
+    def __init__(self, every_seconds: float = 10.0) -> None:
+        self._every = every_seconds
+        self._counts: Counter[str] = Counter()
+        self._logged_at = -math.inf
+        self._pending: asyncio.TimerHandle | None = None
+
+    def count(self, reason: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._counts[reason] += 1
+        if self._pending is None:
+            self._pending = loop.call_at(max(loop.time(), self._logged_at + self._every), self._log, loop)
+
+    def _log(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._pending = None
+        log.warning("connections closed: %s", ", ".join(f"{n} {r}" for r, n in sorted(self._counts.items())))
+        self._counts.clear()
+        self._logged_at = loop.time()
+
+
+Part = Literal["head", "body"]
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol over a `CoalescingTransport`, with read timeouts and a connection limit."""
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    report: ClassVar[ConnectionReport] = ConnectionReport()
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._socket: asyncio.Transport | None = None  # the real transport, under the coalescing one
+        self._reading: Part | None = None  # what the client owes us, when it owes something
+        self._head_begun = False  # a request line has started (not just stray CRLFs)
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.limits.max_connections:
+            self._refuse(transport)
+            return
+        self._socket = transport
         super().connection_made(CoalescingTransport(transport))  # type: ignore[arg-type]
+        # NOTE: uvicorn arms the keep-alive timeout only after an answer; a connection that never sends is idle too.
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._reading = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # read and dropped until the client closes or the linger ends
+        if self._reading is None:
+            self._expect("head")
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_begun = True
+        if self._reading is None:  # a pipelined request, after another in the same read
+            self._expect("head")
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._head_begun = False
+        self._expect("body")  # the parser ends the message at once when there is none
+        cycle = self.cycle
+        if self.scope["method"] == "HEAD" and cycle is not None and cycle.scope is self.scope:
+            # NOTE: uvicorn writes no body after a HEAD answer's head: nothing to hold the head for.
+            assert self._socket is not None
+            cycle.transport = self._socket
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading = None
+
+    def handle_websocket_upgrade(self) -> None:
+        self._reading = None  # the connection is the WebSocket protocol's from here
+        super().handle_websocket_upgrade()
+
+    def _expect(self, part: Part) -> None:
+        """Start the clock on `part`; the connection's one timer is moved only when it would fire too late."""
+        seconds = self.limits.head_timeout_seconds if part == "head" else self.limits.body_timeout_seconds
+        self._reading = part
+        self._deadline = self.loop.time() + seconds
+        if self._timer is not None and self._timer.when() > self._deadline:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer, self._deadline)
+
+    def _on_timer(self, armed_for: float) -> None:
+        self._timer = None
+        part = self._reading
+        if part is None or self.transport.is_closing():
+            return
+        if self._deadline > armed_for:  # the clock was restarted since: wait for the new deadline
+            self._timer = self.loop.call_at(self._deadline, self._on_timer, self._deadline)
+        elif self._waiting_for_server():
+            self._expect(part)  # the client's clock runs again once the server reads
+        else:
+            self._time_out(part)
+
+    def _waiting_for_server(self) -> bool:
+        """The client may be waiting for us: reading is paused (a body the app has not taken yet, a pipelined
+        request), the app has not asked for a body sent after `100 Continue`, or an answer is under way."""
+        cycle = self.cycle
+        if self.flow.read_paused:
+            return True
+        if self._reading == "body":
+            return cycle is not None and cycle.waiting_for_100_continue
+        return cycle is not None and not cycle.response_complete
+
+    def _time_out(self, part: Part) -> None:
+        self._reading = None
+        cycle = self.cycle
+        if part == "body" and cycle is not None and cycle.response_started:
+            # Answered before the whole body came: the connection cannot carry another request.
+            if cycle.response_complete:
+                self.transport.close()
+            else:
+                cycle.keep_alive = False
+            return
+        if part == "head" and not self._head_begun:  # nothing but stray bytes since the last answer
+            self.transport.close()
+            return
+        if part == "body" and cycle is not None:
+            cycle.disconnected = True  # the app reads a disconnect; whatever it answers is dropped
+            cycle.message_event.set()
+        seconds = self.limits.head_timeout_seconds if part == "head" else self.limits.body_timeout_seconds
+        v2 = part == "body" and self.scope["path"].startswith("/v2/")
+        message = f"request {part} not received within {seconds:g} s"
+        self.transport.write(self._answer(408, "request_timeout", message, v2=v2))
+        self.transport.close()
+        self.report.count(f"{part} timeout ({seconds:g} s)", self.loop)
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        """Answer 503 before reading anything, half-close, drop what the client sends, close after the linger."""
+        self._refused = True
+        self.transport = transport
+        limit = self.limits.max_connections
+        message = f"too many open connections (limit {limit}); retry later or on another replica"
+        transport.write(self._answer(503, "overloaded", message, retry_after_seconds=1))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = self.loop.call_later(REFUSED_LINGER_SECONDS, transport.close)
+        self.report.count(f"refused over the limit ({limit})", self.loop)
+
+    def _answer(
+        self, status: int, code: str, message: str, *, v2: bool = False, retry_after_seconds: int | None = None
+    ) -> bytes:
+        """A whole JSON error answer in seqserve's error shape (the /v2 one when `v2`), closing the connection."""
+        body = orjson.dumps({"error": message, "code": code} if v2 else {"error": {"code": code, "message": message}})
+        headers = [
+            *self.server_state.default_headers,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        if retry_after_seconds is not None:
+            headers.append((b"retry-after", str(retry_after_seconds).encode()))
+        phrase = http.HTTPStatus(status).phrase
+        lines = [f"HTTP/1.1 {status} {phrase}\r\n".encode()]
+        lines += [name + b": " + value + b"\r\n" for name, value in headers]
+        return b"".join([*lines, b"\r\n", body])
+
+
+def http_protocol(limits: ConnectionLimits) -> type[HttpProtocol]:
+    """The protocol class for uvicorn's `http`, bound to `limits`, with a report of its own."""
+    return type("HttpProtocol", (HttpProtocol,), {"limits": limits, "report": ConnectionReport()})

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
 from service.api import health, schemas, v1, v2
@@ -45,6 +46,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
     )
     app.state.seqserve = AppState(settings=settings, registry=registry, metrics=metrics, api_key=api_key)
     install_handlers(app)
+    app.add_middleware(HeadAsGet)
     app.include_router(health.router)
     app.include_router(v2.health)
     app.include_router(inference_router(PREDICT))
@@ -53,6 +55,20 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
     app.include_router(inference_router(INFER))
     _describe_request_bodies(app, api_key_required=api_key is not None)
     return app
+
+
+class HeadAsGet:
+    """HEAD is routed as GET: every GET route answers it with the status and headers GET would have; uvicorn, whose
+    scope still says HEAD, sends no body. The OpenAPI schema stays one operation per route (FastAPI would list a
+    declared HEAD as an operation of its own)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
 
 
 def _describe_request_bodies(app: FastAPI, *, api_key_required: bool) -> None:

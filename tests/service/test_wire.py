@@ -1,4 +1,4 @@
-"""A response head is written together with its body, never alone."""
+"""A response head is written together with its body, never alone; a head that no body follows goes out at once."""
 
 from __future__ import annotations
 
@@ -52,6 +52,24 @@ def test_interim_answers_and_whole_answers_go_out_at_once() -> None:
     assert real.writes == [b"HTTP/1.1 100 Continue\r\n\r\n", whole]
 
 
+def test_heads_that_no_body_follows_go_out_at_once() -> None:
+    """204, 304 and Content-Length: 0 answers have no body to wait for; held, they would wait for the connection to
+    close (the keep-alive timeout). Answers to HEAD skip this transport (`HttpProtocol.on_headers_complete`)."""
+    heads = [
+        b"HTTP/1.1 204 No Content\r\ndate: x\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\netag: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\ncontent-type: text/plain\r\n\r\n",
+    ]
+    real = RecordingTransport()
+    transport = CoalescingTransport(real)  # type: ignore[arg-type]
+    for head in heads:
+        transport.write(head)
+    assert real.writes == heads
+    long = b"HTTP/1.1 200 OK\r\ncontent-length: 0123\r\n\r\n"  # not an empty body: held
+    transport.write(long)
+    assert real.writes == heads
+
+
 def test_closing_flushes_a_held_head() -> None:
     real = RecordingTransport()
     transport = CoalescingTransport(real)  # type: ignore[arg-type]
@@ -66,9 +84,23 @@ def test_the_server_sends_each_answer_in_one_write(test_repository: BuiltReposit
         port = int(server.url.rsplit(":", 1)[1])
         trace = tmp_path / "writes.txt"
         tracer = subprocess.Popen(
-            ["strace", "-f", "-qq", "-s", "65536", "-e", "trace=write,sendto,sendmsg,writev", "-e", "signal=none",
-             "-o", str(trace), "-p", str(server.process.pid)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "strace",
+                "-f",
+                "-qq",
+                "-s",
+                "65536",
+                "-e",
+                "trace=write,sendto,sendmsg,writev",
+                "-e",
+                "signal=none",
+                "-o",
+                str(trace),
+                "-p",
+                str(server.process.pid),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             deadline = time.monotonic() + 30
@@ -80,8 +112,10 @@ def test_the_server_sends_each_answer_in_one_write(test_repository: BuiltReposit
                 time.sleep(0.05)
             body = b'{"inputs": [[[0.1, 0.2, 0.3, 0.4, 0.5]]]}'
             with httpx.Client(base_url=server.url, timeout=30) as client:
-                answers = [client.post("/v1/models/feat/predict", content=body,
-                                       headers={"content-type": "application/json"}) for _ in range(5)]
+                answers = [
+                    client.post("/v1/models/feat/predict", content=body, headers={"content-type": "application/json"})
+                    for _ in range(5)
+                ]
         finally:
             tracer.terminate()
             tracer.wait(timeout=10)
@@ -91,4 +125,4 @@ def test_the_server_sends_each_answer_in_one_write(test_repository: BuiltReposit
         bodies = [w for w in writes if answer in w]
         assert len(bodies) == 5, writes[-20:]
         for write in bodies:  # the head, its blank line and the body: one write
-            assert '"HTTP/1.1 200 OK\\r\\n' in write and '\\r\\n\\r\\n' + answer in write, write
+            assert '"HTTP/1.1 200 OK\\r\\n' in write and "\\r\\n\\r\\n" + answer in write, write
