@@ -8,8 +8,9 @@ from typing import Any
 
 import orjson
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
-from service.errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType
+from service.errors import Abandoned, InvalidJSON, PayloadTooLarge, UnsupportedMediaType
 
 # Open Inference Protocol binary tensor extension: the JSON header's length;
 # tensor bytes follow it in the body.
@@ -40,10 +41,13 @@ async def read_body(request: Request, limit: int, *, binary_extension: bool = Fa
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
     received = bytearray()
-    async for chunk in request.stream():
-        received += chunk
-        if len(received) > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            received += chunk
+            if len(received) > limit:
+                raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+    except ClientDisconnect:  # the client left mid-body, or its body timed out (the protocol answered 408)
+        raise Abandoned("the client went away before its body was read") from None
     raw = bytes(received)
     if header_length is None:
         return Body(raw)
