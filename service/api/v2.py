@@ -18,7 +18,7 @@ from service.api.state import app_state
 from service.model_json import ModelJson
 from service.validation import V2_FEATURES, V2_LENGTHS, V2_TEXT
 
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_repository")
 """Protocol extensions this server implements, by the names Triton reports them under."""
 
 health = APIRouter(prefix="/v2", tags=["v2"])

@@ -71,7 +71,15 @@ def test_a_loaded_version_becomes_the_default_and_an_unloaded_one_finishes_first
         assert version == 1
         np.testing.assert_allclose(softmax(first), two_versions.expected[1](SEQUENCE.tolist()), atol=1e-4, rtol=0)
         publish(two_versions, root, 2)
-        await registry.load_model("swap")
+        load = asyncio.create_task(registry.load_model("swap"))
+        states: list[str] = []
+        while not load.done():  # every turn of the loop: the new version shows, loading, before it serves
+            if 2 in registry.model_versions("swap"):
+                states.append(registry.lookup("swap", 2).state)
+                assert registry.default_version("swap") == (2 if states[-1] == "ready" else 1)
+            await asyncio.sleep(0)
+        await load
+        assert states[0] == "loading" and states[-1] == "ready"
         version, second = await answer(registry)
         assert registry.default_version("swap") == 2 and version == 2
         np.testing.assert_allclose(softmax(second), two_versions.expected[2](SEQUENCE.tolist()), atol=1e-4, rtol=0)
