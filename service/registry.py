@@ -273,7 +273,7 @@ class ModelRegistry:
         for task in [self._task, self._poll_task, *self._operations]:
             if task is not None and not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):  # logged, or answered to its caller
                     await task
         await asyncio.gather(*(v.batcher.stop() for v in self.versions() if v.batcher is not None))
 
@@ -410,8 +410,13 @@ class ModelRegistry:
             raise Draining("the server is shutting down; the repository is left as it is")
         task = asyncio.get_running_loop().create_task(serialized(), name="repository-change")
         self._operations.add(task)
-        task.add_done_callback(self._operations.discard)
+        task.add_done_callback(self._operation_ended)
         return await asyncio.shield(task)
+
+    def _operation_ended(self, task: asyncio.Task[Any]) -> None:
+        self._operations.discard(task)
+        if not task.cancelled():
+            task.exception()  # NOTE: retrieved: the caller got it, or went away (the registry logged the failure)
 
     async def _add(self, entry: Entry) -> ModelVersion:
         """Load `entry` into a new record that replaces the one held (unloaded or failed), if any; the record

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from service.api import schemas
@@ -63,6 +64,10 @@ async def index(request: Request, ready: bool = False) -> Response:
     return json_response([row for row in rows if row["state"] == "READY" or not ready_only])
 
 
+async def _not_allowed() -> Response:
+    raise HTTPException(405, headers={"Allow": "GET, POST"})
+
+
 async def load_model(request: Request, name: str) -> Response:
     await app_state(request).registry.load_model(name)
     return Response(status_code=200)
@@ -87,17 +92,21 @@ def router(settings: Settings) -> APIRouter:
     """The index, and with `settings.repository_api` the load and unload routes."""
     routes = APIRouter(prefix="/v2/repository", tags=["repository"])
     body = {"$ref": f"#/components/schemas/{schemas.V2RepositoryIndexRequest.__name__}"}
-    routes.add_api_route(
-        "/index",
-        index,
-        methods=["GET", "POST"],
-        name="repository_index",
-        dependencies=[API_KEY],
-        response_model=list[schemas.V2RepositoryIndexEntry],
-        responses=schemas.errors(400, 401, 422, 500, v2=True),
-        openapi_extra={"requestBody": {"required": False, "content": {"application/json": {"schema": body}}}},
-        summary="Every model version, held or on disk, with its state",
-    )
+    # NOTE: a route per method, as one route for both would give both operations one OpenAPI id; a third
+    # answers the other methods, whose 405 would otherwise name only the first route's method in `Allow`.
+    for method in ("GET", "POST"):
+        routes.add_api_route(
+            "/index",
+            index,
+            methods=[method],
+            name=f"repository_index_{method.lower()}",
+            dependencies=[API_KEY],
+            response_model=list[schemas.V2RepositoryIndexEntry],
+            responses=schemas.errors(400, 401, 422, 500, v2=True),
+            openapi_extra={"requestBody": {"required": False, "content": {"application/json": {"schema": body}}}},
+            summary="Every model version, held or on disk, with its state",
+        )
+    routes.add_api_route("/index", _not_allowed, methods=["PUT", "PATCH", "DELETE", "OPTIONS"], include_in_schema=False)
     if not settings.repository_api:
         return routes
     if settings.admin_api_key is None and settings.api_key is None:

@@ -143,6 +143,10 @@ def test_a_failed_load_leaves_the_served_versions_alone(two_versions: TwoVersion
             registry.resolve("swap")
         assert registry.readiness() == (True, [])
 
+        shutil.rmtree(root / "swap" / "1")
+        await registry.load_model("swap")  # serves what is on disk: 3 again; 1 is gone, so forgotten
+        assert sorted(registry.model_versions("swap")) == [3] and registry.resolve("swap").version == 3
+
     with_registry(root, check)
 
 

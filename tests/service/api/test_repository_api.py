@@ -208,6 +208,8 @@ def test_the_management_routes_are_off_by_default(server: Server) -> None:
     index = httpx.get(f"{server.url}/v2/repository/index", timeout=10).json()
     assert {"name": "feat", "version": "2", "state": "READY", "reason": ""} in index
     assert httpx.get(f"{server.url}/v1/models/feat", timeout=10).json()["default_version"] == 2
+    other = httpx.request("OPTIONS", f"{server.url}/v2/repository/index", timeout=10)
+    assert other.status_code == 405 and other.headers["allow"] == "GET, POST" and other.json()["code"]
 
 
 @pytest.fixture(scope="module")
