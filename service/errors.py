@@ -49,6 +49,13 @@ class VersionNotFound(ServiceError):
     code = "version_not_found"
 
 
+class LoadFailed(ServiceError):
+    """A model version asked for could not be loaded; the message names each version and why.
+    The versions already served are untouched."""
+
+    code = "load_failed"
+
+
 class RetryableError(ServiceError):
     """The server can't take this request now; the client may retry later."""
 

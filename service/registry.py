@@ -2,6 +2,10 @@
 
 Loading runs in a background thread while HTTP already answers liveness;
 readiness turns true once every entry is loaded and warmed.
+
+Later, versions are loaded and unloaded while serving (`load_model`, `unload_version`,
+`poll`: the model repository extension): a new version takes requests only once warm, and
+a version being unloaded takes none while it finishes those it has.
 """
 
 from __future__ import annotations
@@ -9,18 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 from service.batching import Batcher, BatchPolicy
-from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
+from service.errors import Draining, LoadFailed, ModelNotFound, ModelNotReady, ServiceError, VersionNotFound
 from service.metrics import Metrics
 from service.model_json import NAME_PATTERN, VERSION_PATTERN, ModelJson, RuntimeKind
 from service.outputs import OutputFormatter
-from service.repository import Entry, scan_repository
+from service.repository import Entry, read_entry, scan_model, scan_repository, signature, version_dirs
 from service.runtime import (
     Runtime,
     RuntimeUnavailable,
@@ -34,7 +40,10 @@ from service.validation import InputValidator
 
 log = logging.getLogger(__name__)
 
-State = Literal["loading", "ready", "failed"]
+State = Literal["loading", "ready", "failed", "unloading", "unloaded"]
+"""unloading: finishing the requests it has, taking no new ones; unloaded: released, its directory still there."""
+
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -51,12 +60,31 @@ class ModelVersion:
     batcher: Batcher | None = field(default=None, repr=False)
     validator: InputValidator | None = field(default=None, repr=False)
     formatter: OutputFormatter | None = field(default=None, repr=False)
+    from_start_up: bool = True
+    """Loaded at start-up: failing then keeps readiness off. A later load's failure is answered to its caller,
+    shown in the index and logged, while the versions already served go on serving."""
+    signature: tuple[tuple[str, int, int], ...] = ()
+    """Its directory's files when last read: the poll retries a failed version once they change."""
 
-    def not_ready(self) -> ModelNotReady:
-        """The error for a request this version can't serve now (loading, or failed to load)."""
+    def not_ready(self) -> ServiceError:
+        """The error for a request this version can't serve now: loading or failed (503, retry later), or
+        being unloaded or unloaded (404: it is not coming back by itself)."""
         if self.state == "failed":
             return ModelNotReady(f"model {self.name}/{self.version} failed to load: {self.error}")
+        if self.state in ("unloading", "unloaded"):
+            verb = "is being unloaded" if self.state == "unloading" else "is unloaded"
+            return VersionNotFound(f"model {self.name} version {self.version} {verb}")
         return ModelNotReady(f"model {self.name}/{self.version} is still loading")
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of the repository index: a version the registry holds, or one only on disk (state None)."""
+
+    name: str
+    version: int
+    state: State | None
+    reason: str
 
 
 class ModelRegistry:
@@ -68,6 +96,9 @@ class ModelRegistry:
         self._draining = False
         self._drain_deadline: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._changing = asyncio.Lock()  # one load, unload or poll at a time, the start-up load included
+        self._operations: set[asyncio.Task[Any]] = set()  # loads and unloads under way, shielded from callers
+        self._poll_task: asyncio.Task[None] | None = None
 
     # -- lifecycle (owned by the app's lifespan) ---------------------------
 
@@ -75,7 +106,7 @@ class ModelRegistry:
         """Scan the repository now and load every entry in the background."""
         to_load: list[tuple[ModelVersion, Entry]] = []
         for entry in scan_repository(self._settings.repository):
-            version = ModelVersion(entry.name, entry.version, entry.spec)
+            version = ModelVersion(entry.name, entry.version, entry.spec, signature=signature(entry.path))
             self._models.setdefault(entry.name, {})[entry.version] = version
             if entry.ok:
                 to_load.append((version, entry))
@@ -90,19 +121,23 @@ class ModelRegistry:
             log.info("default model for POST /predict: %s", default)
         self._task = asyncio.get_running_loop().create_task(self._load_all(to_load), name="load-repository")
         self._task.add_done_callback(self._load_ended)
+        if self._settings.repository_poll_seconds > 0:
+            self._poll_task = asyncio.get_running_loop().create_task(self._poll_forever(), name="poll-repository")
+            self._poll_task.add_done_callback(self._load_ended)
 
     async def _load_all(self, to_load: list[tuple[ModelVersion, Entry]]) -> None:
         try:
-            for version, entry in to_load:
-                await self._load(version, entry)
+            async with self._changing:
+                for version, entry in to_load:
+                    await self._load(version, entry)
         finally:
             self._loading = False
             self._update_ready_metric()
             log.info("repository loaded: %s", self.readiness()[1] or "all models ready")
 
-    def _load_ended(self, task: asyncio.Task[None]) -> None:
+    def _load_ended(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("loading the repository failed", exc_info=task.exception())
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
 
     async def _load(self, version: ModelVersion, entry: Entry) -> None:
         assert entry.spec is not None
@@ -118,6 +153,9 @@ class ModelRegistry:
                 opener.shutdown(wait=False)
         except Exception as exc:
             self._fail(version, str(exc))
+            return
+        if self._draining:  # NOTE: a batcher started now would outlive `stop()`
+            self._fail(version, "the server is shutting down")
             return
         policy = BatchPolicy(
             max_batch_size=min(self._settings.max_batch_size, runtime.fixed_batch or self._settings.max_batch_size),
@@ -232,11 +270,201 @@ class ModelRegistry:
 
     async def stop(self) -> None:
         self.begin_drain()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, self._poll_task, *self._operations]:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):  # logged, or answered to its caller
+                    await task
         await asyncio.gather(*(v.batcher.stop() for v in self.versions() if v.batcher is not None))
+
+    # -- the repository while serving (load, unload, poll) -------------------
+
+    async def load_model(self, name: str) -> None:
+        """Re-read `<repository>/<name>/` and serve what it holds: each version not served (new, unloaded or
+        failed) is loaded and warmed, and only then takes requests (the highest ready one by default); versions
+        already served are kept as they are; versions whose directory is gone are unloaded. Raises
+        `ModelNotFound` without the directory, and `LoadFailed` naming each version that failed and why."""
+        if not NAME_PATTERN.match(name):
+            raise ModelNotFound(f"model '{name}' not found")
+        await self._operation(self._load_model(name))
+
+    async def _load_model(self, name: str) -> None:
+        root = self._settings.repository
+        if not (root / name).is_dir():
+            raise ModelNotFound(f"model '{name}' has no directory in the repository")
+        entries = await asyncio.to_thread(scan_model, root, name)
+        failures: list[str] = []
+        for entry in entries:
+            held = self._models.get(name, {}).get(entry.version)
+            if held is not None and held.state == "ready":
+                continue
+            version = await self._add(entry)
+            if version.state == "failed":
+                failures.append(f"{name}/{version.version}: {version.error}")
+        on_disk = {entry.version for entry in entries}
+        for version in [v for number, v in self._models.get(name, {}).items() if number not in on_disk]:
+            await self._unload(version, forget=True)
+        if not entries:
+            raise LoadFailed(f"model '{name}' has no version directory (<repository>/{name}/<version>/)")
+        if failures:
+            raise LoadFailed(f"failed to load {'; '.join(failures)}")
+
+    async def load_version(self, name: str, version: str) -> None:
+        """Load one version from its directory, as `load_model` does for each (a no-op when it is served)."""
+        if not NAME_PATTERN.match(name):
+            raise ModelNotFound(f"model '{name}' not found")
+        if not VERSION_PATTERN.match(version):
+            raise VersionNotFound(f"model '{name}' has no version '{version}'")
+        await self._operation(self._load_version(name, int(version)))
+
+    async def _load_version(self, name: str, number: int) -> None:
+        path = self._settings.repository / name / str(number)
+        if not path.is_dir():
+            raise VersionNotFound(f"model '{name}' has no directory for version {number} in the repository")
+        current = self._models.get(name, {}).get(number)
+        if current is not None and current.state == "ready":
+            return
+        version = await self._add(await asyncio.to_thread(read_entry, name, number, path))
+        if version.state == "failed":
+            raise LoadFailed(f"failed to load {name}/{number}: {version.error}")
+
+    async def unload_model(self, name: str) -> None:
+        """Unload every version of a model (see `unload_version`); it stays listed, as unloaded."""
+        self.model_versions(name)  # raises ModelNotFound
+        await self._operation(self._unload_model(name))
+
+    async def _unload_model(self, name: str) -> None:
+        versions = list(self._models.get(name, {}).values())
+        for version in versions:
+            version.state = "unloading" if version.batcher is not None else version.state
+        await asyncio.gather(*(self._unload(version, forget=False) for version in versions))
+
+    async def unload_version(self, name: str, version: str) -> None:
+        """Take the version out of service at once (no new request goes to it; another version becomes the
+        default), let every request it has finish, then release it. Unloaded, it stays listed while its
+        directory is there; `load_*` serves it again. Waits at most the grace period for its requests."""
+        found = self.lookup(name, version)
+        await self._operation(self._unload(found, forget=False))
+
+    async def poll(self) -> None:
+        """Follow the repository on disk: load each version directory the registry does not hold (and retry a
+        failed one whose files changed), then unload and forget each version whose directory is gone.
+        Versions unloaded on request stay unloaded. Failures are logged and shown in the index."""
+        await self._operation(self._poll())
+
+    async def _poll(self) -> None:
+        root = self._settings.repository
+        on_disk = await asyncio.to_thread(_signatures, root)
+        held = {(v.name, v.version): v for v in self.versions()}
+        for (name, number), (path, files) in sorted(on_disk.items()):
+            known = held.get((name, number))
+            if known is None or (known.state == "failed" and known.signature != files):
+                version = await self._add(await asyncio.to_thread(read_entry, name, number, path))
+                if version.state == "ready":
+                    log.info("poll: serving %s/%s", name, number)
+        for key, version in held.items():
+            if key not in on_disk:
+                log.info("poll: %s/%s is gone from the repository: unloading it", *key)
+                await self._unload(version, forget=True)
+
+    async def _poll_forever(self) -> None:
+        while not self._draining:
+            await asyncio.sleep(self._settings.repository_poll_seconds)
+            try:
+                await self.poll()
+            except Draining:
+                return
+            except Exception:  # NOTE: one bad poll (e.g. the repository briefly unreadable) must not end them all
+                log.exception("polling the repository %s failed", self._settings.repository)
+
+    async def index(self) -> list[IndexEntry]:
+        """Every version the registry holds and every version directory on disk, by name then version."""
+        rows: dict[tuple[str, int], IndexEntry] = {}
+        try:
+            on_disk = await asyncio.to_thread(version_dirs, self._settings.repository, warn=False)
+        except OSError as exc:
+            log.warning("could not list the repository %s: %s", self._settings.repository, exc)
+            on_disk = {}
+        for name, number in on_disk:
+            rows[name, number] = IndexEntry(name, number, None, "not loaded")
+        for v in self.versions():
+            reason = {"failed": v.error or "failed", "unloaded": "unloaded"}.get(v.state, "")
+            rows[v.name, v.version] = IndexEntry(v.name, v.version, v.state, reason)
+        return [rows[key] for key in sorted(rows)]
+
+    async def _operation(self, change: Coroutine[Any, Any, T]) -> T:
+        """Run a change of what is served, one at a time, refused while draining. It runs as a task of the
+        registry's: a caller that goes away (a client disconnecting) does not stop it halfway."""
+
+        async def serialized() -> T:
+            async with self._changing:
+                if self._draining:
+                    raise Draining("the server is shutting down; the repository is left as it is")
+                try:
+                    return await change
+                finally:
+                    self._update_ready_metric()
+
+        if self._draining:
+            change.close()
+            raise Draining("the server is shutting down; the repository is left as it is")
+        task = asyncio.get_running_loop().create_task(serialized(), name="repository-change")
+        self._operations.add(task)
+        task.add_done_callback(self._operation_ended)
+        return await asyncio.shield(task)
+
+    def _operation_ended(self, task: asyncio.Task[Any]) -> None:
+        self._operations.discard(task)
+        if not task.cancelled():
+            task.exception()  # NOTE: retrieved: the caller got it, or went away (the registry logged the failure)
+
+    async def _add(self, entry: Entry) -> ModelVersion:
+        """Load `entry` into a new record that replaces the one held (unloaded or failed), if any; the record
+        takes requests once loaded and warmed. Its state says how it went."""
+        previous = self._models.get(entry.name, {}).get(entry.version)
+        assert previous is None or previous.state in ("failed", "unloaded"), previous
+        version = ModelVersion(
+            entry.name,
+            entry.version,
+            entry.spec,
+            from_start_up=previous is not None and previous.from_start_up and previous.state == "failed",
+            signature=await asyncio.to_thread(signature, entry.path),
+        )
+        self._models.setdefault(entry.name, {})[entry.version] = version
+        log.info("loading %s/%s", entry.name, entry.version)
+        if entry.ok:
+            await self._load(version, entry)
+        else:
+            self._fail(version, entry.error or "invalid entry")
+        return version
+
+    async def _unload(self, version: ModelVersion, *, forget: bool) -> None:
+        """Stop routing requests to `version`, wait (at most the grace period) until every request it admitted
+        is answered, bodies still being read included, then stop its batcher and drop its runtime."""
+        batcher, runtime = version.batcher, version.runtime
+        if batcher is not None and runtime is not None:
+            version.state = "unloading"  # from here `resolve` never returns it
+            log.info("unloading %s/%s: finishing its requests", version.name, version.version)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._settings.grace_period_seconds
+            # NOTE: polled, not `batcher.drain()`: a request still reading its body is not queued yet.
+            while batcher.busy and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            if batcher.busy:
+                log.warning("%s/%s: grace period over with requests left: they get 503", version.name, version.version)
+            await batcher.stop()
+            version.batcher = version.runtime = None
+            with contextlib.suppress(KeyError):
+                labels = (version.name, str(version.version), runtime.device, runtime.name)
+                self._metrics.model_info.remove(*labels)
+            log.info("unloaded %s/%s", version.name, version.version)
+        version.state, version.error = "unloaded", None
+        if forget:
+            versions = self._models.get(version.name, {})
+            if versions.get(version.version) is version:
+                del versions[version.version]
+            if not versions:
+                self._models.pop(version.name, None)
 
     # -- queries -------------------------------------------------------------
 
@@ -264,7 +492,11 @@ class ModelRegistry:
             reasons.append("loading models")
         if not self._models:
             reasons.append("no models in the repository")
-        reasons += [f"{v.name}/{v.version} failed: {v.error}" for v in self.versions() if v.state == "failed"]
+        reasons += [
+            f"{v.name}/{v.version} failed: {v.error}"
+            for v in self.versions()
+            if v.state == "failed" and v.from_start_up  # a later load's failure leaves the others serving
+        ]
         if not self._draining:
             reasons += [
                 f"{v.name}/{v.version}: batcher stopped"
@@ -288,10 +520,16 @@ class ModelRegistry:
         return max(ready) if ready else None
 
     def lookup(self, name: str, version: str | int | None = None) -> ModelVersion:
-        """A version in any state: pinned, else the default one, else the highest."""
+        """A version in any state: pinned, else the default one, else the highest not unloaded."""
         versions = self.model_versions(name)
         if version is None:
-            return versions[self.default_version(name) or max(versions)]
+            default = self.default_version(name)
+            if default is not None:
+                return versions[default]
+            present = [n for n, v in versions.items() if v.state not in ("unloading", "unloaded")]
+            if not present:
+                raise ModelNotFound(f"model '{name}' is not loaded (every version was unloaded)")
+            return versions[max(present)]
         if isinstance(version, str):
             if not VERSION_PATTERN.match(version):
                 raise VersionNotFound(f"model '{name}' has no version '{version}'")
@@ -311,6 +549,11 @@ class ModelRegistry:
         if found.state != "ready":
             raise found.not_ready()
         return found
+
+
+def _signatures(root: Path) -> dict[tuple[str, int], tuple[Path, tuple[tuple[str, int, int], ...]]]:
+    """Each version directory under `root` with the signature of its files."""
+    return {key: (path, signature(path)) for key, path in version_dirs(root, warn=False).items()}
 
 
 def _check_outputs(spec: ModelJson, runtime: Runtime) -> None:

@@ -36,21 +36,45 @@ class Entry:
 
 def scan_repository(root: Path) -> list[Entry]:
     """Every entry under `root`, sorted by name then version; broken ones carry `error`."""
-    entries: list[Entry] = []
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    return [read_entry(name, version, path) for (name, version), path in sorted(version_dirs(root).items())]
+
+
+def scan_model(root: Path, name: str) -> list[Entry]:
+    """The entries of one model, `<root>/<name>/<version>`, sorted by version; [] without its directory."""
+    found = version_dirs(root, only=name)
+    return [read_entry(name, version, found[name, version]) for name, version in sorted(found)]
+
+
+def version_dirs(root: Path, *, only: str | None = None, warn: bool = True) -> dict[tuple[str, int], Path]:
+    """Every `<root>/<name>/<version>` directory by (name, version), without reading any of it; of
+    model `only` when given. Hidden directories and names that are no model name or version are skipped
+    (logged when `warn`): publish a version by renaming a finished directory into place."""
+    found: dict[tuple[str, int], Path] = {}
+    models = [root / only] if only is not None else list(root.iterdir())
+    for model_dir in sorted(p for p in models if p.is_dir() and not p.name.startswith(".")):
         if not NAME_PATTERN.match(model_dir.name):
-            log.warning("skipping %s: not a valid model name (%s)", model_dir, NAME_PATTERN.pattern)
+            if warn:
+                log.warning("skipping %s: not a valid model name (%s)", model_dir, NAME_PATTERN.pattern)
             continue
         for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if not VERSION_PATTERN.match(version_dir.name):
-                log.warning("skipping %s: versions are positive integers", version_dir)
+                if warn:
+                    log.warning("skipping %s: versions are positive integers", version_dir)
                 continue
-            entries.append(_read_entry(model_dir.name, int(version_dir.name), version_dir))
-    entries.sort(key=lambda e: (e.name, e.version))
-    return entries
+            found[model_dir.name, int(version_dir.name)] = version_dir
+    return found
 
 
-def _read_entry(name: str, version: int, path: Path) -> Entry:
+def signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when an entry's files change: each file's name, size and modification time."""
+    try:
+        stats = [(p.name, p.stat()) for p in path.iterdir() if p.is_file()]
+    except OSError:
+        return ()
+    return tuple(sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats))
+
+
+def read_entry(name: str, version: int, path: Path) -> Entry:
     def broken(reason: str) -> Entry:
         return Entry(name, version, path, None, {}, reason)
 

@@ -120,3 +120,16 @@ class Settings(BaseSettings):
 
     access_log: bool = False
     """Log one line per HTTP request (uvicorn's access log)."""
+
+    repository_api: bool = False
+    """Serve `POST /v2/repository/models/{name}/load` and `.../unload` (Triton's model repository extension). Off:
+    those routes do not exist, as loading and unloading changes what every client is answered (the read-only
+    `/v2/repository/index` is always served)."""
+
+    admin_api_key: SecretStr | None = None
+    """When set, the repository's load and unload routes need this key (`Authorization: Bearer <key>` or
+    `X-API-Key: <key>`) and the inference key is refused there; unset, they need `api_key` when that is set."""
+
+    repository_poll_seconds: float = Field(default=0.0, ge=0.0, le=3600.0)
+    """Re-read the repository this often: a new version directory is loaded, warmed and then served; a removed one
+    finishes its queued work and is released. 0: off."""

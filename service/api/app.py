@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
-from service.api import health, schemas, v1, v2
+from service.api import health, repository, schemas, v1, v2
 from service.api.errors import install_handlers
 from service.api.routes import INFER, PREDICT, inference_router
 from service.api.state import AppState
@@ -53,6 +53,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(inference_router(INFER))
+    app.include_router(repository.router(settings))
     _describe_request_bodies(app, api_key_required=api_key is not None)
     return app
 

@@ -21,7 +21,11 @@ async def require_api_key(request: Request) -> None:
 
     NOTE: async on purpose: FastAPI runs a plain `def` dependency in a worker thread.
     """
-    expected = app_state(request).api_key
+    check_key(request, app_state(request).api_key)
+
+
+def check_key(request: Request, expected: bytes | None) -> None:
+    """Raise `Unauthorized` unless the request carries `expected` (a no-op when it is None)."""
     if expected is None:
         return
     given = request.headers.get("x-api-key")

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 STATUS: dict[type[errors.ServiceError], int] = {
     errors.InvalidJSON: 400,
+    errors.LoadFailed: 400,
     errors.Unauthorized: 401,
     errors.ModelNotFound: 404,
     errors.VersionNotFound: 404,

@@ -68,7 +68,7 @@ class PredictResponse(BaseModel):
 
 class VersionInfo(BaseModel):
     version: int
-    state: Literal["loading", "ready", "failed"]
+    state: Literal["loading", "ready", "failed", "unloading", "unloaded"]
     runtime: str | None = None
     device: str | None = None
     device_reason: str | None = None
@@ -136,6 +136,19 @@ class V2Ready(BaseModel):
 class V2ModelReady(BaseModel):
     name: str
     ready: bool
+
+
+class V2RepositoryIndexRequest(BaseModel):
+    ready: bool = Field(default=False, description="List only the versions ready for inference.")
+
+
+class V2RepositoryIndexEntry(BaseModel):
+    """One model version in the repository, in the shape of Triton's model repository extension."""
+
+    name: str
+    version: str
+    state: Literal["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]
+    reason: str = Field(description="Why it is not ready: the load error, `unloaded`, or `not loaded`; else empty.")
 
 
 class V2TensorMetadata(BaseModel):
@@ -221,7 +234,7 @@ class V2InferResponse(BaseModel):
     outputs: list[V2InferOutput]
 
 
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (PredictRequest, V2InferRequest)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (PredictRequest, V2InferRequest, V2RepositoryIndexRequest)
 
 
 def request_body(model: type[BaseModel]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from service.api.routes import add_model_routes
 from service.api.state import app_state
 from service.v2_metadata import PLATFORMS, model_tensors
 
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_repository")
 """Protocol extensions this server implements, by the names Triton reports them under."""
 
 health = APIRouter(prefix="/v2", tags=["v2"])

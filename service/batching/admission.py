@@ -26,6 +26,11 @@ class Admission:
         self._mean_sequences = 0.0  # per request: the mean of the first ten, then a moving average
         self._mean_tokens = 0.0  # time steps per request, likewise
 
+    @property
+    def reading_requests(self) -> int:
+        """Requests admitted by `reading()` whose bodies are still being read."""
+        return self._reading
+
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:
         """Admit a request before its body is read and parsed, or raise `Overloaded` / `Draining` at once.

@@ -150,6 +150,12 @@ class Batcher:
         return self._queue.sequences
 
     @property
+    def busy(self) -> bool:
+        """Whether a request admitted here is unanswered: its body being read (`reading()`), queued or
+        computing. Unlike `drain()`, this counts the requests still reading, which submit later."""
+        return self._admission.reading_requests > 0 or not self._idle.is_set()
+
+    @property
     def running(self) -> bool:
         """False once the task that owns the queue has ended (stopped or crashed)."""
         return self._task is not None and not self._task.done()

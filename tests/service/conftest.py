@@ -116,3 +116,46 @@ def build_test_repository(root: Path) -> dict[str, Reference]:
     meta["version"] = 2
     (root / "feat" / "2" / "model.json").write_text(json.dumps(meta))
     return references
+
+
+@dataclass(frozen=True)
+class TwoVersions:
+    """Model `swap` (a feature classifier) in two versions with different weights, each exported by
+    seqserve's exporter into a staging folder: `<staging>/swap/<version>`. Tests copy them into a
+    repository of their own. `expected[v](seq)`: version v's probabilities for one sequence alone."""
+
+    staging: Path
+    expected: dict[int, Callable[[Any], np.ndarray]]
+    features: int = 5
+    max_length: int = 20
+
+
+@pytest.fixture(scope="session")
+def two_versions(tmp_path_factory: pytest.TempPathFactory) -> TwoVersions:
+    import torch
+
+    from models.export import export_model
+    from models.reference import ReferenceModel
+    from models.spec import ModelSpec
+    from models.stack import SequenceModel
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    staging = tmp_path_factory.mktemp("two-versions")
+    spec = ModelSpec(name="swap", task="classification", cell="lstm", hidden_size=8, num_layers=1, input_size=5,
+                     max_length=20, num_outputs=3, labels=("a", "b", "c"), readout="last")
+    expected: dict[int, Callable[[Any], np.ndarray]] = {}
+    for version in (1, 2):
+        torch.manual_seed(100 + version)
+        model = SequenceModel(spec).eval()
+        export_model(model, staging, version=version, batches=5)
+        reference = ReferenceModel(model)
+
+        def run(seq: Any, reference: ReferenceModel = reference) -> np.ndarray:
+            logits = reference(torch.tensor([seq], dtype=torch.float32))[0].numpy().astype(np.float64)
+            exp = np.exp(logits - logits.max())
+            result: np.ndarray = exp / exp.sum()
+            return result
+
+        expected[version] = run
+    return TwoVersions(staging, expected)

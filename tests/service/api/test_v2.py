@@ -26,6 +26,7 @@ def test_server_health_and_metadata(client: httpx.Client) -> None:
     metadata = client.get("/v2").json()
     assert metadata["name"] == "seqserve" and isinstance(metadata["extensions"], list)
     assert "binary_tensor_data" in metadata["extensions"]  # inputs and outputs
+    assert "model_repository" in metadata["extensions"]  # the index always; load and unload when turned on
 
 
 def test_model_metadata_and_readiness(client: httpx.Client) -> None:
