@@ -14,10 +14,13 @@ import math
 import resource
 import signal
 import socket
+import sys
 from types import FrameType
 
 import uvicorn
 
+from service.grpc import GrpcServer, start_grpc_server
+from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
 from service.wire import ConnectionLimits, http_protocol
@@ -29,9 +32,21 @@ FD_RESERVE = 256
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, registry: ModelRegistry, grace_period_seconds: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        registry: ModelRegistry,
+        grace_period_seconds: float,
+        *,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
         super().__init__(config)
         self._registry = registry
+        self._settings = settings
+        self._metrics = metrics
+        self._grpc: GrpcServer | None = None
+        self._failed = False
         self._grace = grace_period_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Task[None] | None = None
@@ -40,6 +55,26 @@ class DrainingServer(uvicorn.Server):
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+        if self._failed:
+            sys.exit(1)  # after a clean shutdown, as uvicorn exits when its own port is taken
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's startup (the lifespan starts the registry, then the HTTP listener), then the gRPC server."""
+        await super().startup(sockets)
+        if not self.should_exit and self._settings.grpc_port:
+            try:
+                self._grpc = await start_grpc_server(
+                    self._registry, self._settings, self._metrics, self._settings.grpc_port
+                )
+            except OSError as exc:  # the port is taken: stop, with the HTTP side, and exit 1
+                log.error("%s", exc)
+                self._failed = self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """gRPC stops first, its in-flight RPCs given what is left of the grace period; then uvicorn's shutdown."""
+        if self._grpc is not None:
+            await self._grpc.stop(max(1.0, float(self.config.timeout_graceful_shutdown or 1)))
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining or self._loop is None or sig not in (signal.SIGTERM, signal.SIGINT):
@@ -52,6 +87,8 @@ class DrainingServer(uvicorn.Server):
     def _start_drain(self, name: str) -> None:
         log.info("%s received: draining (readiness off, no new requests, grace %.1f s)", name, self._grace)
         self._registry.begin_drain()
+        if self._grpc is not None:
+            self._grpc.begin_drain()
         self._drain = asyncio.get_running_loop().create_task(self._drain_then_exit(), name="drain")
 
     async def _drain_then_exit(self) -> None:
@@ -90,8 +127,9 @@ def serve(settings: Settings) -> None:
         server_header=False,
         http=http_protocol(limits),
     )
-    registry: ModelRegistry = app.state.seqserve.registry
-    DrainingServer(config, registry, settings.grace_period_seconds).run()
+    state = app.state.seqserve
+    registry: ModelRegistry = state.registry
+    DrainingServer(config, registry, settings.grace_period_seconds, settings=settings, metrics=state.metrics).run()
 
 
 def fit_fd_limit(max_connections: int) -> None:

@@ -133,3 +133,6 @@ class Settings(BaseSettings):
     repository_poll_seconds: float = Field(default=0.0, ge=0.0, le=3600.0)
     """Re-read the repository this often: a new version directory is loaded, warmed and then served; a removed one
     finishes its queued work and is released. 0: off."""
+
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """Port of the Open Inference Protocol over gRPC (tritonclient.grpc, KServe); 0: off."""

@@ -63,7 +63,7 @@ def run_server(
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SEQSERVE_")}
-    environment.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})})
+    environment.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "SEQSERVE_GRPC_PORT": "0", **(env or {})})
     command = [sys.executable, "-m", "service", "--repository", str(repository), "--port", str(port), *flags]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)

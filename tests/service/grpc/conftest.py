@@ -1,4 +1,4 @@
-"""Servers for gRPC tests: seqserve over HTTP and gRPC (`launcher.py`) on 127.0.0.1, killed by PID."""
+"""Servers for gRPC tests: `python -m service` over HTTP and gRPC (`SEQSERVE_GRPC_PORT`) on 127.0.0.1, killed by PID."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import tritonclient.grpc as triton
 from tests.service.api.conftest import ROOT, START_TIMEOUT_SECONDS, Server, _wait_until_up, free_port, stop
 from tests.service.conftest import BuiltRepository
 
-LAUNCHER = Path(__file__).with_name("launcher.py")
 API_KEY = "grpc-test-key"
 SMALL_BODY_BYTES = 4096
 
@@ -36,18 +35,10 @@ def run_servers(repository: Path, *flags: str, log_dir: Path, env: dict[str, str
     http_port, grpc_port = free_port(), free_port()
     log_path = log_dir / f"server-{http_port}.log"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SEQSERVE_")}
-    environment.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})})
-    command = [
-        sys.executable,
-        str(LAUNCHER),
-        "--grpc-port",
-        str(grpc_port),
-        "--repository",
-        str(repository),
-        "--port",
-        str(http_port),
-        *flags,
-    ]
+    environment.update(
+        {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "SEQSERVE_GRPC_PORT": str(grpc_port), **(env or {})}
+    )
+    command = [sys.executable, "-m", "service", "--repository", str(repository), "--port", str(http_port), *flags]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
     servers = Servers(Server(process, f"http://127.0.0.1:{http_port}", log_path), f"127.0.0.1:{grpc_port}")
