@@ -6,6 +6,7 @@ import logging
 
 from grpc import aio
 
+from service.grpc.health import HealthServicer, add_health
 from service.grpc.servicer import InferenceServicer, add_servicer
 from service.metrics import Metrics
 from service.registry import ModelRegistry
@@ -45,13 +46,23 @@ async def start_grpc_server(registry: ModelRegistry, settings: Settings, metrics
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", -1),  # answers are bounded by the request's sequences
+            # NOTE: grpcio listens with SO_REUSEPORT by default: a second server on a port one already holds
+            # would start without error and the kernel would share the connections between them (two seqserve
+            # processes answering each other's clients). Off, a taken port fails the start as uvicorn's does.
+            ("grpc.so_reuseport", 0),
         ]
     )
     api_key = settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
+    admin_key = settings.admin_api_key.get_secret_value().encode() if settings.admin_api_key is not None else None
     servicer = InferenceServicer(
-        registry, metrics, api_key=api_key, request_timeout_seconds=settings.request_timeout_seconds
+        registry,
+        metrics,
+        api_key=api_key,
+        admin_api_key=admin_key,
+        request_timeout_seconds=settings.request_timeout_seconds,
     )
-    add_servicer(servicer, server)
+    add_servicer(servicer, server, repository_api=settings.repository_api)
+    add_health(HealthServicer(servicer.ready), server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
         bound = server.add_insecure_port(f"{host}:{port}")

@@ -1,5 +1,6 @@
 """`inference.GRPCInferenceService`: the Open Inference Protocol over gRPC, over the same registry,
-validator, batcher and formatter as HTTP.
+validator, batcher and formatter as HTTP, and Triton's model repository extension over the same registry
+methods as `service.api.repository`.
 
 Each RPC takes the HTTP edge's path (`service.api.inference.serve`) in the same order: API key (not for
 liveness and readiness), refuse while draining, resolve the model, read, validate, wait for the batcher,
@@ -10,14 +11,14 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc import aio
 
 from service import __version__
-from service.errors import Draining, ModelNotReady, ServiceError, Unauthorized
+from service.errors import Draining, InvalidInput, ModelNotReady, ServiceError, Unauthorized
 from service.grpc import tensors
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.status import failure_for
@@ -33,13 +34,31 @@ Response = TypeVar("Response")
 Context = aio.ServicerContext[Any, Any]
 
 
+TRITON_STATES = {"ready": "READY", "loading": "LOADING", "unloading": "UNLOADING"}
+"""Triton's state names, as the HTTP index gives them; every other state (failed, unloaded, only on disk) is
+UNAVAILABLE."""
+
+VERSION_PARAMETER = "version"
+"""Load or unload parameter (string or int64): that version only, as HTTP's `.../versions/{version}/load`."""
+
+IGNORED_PARAMETERS = frozenset({"unload_dependents"})
+"""Parameters tritonclient sends that mean nothing here: no model depends on another."""
+
+
 class InferenceServicer:
     def __init__(
-        self, registry: ModelRegistry, metrics: Metrics, *, api_key: bytes | None, request_timeout_seconds: float
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        *,
+        api_key: bytes | None,
+        request_timeout_seconds: float,
+        admin_api_key: bytes | None = None,
     ) -> None:
         self._registry = registry
         self._metrics = metrics
         self._api_key = api_key
+        self._admin_key = admin_api_key if admin_api_key is not None else api_key
         self._timeout = request_timeout_seconds
         self.draining = False  # set by the server's begin_drain(); the registry's own flag counts too
 
@@ -49,7 +68,7 @@ class InferenceServicer:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._registry.readiness()[0] and not self._draining())
+        return pb.ServerReadyResponse(ready=self.ready())
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         try:
@@ -119,15 +138,71 @@ class InferenceServicer:
             if labels[0]:
                 self._metrics.grpc_request_latency.labels(*labels).observe(time.perf_counter() - started)
 
+    # -- the model repository extension ---------------------------------------
+
+    async def repository_index(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        """Every model version held or on disk, with Triton's state names; only the ready ones with `ready`."""
+        try:
+            self._authorize(context)
+            rows = await self._registry.index()
+        except ServiceError as exc:
+            await _abort(context, exc)
+        answer = pb.RepositoryIndexResponse()
+        for row in rows:
+            state = TRITON_STATES.get(row.state or "", "UNAVAILABLE")
+            if state == "READY" or not request.ready:
+                answer.models.add(name=row.name, version=str(row.version), state=state, reason=row.reason)
+        return answer
+
+    async def repository_model_load(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        """`registry.load_model`, or `load_version` with the `version` parameter; answered once loaded and
+        warmed (or failed)."""
+        try:
+            self._authorize(context, admin=True)
+            version = _version_parameter(request.parameters)
+            if version is None:
+                await self._registry.load_model(request.model_name)
+            else:
+                await self._registry.load_version(request.model_name, version)
+        except ServiceError as exc:
+            await _abort(context, exc)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        """`registry.unload_model`, or `unload_version` with the `version` parameter; answered once the
+        version(s) have answered their requests and are released."""
+        try:
+            self._authorize(context, admin=True)
+            version = _version_parameter(request.parameters)
+            if version is None:
+                await self._registry.unload_model(request.model_name)
+            else:
+                await self._registry.unload_version(request.model_name, version)
+        except ServiceError as exc:
+            await _abort(context, exc)
+        return pb.RepositoryModelUnloadResponse()
+
     # -- helpers ---------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Ready for inference: the registry's readiness (models loaded, not draining) and not draining here."""
+        return self._registry.readiness()[0] and not self._draining()
 
     def _draining(self) -> bool:
         return self.draining or self._registry.draining
 
-    def _authorize(self, context: Context) -> None:
+    def _authorize(self, context: Context, *, admin: bool = False) -> None:
         """`authorization: Bearer <key>` or `x-api-key: <key>` in the call's metadata, compared in constant
-        time, as the HTTP edge checks its headers; a no-op when no key is configured."""
-        if self._api_key is None:
+        time, as the HTTP edge checks its headers; a no-op when no key is configured. `admin`: the repository's
+        load and unload, behind `admin_api_key` when set (the inference key is then refused), else the API key."""
+        expected = self._admin_key if admin else self._api_key
+        if expected is None:
             return
         metadata = {key.lower(): value for key, value in context.invocation_metadata() or ()}
         given = metadata.get("x-api-key")
@@ -136,8 +211,23 @@ class InferenceServicer:
             given = credentials.strip() if scheme.lower() == "bearer" else None
         if isinstance(given, str):
             given = given.encode()
-        if given is None or not hmac.compare_digest(given, self._api_key):
+        if given is None or not hmac.compare_digest(given, expected):
             raise Unauthorized("a valid API key is required (metadata authorization: Bearer <key>, or x-api-key)")
+
+
+def _version_parameter(parameters: Mapping[str, pb.ModelRepositoryParameter]) -> str | None:
+    """The `version` parameter as text (None: the whole model); INVALID_ARGUMENT for parameters seqserve
+    can't honour (Triton's `config` and `file:<version>/<name>` overrides: seqserve loads only what is on disk)."""
+    version: str | None = None
+    for name, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if name == VERSION_PARAMETER and choice in ("string_param", "int64_param"):
+            version = str(getattr(parameter, choice))
+        elif name == VERSION_PARAMETER:
+            raise InvalidInput("parameter 'version': must be a string or int64")
+        elif name not in IGNORED_PARAMETERS:
+            raise InvalidInput(f"parameter '{name}' is not supported: seqserve loads a model from its directory")
+    return version
 
 
 async def _abort(context: Context, exc: BaseException) -> NoReturn:
@@ -145,8 +235,9 @@ async def _abort(context: Context, exc: BaseException) -> NoReturn:
     await context.abort(failure.code, failure.details, failure.metadata)
 
 
-def add_servicer(servicer: InferenceServicer, server: aio.Server) -> None:
-    """Register `servicer`'s methods under `SERVICE`."""
+def add_servicer(servicer: InferenceServicer, server: aio.Server, *, repository_api: bool = False) -> None:
+    """Register `servicer`'s methods under `SERVICE`; the repository's load and unload only with
+    `repository_api` (otherwise they are UNIMPLEMENTED, as the HTTP routes do not exist)."""
 
     def unary(
         method: Callable[[Request, Context], Awaitable[Response]],
@@ -174,5 +265,21 @@ def add_servicer(servicer: InferenceServicer, server: aio.Server) -> None:
         "ModelInfer": unary(
             servicer.model_infer, pb.ModelInferRequest.FromString, pb.ModelInferResponse.SerializeToString
         ),
+        "RepositoryIndex": unary(
+            servicer.repository_index,
+            pb.RepositoryIndexRequest.FromString,
+            pb.RepositoryIndexResponse.SerializeToString,
+        ),
     }
+    if repository_api:
+        handlers["RepositoryModelLoad"] = unary(
+            servicer.repository_model_load,
+            pb.RepositoryModelLoadRequest.FromString,
+            pb.RepositoryModelLoadResponse.SerializeToString,
+        )
+        handlers["RepositoryModelUnload"] = unary(
+            servicer.repository_model_unload,
+            pb.RepositoryModelUnloadRequest.FromString,
+            pb.RepositoryModelUnloadResponse.SerializeToString,
+        )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

@@ -16,6 +16,7 @@ STATUS: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.InvalidJSON: grpc.StatusCode.INVALID_ARGUMENT,
     errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     errors.UnsupportedMediaType: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.LoadFailed: grpc.StatusCode.INVALID_ARGUMENT,  # HTTP's 400, as Triton answers a failed load
     errors.Unauthorized: grpc.StatusCode.UNAUTHENTICATED,
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.VersionNotFound: grpc.StatusCode.NOT_FOUND,
