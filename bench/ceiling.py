@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     runtimes = {}
     for layout in args.layouts.split(","):
         concurrency, threads = LAYOUTS[layout](cores)
-        runtimes[layout] = OnnxRuntime(entry.files["onnx"], spec, device="cpu", threads=threads, concurrency=concurrency)
+        runtimes[layout] = OnnxRuntime(
+            entry.files["onnx"], spec, device="cpu", threads=threads, concurrency=concurrency
+        )
     workload = Workload.generate(ModelInput.read(entry.path / "model.json"), args.count)
     pad_value: float | int = 0.0
     if spec.input.tokenizer is not None:

@@ -25,7 +25,10 @@ def encode_requests(
     """Whole HTTP/1.1 requests; a `(body, header_length)` pair uses the V2 binary extension."""
     out = []
     for item in bodies:
-        body, extra = (item, "") if isinstance(item, bytes) else (item[0], f"Inference-Header-Content-Length: {item[1]}\r\n")
+        if isinstance(item, bytes):
+            body, extra = item, ""
+        else:
+            body, extra = item[0], f"Inference-Header-Content-Length: {item[1]}\r\n"
         kind = content_type if not extra else "application/octet-stream"
         head = (
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {kind}\r\n{extra}"

@@ -81,7 +81,8 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
     ]
     for r in summary["closed"]:
         lines.append(
-            f"| c={r['concurrency']} | {_f(r['seqserve_seq_s'])} | {r['to_ceiling']:.2f} | {r['to_ceiling_window']:.2f} "
+            f"| c={r['concurrency']} | {_f(r['seqserve_seq_s'])} | {r['to_ceiling']:.2f} "
+            f"| {r['to_ceiling_window']:.2f} "
             f"| {r['to_floor']:.2f} | {r['seqserve_p50_ms']:.1f} | {r['seqserve_p99_ms']:.1f} | {_f(r['floor_seq_s'])} "
             f"| {r['floor_p50_ms']:.1f} | {r['floor_p99_ms']:.1f} | {r['p50_to_floor']:.2f} "
             f"| {100 * r['other_processes_cpu_share']:.0f}% |"
@@ -92,7 +93,8 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
         f"Open loop (fixed offered rates; saturation = seqserve's best closed-loop rate, "
         f"{_f(ref['saturation_seq_s'])} seq/s; latency from each request's scheduled start):",
         "",
-        "| offered seq/s | share of saturation | server | answered seq/s | p50 ms | p99 ms | p99 / p50 | errors or late |",
+        "| offered seq/s | share of saturation | server | answered seq/s | p50 ms | p99 ms | p99 / p50 "
+        "| errors or late |",
         "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in ("seqserve", "floor"):
@@ -105,15 +107,26 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
     protocols = ref.get("protocols") or {}
     if protocols:
         sizes = protocols.get("body_bytes_mean", {})
-        lines += ["", "Request encodings, seqserve, closed loop at the highest concurrency:", "",
-                  "| encoding | mean body bytes | seq/s | p50 ms | p99 ms | server loop CPU ms/seq |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for name, title in (("v1_json", "`/predict` JSON"), ("v2_json", "V2 `/infer` JSON"),
-                            ("v2_binary", "V2 `/infer` binary tensor extension")):
+        low = protocols.get("low", {})
+        top_c = protocols.get("concurrency", summary["closed"][-1]["concurrency"])
+        lines += ["", f"Request encodings, seqserve, closed loop at c={top_c}"
+                  + (f" and c={low['concurrency']}" if low else "") + " (client CPU: the load generator's share of the "
+                  "machine; gRPC's server threads count as worker CPU, not loop):", "",
+                  f"| encoding | mean request bytes | c={top_c} seq/s | p50 ms | p99 ms | server loop CPU ms/seq "
+                  "| client CPU |" + (f" c={low['concurrency']} seq/s | p99 ms |" if low else ""),
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if low else "")]
+        for name, title in (("v1_json", "HTTP `/predict` JSON"), ("v2_json", "HTTP V2 `/infer` JSON"),
+                            ("v2_binary", "HTTP V2 `/infer` binary tensor extension"),
+                            ("grpc", "gRPC `ModelInfer`, raw contents")):
             if name in protocols:
                 r = protocols[name]
-                lines.append(f"| {title} | {_f(sizes.get(name, 0))} | {_f(r['throughput_seq_s'])} | {r['p50_ms']:.1f} "
-                             f"| {r['p99_ms']:.1f} | {r['server_loop_cpu_ms_per_seq']:.3f} |")
+                line = (f"| {title} | {_f(sizes.get(name, 0))} | {_f(r['throughput_seq_s'])} | {r['p50_ms']:.1f} "
+                        f"| {r['p99_ms']:.1f} | {r['server_loop_cpu_ms_per_seq']:.3f} "
+                        f"| {100 * r['client_cpu_share']:.1f}% |")
+                if low:
+                    r_low = low.get(name)
+                    line += f" {_f(r_low['throughput_seq_s'])} | {r_low['p99_ms']:.1f} |" if r_low else " | |"
+                lines.append(line)
     top = summary["closed"][-1]
     lines += [
         "",
@@ -124,8 +137,8 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
     ]
     if results.get("demos"):
         lines += ["", "Demo models (closed loop):", "",
-                  "| model | lengths | concurrency | seqserve seq/s | ceiling seq/s | / ceiling | floor seq/s | / floor "
-                  "| p50 ms | p99 ms |",
+                  "| model | lengths | concurrency | seqserve seq/s | ceiling seq/s | / ceiling | floor seq/s "
+                  "| / floor | p50 ms | p99 ms |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name, d in results["demos"].items():
             s, f, ceil = d["seqserve"], d["floor"], d["ceiling"]["sorted"]["throughput_seq_s"]

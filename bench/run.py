@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.client import LoadResult, closed_loop, encode_requests, open_loop
+from bench.grpc_client import encode_infer_requests, grpc_closed_loop
 from bench.server import CpuSample, Server
 from bench.workload import REFERENCE_NAME, ModelInput, Workload, build_reference
 
@@ -123,6 +124,11 @@ class Bench:
         return self._phase(server, label, lambda w: closed_loop(
             server.port, requests, concurrency, seconds or c.seconds, c.warmup_seconds, on_window=w))
 
+    def _grpc_closed(self, server: Server, requests: list[bytes], concurrency: int, label: str) -> dict[str, Any]:
+        c = self.config
+        return self._phase(server, label, lambda w: grpc_closed_loop(
+            server.grpc_port, requests, concurrency, c.seconds, c.warmup_seconds, on_window=w))
+
     def _open(self, server: Server, requests: list[bytes], rate: float, label: str) -> dict[str, Any]:
         c = self.config
         return self._phase(server, label, lambda w: open_loop(
@@ -170,7 +176,7 @@ class Bench:
         try:
             self.progress("starting seqserve and the floor")
             self.servers["seqserve"] = Server(repository, name="seqserve", log_path=c.out / "seqserve.log",
-                                              **limits, **_env_settings(c.server_env))
+                                              grpc=c.binary_check, **limits, **_env_settings(c.server_env))
             self.servers["floor"] = Server(repository, name="floor", log_path=c.out / "floor.log",
                                            **{**limits, "max_batch_size": 1}, **_env_settings(c.server_env))
             for server in self.servers.values():
@@ -214,18 +220,30 @@ class Bench:
                 result = self._open(server, requests, rate, f"open {rate:.0f}/s {server.name}")
                 result["fraction_of_saturation"] = fraction
                 open_runs[server.name].append(result)
-        protocols: dict[str, dict[str, Any]] = {}
+        protocols: dict[str, Any] = {}
         if c.binary_check:
-            top = max(c.concurrency)
-            protocols["v1_json"] = max(closed["seqserve"][top], key=lambda r: r["throughput_seq_s"])
+            # The encodings side by side: V2 /infer JSON and binary over HTTP, and ModelInfer over gRPC (raw
+            # contents), at the highest and the lowest concurrency; /predict JSON is the closed loop's.
+            top, low = max(c.concurrency), min(c.concurrency)
             v2 = f"/v2/models/{REFERENCE_NAME}/infer"
-            for name, bodies in (("v2_json", workload.v2_json_bodies()), ("v2_binary", workload.v2_binary_bodies())):
-                requests = encode_requests(v2, bodies, seqserve.port)
-                protocols[name] = self._closed(seqserve, requests, top, f"closed c={top} seqserve {name}")
-            protocols["body_bytes_mean"] = {  # type: ignore[assignment]
+            encoded = {
+                "v2_json": encode_requests(v2, workload.v2_json_bodies(), seqserve.port),
+                "v2_binary": encode_requests(v2, workload.v2_binary_bodies(), seqserve.port),
+            }
+            grpc_requests = encode_infer_requests(REFERENCE_NAME, workload.sequences)  # type: ignore[arg-type]
+            for concurrency in sorted({top, low}, reverse=True):
+                at = protocols if concurrency == top else protocols.setdefault("low", {"concurrency": low})
+                at["v1_json"] = max(closed["seqserve"][concurrency], key=lambda r: r["throughput_seq_s"])
+                for name, requests in encoded.items():
+                    at[name] = self._closed(seqserve, requests, concurrency, f"closed c={concurrency} seqserve {name}")
+                at["grpc"] = self._grpc_closed(seqserve, grpc_requests, concurrency,
+                                               f"closed c={concurrency} seqserve grpc")
+            protocols["concurrency"] = top
+            protocols["body_bytes_mean"] = {
                 "v1_json": round(sum(map(len, workload.json_bodies())) / c.count),
                 "v2_json": round(sum(map(len, workload.v2_json_bodies())) / c.count),
                 "v2_binary": round(sum(len(b) for b, _ in workload.v2_binary_bodies()) / c.count),
+                "grpc": round(sum(map(len, grpc_requests)) / c.count),
             }
         self.results["reference"] = {
             "model": "2-layer BiLSTM, 32 features, hidden 128, 5 classes, seed 0",
@@ -385,4 +403,5 @@ def estimate_phases(c: Config) -> int:
     demos = 0
     if c.demo_repository is not None and c.demo_repository.is_dir():
         demos = sum(1 for p in c.demo_repository.iterdir() if p.is_dir()) * 3
-    return 4 + 2 * c.rounds * len(c.concurrency) + 2 * len(c.load_fractions) + 2 * c.binary_check + demos
+    encodings = 3 * len({max(c.concurrency), min(c.concurrency)}) if c.binary_check else 0
+    return 4 + 2 * c.rounds * len(c.concurrency) + 2 * len(c.load_fractions) + encodings + demos

@@ -46,13 +46,15 @@ def _thread_cpu(stat_path: str) -> float:
 class Server:
     def __init__(
         self, repository: Path, *, name: str, log_path: Path, env: dict[str, str] | None = None,
-        source: Path | None = None, **settings: object,
+        source: Path | None = None, grpc: bool = False, **settings: object,
     ) -> None:
         """`source`: run the `service` package of another checkout (e.g. a git worktree of an
-        older commit) instead of this one's."""
+        older commit) instead of this one's. `grpc`: also serve gRPC, on `grpc_port` (else off, so
+        that servers side by side don't contend for its default port)."""
         self.name = name
         self.port = free_port()
-        env = {**os.environ, **(env or {})}
+        self.grpc_port = free_port() if grpc else 0
+        env = {**os.environ, **(env or {}), "SEQSERVE_GRPC_PORT": str(self.grpc_port)}
         env.update({f"SEQSERVE_{k.upper()}": str(v) for k, v in settings.items()})
         env.update(SEQSERVE_PORT=str(self.port), SEQSERVE_HOST="127.0.0.1", SEQSERVE_LOG_LEVEL="warning",
                    SEQSERVE_DEVICE="cpu")

@@ -15,7 +15,6 @@ import asyncio
 import datetime as dt
 import json
 import math
-import os
 import signal
 import sys
 from collections import Counter

@@ -29,9 +29,12 @@ def test_quick_run_writes_json_table_and_plots(tmp_path: Path) -> None:
     phases = saved["phases"]
     assert all(p["errors"] == 0 for p in phases)
     assert {p["server"] for p in phases} == {"seqserve", "floor"}
-    assert set(saved["reference"]["protocols"]) >= {"v1_json", "v2_json", "v2_binary"}
+    protocols = saved["reference"]["protocols"]
+    encodings = {"v1_json", "v2_json", "v2_binary", "grpc"}
+    assert set(protocols) >= encodings and set(protocols["low"]) >= encodings and protocols["low"]["concurrency"] == 1
+    assert all(protocols[e]["throughput_seq_s"] > 0 and protocols["low"][e]["throughput_seq_s"] > 0 for e in encodings)
     text = readme.read_text()
-    assert "old" not in text and "| c=4 |" in text and text.endswith("<!-- bench:end -->\n\nafter\n")
+    assert "old" not in text and "| c=4 |" in text and "| gRPC `ModelInfer`, raw contents |" in text and text.endswith("<!-- bench:end -->\n\nafter\n")
 
 
 def test_readme_section_replaced_only_between_markers(tmp_path: Path) -> None:
