@@ -178,7 +178,7 @@ class LocalCluster:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("SEQSERVE_")}
         environment.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
         command = [self.python, "-m", "service", "--repository", str(self.repository),
-                   "--host", HOST, "--port", str(replica.port), *self.replica_flags]
+                   "--host", HOST, "--port", str(replica.port), "--grpc-port", "0", *self.replica_flags]
         with open(replica.log_path, "ab") as log:
             replica.process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log,
                                                stderr=subprocess.STDOUT)

@@ -58,7 +58,8 @@ def test_the_cpu_image_environment_installs_into_a_fresh_venv_and_serves_without
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
-            [str(venv / "bin" / "seqserve"), "serve", "--repository", str(feat_repository), "--port", str(port)],
+            [str(venv / "bin" / "seqserve"), "serve", "--repository", str(feat_repository), "--port", str(port),
+             "--grpc-port", "0"],
             cwd=tmp_path, env=environment, stdout=log, stderr=subprocess.STDOUT,
         )
     try:
