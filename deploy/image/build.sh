@@ -11,7 +11,7 @@
 #   DEMO_REPOSITORY  a model repository on the host to bake in instead of training the
 #                    demo models in the build (podman: mounted read-only into the build)
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, TORCH_INDEX_URL   passed on as build arguments when set
-#   PIP_PYTHON       whose pip settings the podman build uses (default .venv/bin/python, else python3)
+#   HOST_PYTHON       whose pip settings the podman build uses (default .venv/bin/python, else python3)
 # With podman the build's pip gets the host's pip settings, CA bundle and local
 # indexes as read-only mounts (deploy/image/pip_mounts.py): nothing of them is in the image.
 set -eu
@@ -59,13 +59,13 @@ if [ -n "${DEMO_REPOSITORY:-}" ]; then
     echo "demo repository: $demo (content $digest), copied instead of trained"
 fi
 if [ "$which" = podman ]; then
-    pip_python=${PIP_PYTHON:-}
-    if [ -z "$pip_python" ]; then
-        pip_python=python3
-        if [ -x .venv/bin/python ]; then pip_python=.venv/bin/python; fi
+    host_python=${HOST_PYTHON:-}
+    if [ -z "$host_python" ]; then
+        host_python=python3
+        if [ -x .venv/bin/python ]; then host_python=.venv/bin/python; fi
     fi
     # One flag a line; the paths hold no newlines.
-    mounts=$("$pip_python" deploy/image/pip_mounts.py "$tmp/pip")
+    mounts=$("$host_python" deploy/image/pip_mounts.py "$tmp/pip")
     old_ifs=$IFS
     IFS='
 '

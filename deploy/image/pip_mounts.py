@@ -24,13 +24,21 @@ from urllib.parse import unquote, urlparse
 
 PATH_KEYS = ("cert", "client-cert", "constraint", "requirement", "find-links", "index-url", "extra-index-url")
 CONF_IN_BUILD = "/etc/pip.conf"
+HOST_ONLY = ("python", "target", "prefix", "root", "src", "user", "log")
+"""Settings about the host's own environment (e.g. PIP_PYTHON, --python), not about where packages come from."""
 
 
 def settings() -> dict[str, dict[str, str]]:
     """{section: {key: value}}; PIP_* variables (`:env:`) override the files, as in pip."""
     try:
+        env = {k: v for k, v in os.environ.items() if k != "PIP_PYTHON"}  # this Python's own pip, not another's
         out = subprocess.run(
-            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=True, timeout=60
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+            env=env,
         ).stdout
     except (subprocess.CalledProcessError, OSError):
         return {}
@@ -47,6 +55,9 @@ def settings() -> dict[str, dict[str, str]]:
         else:
             merged.setdefault(section, {})[key] = value
     merged.setdefault("global", {}).update(env)
+    for values in merged.values():
+        for key in HOST_ONLY:
+            values.pop(key, None)
     if "cert" not in merged["global"]:
         for variable in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
             if os.environ.get(variable):
