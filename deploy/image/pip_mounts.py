@@ -7,9 +7,10 @@ for its settings, writes them merged into OUTDIR/pip.conf, and prints one
 `--volume=SRC:DST:ro` build flag per line: that file at /etc/pip.conf (a
 file pip reads everywhere on Linux), and every local file and folder the
 settings name (CA bundle, constraints, find-links folders, the folder holding
-a file:// index) at its own path. The build's pip then reaches the same indexes, trusting the
-same CAs, and nothing of it stays in the image. Prints nothing when this
-Python has no pip or pip has no settings.
+a file:// index) at its own path. The build's pip then reaches the same
+indexes, trusting the same CAs, and none of their content stays in the image
+(podman leaves empty mount points). Prints nothing when this Python has no pip
+or pip has no settings.
 """
 
 from __future__ import annotations
