@@ -236,7 +236,7 @@ class Outcome:
     result: str  # "200", "503 draining", "refused" (connection refused), or what went wrong
 
 
-SEQUENCES_PER_REQUEST = 64
+SEQUENCES_PER_REQUEST = 192
 TRANSIT_SECONDS = 0.05
 """A request sent this long before the drain began had reached the server: it must be answered 200."""
 
@@ -251,7 +251,7 @@ def _drain_began(logs: str) -> float:
 def test_sigterm_under_load_drains_fails_nothing_and_exits_0() -> None:
     """A bounded closed loop (8 clients, at most 60 s and 4,000 requests) to 127.0.0.1; SIGTERM after ~2 s.
 
-    One batch worker and 64 sequences a request: requests wait their turn, so several are held by the server when
+    One batch worker and 192 sequences a request: requests wait their turn, so several are held by the server when
     the signal lands (timed by the server's own log line, not by the engine's slower `kill`).
     """
     clients, per_client, time_bound = 8, 500, 60.0
@@ -260,7 +260,7 @@ def test_sigterm_under_load_drains_fails_nothing_and_exits_0() -> None:
     outcomes: list[Outcome] = []
     lock = threading.Lock()
     signalled = threading.Event()
-    with run_container(server_flags=("--batch-workers", "1")) as container:
+    with run_container(server_flags=("--batch-workers", "1", "--max-queue", "4096")) as container:
         deadline = time.monotonic() + time_bound
 
         def client() -> None:
