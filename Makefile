@@ -7,6 +7,11 @@
 #                behind Debian's nginx on 127.0.0.1:8080 (CLUSTER_ARGS="--measure FILE": run
 #                the restart/kill/throughput scenario once and write its figures instead)
 #   make bench   install, build the demo repository, run the benchmark (~10 min): docs/bench/
+#   make image   build the CPU image seqserve:cpu with Docker, else podman (deploy/image/build.sh; docs/deployment.md).
+#                Offline: PYTHON_IMAGE=localhost/bookworm-python:3.11 (made once by `make base-image`);
+#                DEMO_REPOSITORY=repository bakes in that repository instead of training (podman)
+#   make base-image  the offline base localhost/bookworm-python:3.11 from Debian's packages (debootstrap, root)
+#   make image-test  make image, then run it and test it (tests/deploy/test_image.py; not part of make test)
 
 PYTHON ?= python3
 VENV := .venv
@@ -64,3 +69,16 @@ clean-models:
 .PHONY: bench
 bench: models
 	$(PY) -m seqserve bench --demo-repository $(REPOSITORY) --readme README.md
+
+# The container image: deploy/image/build.sh reads FLAVOR, IMAGE, PYTHON_IMAGE, DEMO_REPOSITORY (make passes
+# command-line variables on); IMAGE_BUILD_FLAGS go to the engine's build (e.g. --no-cache).
+.PHONY: image base-image image-test
+image:
+	deploy/image/build.sh $(IMAGE_BUILD_FLAGS)
+
+base-image:
+	deploy/image/base.sh
+
+# The running image against the host's server, SIGTERM under load, a mounted repository, the health check.
+image-test: install image
+	SEQSERVE_IMAGE_TEST=1 SEQSERVE_IMAGE="$${IMAGE:-seqserve:$${FLAVOR:-cpu}}" $(PY) -m pytest -q -s -p no:cacheprovider tests/deploy/test_image.py

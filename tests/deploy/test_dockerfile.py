@@ -1,4 +1,6 @@
-"""The Dockerfile, without a Docker engine: hadolint, and what both images must share."""
+"""The Dockerfile, without a Docker engine: hadolint, and what both images must share.
+
+tests/deploy/test_image.py builds nothing either: it runs the built image (`make image-test`)."""
 
 from __future__ import annotations
 
@@ -53,17 +55,43 @@ def test_hadolint_is_clean_at_warning_level() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_cpu_and_gpu_images_run_one_runtime_stage_differing_only_in_base() -> None:
-    stages = {stage.name: stage for stage in parse_stages()}
-    runtime = parse_stages()[-1]  # the default build target
-    assert runtime.name == "runtime" and runtime.base == "base-${FLAVOR}"
-    assert stages["server-venv"].base == "base-${FLAVOR}"
-    assert env_of(stages["base-cpu"]) == {"SERVER_EXTRAS": "cpu"}
-    assert env_of(stages["base-gpu"]) == {"SERVER_EXTRAS": "gpu,export"}
-    assert stages["base-gpu"].base == "${CUDA_IMAGE}" and stages["base-cpu"].base == "${PYTHON_IMAGE}"
-    # The bases only set the extras (and, for the GPU, install Python): nothing that runs differs.
-    for name in ("base-cpu", "base-gpu"):
-        assert {kw for kw, _ in stages[name].instructions} <= {"ENV", "RUN"}, stages[name]
+def global_args() -> dict[str, str]:
+    """The ARGs before the first FROM, with their defaults."""
+    args: dict[str, str] = {}
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("FROM "):
+            break
+        if line.startswith("ARG "):
+            name, _, default = line.removeprefix("ARG ").partition("=")
+            args[name.strip()] = default.strip()
+    return args
+
+
+def test_cpu_and_gpu_images_run_the_same_stages_differing_only_in_build_args() -> None:
+    stages = parse_stages()
+    named = {stage.name: stage for stage in stages}
+    runtime = stages[-1]  # the default build target
+    assert runtime.name == "runtime" and runtime.base == "base"
+    assert named["server-venv"].base == "base"
+    assert named["base"].base == "${RUNTIME_IMAGE}" and named["build"].base == "${PYTHON_IMAGE}"
+    # No stage is chosen by an ARG (buildah 1.28 reads `FROM base-${FLAVOR}` as an image name): every FROM names
+    # an earlier stage, or a global ARG whose default is an image.
+    defaults = global_args()
+    for i, stage in enumerate(stages):
+        if stage.base.startswith("$"):
+            default = defaults[stage.base.strip("${}")]
+            assert ":" in default and default not in named, (stage.name, default)
+        else:
+            assert stage.base in {earlier.name for earlier in stages[:i]}, stage.name
+    assert defaults["RUNTIME_IMAGE"] == defaults["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
+    assert defaults["SERVER_EXTRAS"] == "cpu"
+    # The base only installs Python where the runtime image lacks it: nothing that runs differs.
+    assert {kw for kw, _ in named["base"].instructions} == {"RUN"}
+    assert "import ensurepip, venv" in named["base"].all("RUN")[0]
+    # The GPU flavour: a CUDA runtime base and onnxruntime-gpu plus torch, as the build script passes them.
+    script = (ROOT / "deploy" / "image" / "build.sh").read_text()
+    assert "--build-arg RUNTIME_IMAGE=\"$cuda_image\" --build-arg SERVER_EXTRAS=gpu,export" in script
+    assert "cuda_image=${CUDA_IMAGE:-nvidia/cuda:" in script
 
 
 def test_runtime_stage_is_non_root_exec_form_with_health_check_and_volume() -> None:
@@ -75,6 +103,7 @@ def test_runtime_stage_is_non_root_exec_form_with_health_check_and_volume() -> N
     assert user.split(":")[0] not in ("0", "root")
     [health] = runtime.all("HEALTHCHECK")
     assert "/healthz" in health and "CMD [" in health
+    assert "os.environ.get('SEQSERVE_PORT', '8000')" in health  # the port the server listens on
     assert runtime.all("VOLUME") == ['["/models"]']
     env = env_of(runtime)
     assert env["SEQSERVE_REPOSITORY"] == "/models" and env["SEQSERVE_HOST"] == "0.0.0.0"
@@ -86,8 +115,10 @@ def test_runtime_stage_is_non_root_exec_form_with_health_check_and_volume() -> N
 
 def test_images_install_through_the_shared_script_and_make_target() -> None:
     stages = {stage.name: stage for stage in parse_stages()}
-    [build] = stages["build"].all("RUN")[1:]
+    [build] = stages["build"].all("RUN")
     assert "deploy/install.sh .venv/bin/python export,demo,cpu" in build and "make models" in build
+    # Unless a repository is handed in (DEMO_REPOSITORY), the demo models are trained from source.
+    assert build.startswith('if [ -n "$DEMO_REPOSITORY" ]') and 'DEMO_REPOSITORY=""' in stages["build"].all("ARG")
     [server] = stages["server-venv"].all("RUN")
     assert 'deploy/install.sh /opt/seqserve/bin/python "$SERVER_EXTRAS"' in server
     assert "pip install" not in DOCKERFILE.read_text()  # every install goes through deploy/install.sh
