@@ -99,11 +99,12 @@ ENV PATH=/opt/seqserve/bin:$PATH \
     SEQSERVE_REPOSITORY=/models \
     SEQSERVE_HOST=0.0.0.0 \
     SEQSERVE_PORT=8000 \
+    SEQSERVE_GRPC_PORT=8001 \
     SEQSERVE_DEVICE=auto \
     SEQSERVE_GRACE_PERIOD_SECONDS=20
 VOLUME ["/models"]
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 # Liveness only: /healthz answers as soon as the process listens; readiness
 # (/readyz: models loaded and warmed, not draining) is the orchestrator's probe.
 # It asks the port the server listens on (SEQSERVE_PORT), over loopback.

@@ -107,7 +107,7 @@ def test_runtime_stage_is_non_root_exec_form_with_health_check_and_volume() -> N
     assert runtime.all("VOLUME") == ['["/models"]']
     env = env_of(runtime)
     assert env["SEQSERVE_REPOSITORY"] == "/models" and env["SEQSERVE_HOST"] == "0.0.0.0"
-    assert runtime.all("EXPOSE") == [env["SEQSERVE_PORT"]]
+    assert runtime.all("EXPOSE") == [f"{env['SEQSERVE_PORT']} {env['SEQSERVE_GRPC_PORT']}"]  # HTTP and gRPC
     for name in env:
         if name.startswith("SEQSERVE_"):
             assert name.removeprefix("SEQSERVE_").lower() in Settings.model_fields, name

@@ -103,6 +103,8 @@ def run_container(*run_flags: str, server_flags: tuple[str, ...] = ()) -> Iterat
         "SEQSERVE_HOST=127.0.0.1",
         "-e",
         f"SEQSERVE_PORT={port}",
+        "-e",
+        f"SEQSERVE_GRPC_PORT={free_port()}",
         *run_flags,
         IMAGE,
         *server_flags,
