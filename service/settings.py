@@ -105,3 +105,9 @@ class Settings(BaseSettings):
 
     access_log: bool = False
     """Log one line per HTTP request (uvicorn's access log)."""
+
+    strict_readiness: bool = True
+    """On: `/readyz` and `/v2/health/ready` answer 200 only when every model version in the repository is
+    loaded and warmed, so a broken entry keeps the server out of a load balancer (and a rolling update waits).
+    Off: 200 once loading has finished and at least one version is ready; the versions that failed to load get
+    503 and stay named in `/v1/models`. Either way, not while loading or draining."""
