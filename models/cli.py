@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+
+TRAIN_ENVIRONMENT = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
+"""Set by ``seqserve train`` before torch is loaded (each is read once, at first use), so training takes
+the same arithmetic path on any x86-64 CPU: PyTorch's own kernels without the CPU's vector extensions
+(AVX2 and AVX-512 kernels sum in different orders), and MKL's reproducibility branch for every Intel or
+compatible CPU. ``models.train`` adds the rest: fixed threads, oneDNN off."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -89,6 +96,17 @@ def inspect_parser() -> Parser:
     p.add_argument("checkpoint", type=Path, help="a state_dict (.pt) or an .npz of arrays")
     p.add_argument("--write-spec", type=Path, metavar="PATH", help="also write the suggested spec to PATH (JSON)")
     return p
+
+
+def pin_training_arithmetic() -> None:
+    """Apply ``TRAIN_ENVIRONMENT``; a different value already set is replaced, with a note on stderr."""
+    if "torch" in sys.modules:
+        raise RuntimeError("pin_training_arithmetic() must run before torch is imported")
+    for name, value in TRAIN_ENVIRONMENT.items():
+        given = os.environ.get(name)
+        if given is not None and given != value:
+            print(f"seqserve train: {name}={given} replaced by {value} (training pins it)", file=sys.stderr)
+        os.environ[name] = value
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -188,6 +206,8 @@ COMMANDS: dict[str, tuple[Callable[[], Parser], Callable[[argparse.Namespace], i
 
 
 def main(command: str, argv: list[str]) -> int:
+    if command == "train":
+        pin_training_arithmetic()  # NOTE: before anything below imports torch
     from models.checkpoint import CheckpointError
     from models.export import ExportError
     from models.parity import ParityError

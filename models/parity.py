@@ -38,6 +38,8 @@ class Failure:
     length: int
     padded_to: int
     max_abs_diff: float
+    tolerance: float
+    """The tolerance the check was asked for, which ``max_abs_diff`` exceeded."""
     problem: str = "values"
 
     def describe(self) -> str:
@@ -47,7 +49,7 @@ class Failure:
         )
         if self.problem != "values":
             return f"{where}: {self.problem}"
-        return f"{where}: max abs diff {self.max_abs_diff:.3g} > {TOLERANCE:g}"
+        return f"{where}: max abs diff {self.max_abs_diff:.3g} > {self.tolerance:g}"
 
 
 class ParityError(RuntimeError):
@@ -145,6 +147,7 @@ def check_parity(
                         int(lengths[0]),
                         x.shape[1],
                         float("inf"),
+                        tolerance,
                         f"output shape {got.shape}, expected {want_shape}",
                     )
                 )
@@ -154,7 +157,7 @@ def check_parity(
                 row = got[i, :n] if tagging else got[i]
                 diff = float(np.max(np.abs(row.astype(np.float64) - expected[i])))
                 if not np.isfinite(diff) or diff > tolerance:
-                    failures.append(Failure(name, b, len(lengths), i, int(n), x.shape[1], diff))
+                    failures.append(Failure(name, b, len(lengths), i, int(n), x.shape[1], diff, tolerance))
                 elif diff > worst[name]:
                     worst[name] = diff
     if failures:

@@ -1,7 +1,9 @@
 """The models being served: load the repository, hold each version's runtime and batcher.
 
 Loading runs in a background thread while HTTP already answers liveness;
-readiness turns true once every entry is loaded and warmed.
+readiness turns true once every entry is loaded and warmed, or, with
+`strict_readiness` off, once loading has finished and at least one version is
+ready (the versions that failed stay named among the reasons).
 
 Later, versions are loaded and unloaded while serving (`load_model`, `unload_version`,
 `poll`: the model repository extension): a new version takes requests only once warm, and
@@ -484,26 +486,30 @@ class ModelRegistry:
         return min(self._models) if self._models else None
 
     def readiness(self) -> tuple[bool, list[str]]:
-        """Whether a request would be served now, and if not, why."""
-        reasons: list[str] = []
+        """Whether the server should get traffic now, and the reasons: why not, and which versions failed to
+        load and are not served (with `strict_readiness` off, or a failure after start-up, while ready)."""
+        versions = self.versions()
+        failed_of = [f"{v.name}/{v.version} failed: {v.error}" if v.state == "failed" else "" for v in versions]
+        failed = [f for f in failed_of if f]
+        blocking: list[str] = []
         if self._draining:
-            reasons.append("draining")
+            blocking.append("draining")
         if self._loading:
-            reasons.append("loading models")
+            blocking.append("loading models")
         if not self._models:
-            reasons.append("no models in the repository")
-        reasons += [
-            f"{v.name}/{v.version} failed: {v.error}"
-            for v in self.versions()
-            if v.state == "failed" and v.from_start_up  # a later load's failure leaves the others serving
-        ]
+            blocking.append("no models in the repository")
+        if self._settings.strict_readiness:
+            # NOTE: a version that fails to load later (the repository extension) leaves the others serving.
+            blocking += [f for v, f in zip(versions, failed_of, strict=True) if f and v.from_start_up]
+        elif not self._loading and self._models and not any(v.state == "ready" for v in versions):
+            blocking.append("no model version loaded")
         if not self._draining:
-            reasons += [
+            blocking += [
                 f"{v.name}/{v.version}: batcher stopped"
-                for v in self.versions()
+                for v in versions
                 if v.batcher is not None and not v.batcher.running
             ]
-        return not reasons, reasons
+        return not blocking, blocking + [f for f in failed if f not in blocking]
 
     def _update_ready_metric(self) -> None:
         self._metrics.ready.set(1 if self.readiness()[0] else 0)

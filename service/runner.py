@@ -3,7 +3,10 @@
 On the first SIGTERM (or SIGINT) readiness turns off at once and new
 inference requests get 503 `draining`; queued and in-flight requests finish;
 then uvicorn closes the listener, lets the answers go out and exits with
-status 0, all within the grace period. A second signal stops at once.
+status 0, all within the grace period. A second signal stops at once. If the
+drain itself raises, the error is logged with its traceback, what is still
+queued is answered 503 `draining`, and the server exits all the same, with
+status 1.
 """
 
 from __future__ import annotations
@@ -51,11 +54,13 @@ class DrainingServer(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Task[None] | None = None
         self._draining = False
+        self.drain_failed = False
+        """Set when the drain after SIGTERM raised: the process then exits with status 1."""
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
-        if self._failed:
+        if self._failed or self.drain_failed:
             sys.exit(1)  # after a clean shutdown, as uvicorn exits when its own port is taken
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -86,22 +91,38 @@ class DrainingServer(uvicorn.Server):
 
     def _start_drain(self, name: str) -> None:
         log.info("%s received: draining (readiness off, no new requests, grace %.1f s)", name, self._grace)
-        self._registry.begin_drain()
         if self._grpc is not None:
             self._grpc.begin_drain()
         self._drain = asyncio.get_running_loop().create_task(self._drain_then_exit(), name="drain")
 
     async def _drain_then_exit(self) -> None:
+        """Drain, then let uvicorn close; whatever the drain raises is logged and the server still exits."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._grace
-        if await self._registry.drain():
-            log.info("drained: every queued request answered")
-        else:
-            log.warning("grace period over with requests still queued: answering them 503 draining")
-            await self._registry.stop()
-        # What is left of the grace period bounds uvicorn's wait for the answers to go out.
-        self.config.timeout_graceful_shutdown = int(max(1.0, deadline - loop.time()))
-        self.should_exit = True
+        try:
+            self._registry.begin_drain()
+            if await self._registry.drain():
+                log.info("drained: every queued request answered")
+            else:
+                log.warning("grace period over with requests still queued: answering them 503 draining")
+                await self._stop_models(deadline)
+        except Exception:
+            self.drain_failed = True
+            log.exception("draining failed: answering what is still queued 503 draining, then exiting with status 1")
+            await self._stop_models(deadline)
+        finally:
+            # What is left of the grace period bounds uvicorn's wait for the answers to go out.
+            self.config.timeout_graceful_shutdown = int(max(1.0, deadline - loop.time()))
+            self.should_exit = True
+
+    async def _stop_models(self, deadline: float) -> None:
+        """Stop every batcher, answering what is still queued 503 `draining`; bounded, so the exit never waits on it."""
+        remaining = max(1.0, deadline - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait_for(self._registry.stop(), remaining)
+        except Exception:
+            self.drain_failed = True
+            log.exception("stopping the models failed; exiting anyway")
 
 
 def serve(settings: Settings) -> None:

@@ -136,3 +136,9 @@ class Settings(BaseSettings):
 
     grpc_port: int = Field(default=8001, ge=0, le=65535)
     """Port of the Open Inference Protocol over gRPC (tritonclient.grpc, KServe); 0: off."""
+
+    strict_readiness: bool = True
+    """On: `/readyz` and `/v2/health/ready` answer 200 only when every model version in the repository is
+    loaded and warmed, so a broken entry keeps the server out of a load balancer (and a rolling update waits).
+    Off: 200 once loading has finished and at least one version is ready; the versions that failed to load get
+    503 and stay named in `/v1/models`. Either way, not while loading or draining."""

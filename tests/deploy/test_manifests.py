@@ -91,11 +91,11 @@ def test_probes_drain_and_grace_period_fit_together(overlay: str) -> None:
     pod = deployment["spec"]["template"]["spec"]
     c = container(deployment)
     port_names = {p["name"] for p in c["ports"]}
-    for probe, path in (("startupProbe", "/readyz"), ("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+    for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         assert c[probe]["httpGet"]["path"] == path, probe
         assert c[probe]["httpGet"]["port"] in port_names, probe
     startup = c["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60  # model loading and warm-up
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60  # imports (CUDA's too) before listening
     [command] = [c["lifecycle"]["preStop"]["exec"]["command"]]
     assert command[0] == "sleep"
     pre_stop = float(command[1])
@@ -108,6 +108,29 @@ def test_probes_drain_and_grace_period_fit_together(overlay: str) -> None:
     assert "replicas" not in deployment["spec"]  # the HPA owns it
     assert "command" not in c and "args" not in c  # the image's entrypoint, as in compose and KServe
     assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+LIVENESS_PATHS = {"/healthz", "/v2/health/live"}
+"""Answered once the process listens, whatever its models do."""
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_broken_model_entry_keeps_a_pod_unready_but_never_restarts_it(overlay: str) -> None:
+    """Strict readiness (the default) keeps /readyz 503 while any version failed to load: only the
+    readiness probe may ask it. Probes that restart a container on failure must not, or a broken
+    entry is a restart loop; the rollout waits instead, and its deadline reports it."""
+    assert Settings.model_fields["strict_readiness"].default is True
+    deployment = by_kind(render(overlay), "Deployment")
+    c = container(deployment)
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for probe in ("startupProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] in LIVENESS_PATHS, probe
+    assert deployment["spec"]["progressDeadlineSeconds"] >= 300
+    [isvc] = load(K8S / "kserve" / "inferenceservice.yaml")
+    [kserve] = isvc["spec"]["predictor"]["containers"]
+    for probe in ("startupProbe", "livenessProbe"):
+        if probe in kserve:
+            assert kserve[probe]["httpGet"]["path"] in LIVENESS_PATHS, probe
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
