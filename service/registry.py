@@ -486,8 +486,8 @@ class ModelRegistry:
         return min(self._models) if self._models else None
 
     def readiness(self) -> tuple[bool, list[str]]:
-        """Whether the server should get traffic now, and the reasons: why not, and which versions failed to
-        load and are not served (with `strict_readiness` off, or a failure after start-up, while ready)."""
+        """Whether the server should get traffic now, and the reasons: why not, or, when ready with
+        `strict_readiness` off, which versions failed to load and are not served."""
         versions = self.versions()
         failed_of = [f"{v.name}/{v.version} failed: {v.error}" if v.state == "failed" else "" for v in versions]
         failed = [f for f in failed_of if f]
@@ -509,7 +509,9 @@ class ModelRegistry:
                 for v in versions
                 if v.batcher is not None and not v.batcher.running
             ]
-        return not blocking, blocking + [f for f in failed if f not in blocking]
+        if self._settings.strict_readiness:
+            return not blocking, blocking
+        return not blocking, blocking + failed
 
     def _update_ready_metric(self) -> None:
         self._metrics.ready.set(1 if self.readiness()[0] else 0)

@@ -16,13 +16,14 @@ router = APIRouter(tags=["health"])
 
 
 # NOTE: a comment, not a docstring: FastAPI would put a docstring into the schema of both routes.
-# 200 `{"ready": true}` when a request would be served now; else 503 (`draining` or `not_ready`,
-# with `Retry-After`) and the reasons. GET /readyz and GET /v2/health/ready.
+# 200 `{"ready": true}` when a request would be served now (plus `reasons`, the versions that failed to
+# load, with strict readiness off); else 503 (`draining` or `not_ready`, with `Retry-After`) and the
+# reasons. GET /readyz and GET /v2/health/ready.
 async def readiness(request: Request) -> Response:
     ready, reasons = app_state(request).registry.readiness()
     if not ready:
         raise (Draining if "draining" in reasons else ServerNotReady)("; ".join(reasons))
-    return json_response({"ready": True})
+    return json_response({"ready": True, "reasons": reasons} if reasons else {"ready": True})
 
 
 def add_readiness_route(router: APIRouter, path: str, *, name: str, summary: str, v2: bool = False) -> None:

@@ -114,6 +114,8 @@ class LiveResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     ready: bool
+    reasons: list[str] | None = None
+    """With strict readiness off: the model versions that failed to load and are not served."""
 
 
 # -- Open Inference Protocol V2 ------------------------------------------------------
@@ -131,6 +133,8 @@ class V2Live(BaseModel):
 
 class V2Ready(BaseModel):
     ready: bool
+    reasons: list[str] | None = None
+    """With strict readiness off: the model versions that failed to load and are not served."""
 
 
 class V2ModelReady(BaseModel):

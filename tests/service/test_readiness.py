@@ -76,6 +76,7 @@ def test_not_strict_over_http_readiness_turns_on_once_loading_ends_and_the_broke
         with httpx.Client(base_url=running.url, timeout=30) as client:
             wait_until(lambda: client.get("/readyz").status_code == 200)
             assert client.get("/readyz").json()["ready"] is True
+            assert client.get("/readyz").json()["reasons"][0].startswith("broken/1 failed")
             assert client.get("/v2/health/ready").json()["ready"] is True
             assert sample_value(running.metrics(), "seqserve_ready") == 1
             listing = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
