@@ -21,7 +21,7 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 TRAIN_ENVIRONMENT = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
-"""Set by ``seqserve train`` before torch is loaded (each is read once, at first use), so training takes
+"""Set by ``seqserve train --portable`` before torch is loaded (each is read once, at first use), so training takes
 the same arithmetic path on any x86-64 CPU: PyTorch's own kernels without the CPU's vector extensions
 (AVX2 and AVX-512 kernels sum in different orders), and MKL's reproducibility branch for every Intel or
 compatible CPU. ``models.train`` adds the rest: fixed threads, oneDNN off."""
@@ -49,6 +49,12 @@ def train_parser() -> Parser:
         help="folder for <name>.pt (state_dict) and <name>.spec.json (default: %(default)s)",
     )
     p.add_argument("--quick", action="store_true", help="a few epochs on a subset: a smoke test, not a model")
+    p.add_argument(
+        "--portable",
+        action="store_true",
+        help="pin the arithmetic (PyTorch's plain CPU kernels, MKL's compatible branch, no oneDNN) so that any "
+        "x86-64 CPU trains the same weights bit for bit; several times slower",
+    )
     return p
 
 
@@ -206,7 +212,7 @@ COMMANDS: dict[str, tuple[Callable[[], Parser], Callable[[argparse.Namespace], i
 
 
 def main(command: str, argv: list[str]) -> int:
-    if command == "train":
+    if command == "train" and "--portable" in argv:
         pin_training_arithmetic()  # NOTE: before anything below imports torch
     from models.checkpoint import CheckpointError
     from models.export import ExportError

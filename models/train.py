@@ -23,20 +23,24 @@ TRAIN_THREADS = 2
 
 
 def seed_everything(seed: int) -> None:
-    """Seeds, and an arithmetic path that does not depend on the machine: fixed threads, and no oneDNN
-    (its kernels are chosen by the CPU's features and cache sizes, with no reproducibility mode); the
-    LSTMs run on PyTorch's own kernels and MKL, which ``seqserve train`` pins (``models.cli.TRAIN_ENVIRONMENT``)."""
+    """Seeds and fixed threads: the same weights on every run on one machine. Under
+    ``seqserve train --portable`` (``models.cli.TRAIN_ENVIRONMENT`` set before torch loaded) also no
+    oneDNN, whose kernels are chosen by the CPU's features and cache sizes with no reproducibility
+    mode, so the LSTMs run on PyTorch's plain kernels and MKL's compatible branch on any x86-64 CPU."""
+    from models.cli import TRAIN_ENVIRONMENT
+
     torch.manual_seed(seed)
     np.random.seed(seed)
     torch.set_num_threads(TRAIN_THREADS)
-    torch._C._set_mkldnn_enabled(False)  # `torch.backends.mkldnn.enabled = False`, in a form mypy accepts
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability.lower() != os.environ.get("ATEN_CPU_CAPABILITY", "").lower():
-        warnings.warn(
-            f"torch runs its {capability} kernels, not the pinned ones: figures may differ on another CPU "
-            "(`seqserve train` pins them before torch is loaded)",
-            stacklevel=2,
-        )
+    if all(os.environ.get(name) == value for name, value in TRAIN_ENVIRONMENT.items()):
+        torch._C._set_mkldnn_enabled(False)  # `torch.backends.mkldnn.enabled = False`, in a form mypy accepts
+        capability = torch.backends.cpu.get_cpu_capability()
+        if capability.lower() != TRAIN_ENVIRONMENT["ATEN_CPU_CAPABILITY"]:
+            warnings.warn(
+                f"torch runs its {capability} kernels, not the pinned ones (torch was loaded before they were "
+                "pinned): figures may differ on another CPU",
+                stacklevel=2,
+            )
 
 
 def pad(sequences: Sequence[np.ndarray], padding_value: float = 0.0) -> tuple[Tensor, Tensor]:

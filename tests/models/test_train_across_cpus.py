@@ -1,7 +1,7 @@
-"""`seqserve train` takes the same arithmetic path whatever the CPU offers.
+"""`seqserve train --portable` takes the same arithmetic path whatever the CPU offers.
 
 Another machine is stood in for by the switches that make PyTorch and oneDNN pick other kernels
-here: PyTorch's kernels without vector extensions, oneDNN limited to SSE4.1. Training pins
+here: PyTorch's kernels without vector extensions, oneDNN limited to SSE4.1. Portable training pins
 its own path (`models.cli.TRAIN_ENVIRONMENT`, no oneDNN), so the checkpoints are identical bit for bit.
 """
 
@@ -23,7 +23,7 @@ CHOOSERS = {*OTHER_CPU, "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS"}
 def train_quick(out: Path, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if k not in CHOOSERS}
     return subprocess.run(
-        [sys.executable, "-m", "seqserve", "train", "--quick", "--demo", "vowels", "--out", str(out)],
+        [sys.executable, "-m", "seqserve", "train", "--quick", "--portable", "--demo", "vowels", "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=ROOT,
