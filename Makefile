@@ -12,6 +12,7 @@
 #                DEMO_REPOSITORY=repository bakes in that repository instead of training (podman)
 #   make base-image  the offline base localhost/bookworm-python:3.11 from Debian's packages (debootstrap, root)
 #   make image-test  make image, then run it and test it (tests/deploy/test_image.py; not part of make test)
+#   make gpu-fallback-test  the GPU flavour (onnxruntime-gpu) on this machine: falls back to the CPU, same answers
 
 PYTHON ?= python3
 VENV := .venv
@@ -72,7 +73,7 @@ bench: models
 
 # The container image: deploy/image/build.sh reads FLAVOR, IMAGE, PYTHON_IMAGE, DEMO_REPOSITORY (make passes
 # command-line variables on); IMAGE_BUILD_FLAGS go to the engine's build (e.g. --no-cache).
-.PHONY: image base-image image-test
+.PHONY: image base-image image-test gpu-fallback-test
 image:
 	deploy/image/build.sh $(IMAGE_BUILD_FLAGS)
 
@@ -82,3 +83,7 @@ base-image:
 # The running image against the host's server, SIGTERM under load, a mounted repository, the health check.
 image-test: install image
 	SEQSERVE_IMAGE_TEST=1 SEQSERVE_IMAGE="$${IMAGE:-seqserve:$${FLAVOR:-cpu}}" $(PY) -m pytest -q -s -p no:cacheprovider tests/deploy/test_image.py
+
+# The `gpu` extra in its own venv (build/gpu-fallback-*) serving the demo repository without a usable GPU.
+gpu-fallback-test: models
+	SEQSERVE_GPU_FALLBACK_TEST=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/deploy/test_gpu_fallback.py
