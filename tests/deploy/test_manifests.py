@@ -91,9 +91,11 @@ def test_probes_drain_and_grace_period_fit_together(overlay: str) -> None:
     pod = deployment["spec"]["template"]["spec"]
     c = container(deployment)
     port_names = {p["name"] for p in c["ports"]}
-    for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+    for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz")):
         assert c[probe]["httpGet"]["path"] == path, probe
         assert c[probe]["httpGet"]["port"] in port_names, probe
+    # Readiness through gRPC's health service: SERVING exactly when /readyz is 200 (tests/service/grpc).
+    assert c["readinessProbe"]["grpc"]["port"] == grpc_container_port(c) == image_port("SEQSERVE_GRPC_PORT")
     startup = c["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60  # imports (CUDA's too) before listening
     [command] = [c["lifecycle"]["preStop"]["exec"]["command"]]
@@ -122,15 +124,16 @@ def test_a_broken_model_entry_keeps_a_pod_unready_but_never_restarts_it(overlay:
     assert Settings.model_fields["strict_readiness"].default is True
     deployment = by_kind(render(overlay), "Deployment")
     c = container(deployment)
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["readinessProbe"]["grpc"]["port"] == grpc_container_port(c)  # gRPC health: the /readyz contract
     for probe in ("startupProbe", "livenessProbe"):
         assert c[probe]["httpGet"]["path"] in LIVENESS_PATHS, probe
     assert deployment["spec"]["progressDeadlineSeconds"] >= 300
-    [isvc] = load(K8S / "kserve" / "inferenceservice.yaml")
-    [kserve] = isvc["spec"]["predictor"]["containers"]
-    for probe in ("startupProbe", "livenessProbe"):
-        if probe in kserve:
-            assert kserve[probe]["httpGet"]["path"] in LIVENESS_PATHS, probe
+    for manifest in KSERVE_MANIFESTS:
+        [isvc] = load(K8S / "kserve" / manifest)
+        [kserve] = isvc["spec"]["predictor"]["containers"]
+        for probe in ("startupProbe", "livenessProbe"):
+            if probe in kserve:
+                assert kserve[probe]["httpGet"]["path"] in LIVENESS_PATHS, probe
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -141,8 +144,11 @@ def test_service_hpa_pdb_and_monitoring_select_the_deployment(overlay: str) -> N
     c = container(deployment)
     service = by_kind(docs, "Service")
     assert service["spec"]["selector"].items() <= labels.items()
-    [port] = service["spec"]["ports"]
-    assert port["targetPort"] in {p["name"] for p in c["ports"]}
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert sorted(ports) == ["grpc", "http"]
+    for port in ports.values():
+        assert port["targetPort"] in {p["name"] for p in c["ports"]}
+    port = ports["http"]
     assert by_kind(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
     hpa = by_kind(docs, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
@@ -168,9 +174,14 @@ def test_gpu_overlay_differs_from_cpu_only_in_image_device_gpu_and_sizes() -> No
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu_pod["tolerations"]
 
 
+KSERVE_MANIFESTS = ("inferenceservice.yaml", "inferenceservice-grpc.yaml")
+"""KServe exposes one port per predictor: HTTP (http1), or gRPC (h2c) with HTTP kept for liveness."""
+
+
+@pytest.mark.parametrize("manifest", KSERVE_MANIFESTS)
 @pytest.mark.parametrize("version", VERSIONS)
-def test_kserve_inference_service_predictor_is_a_valid_pod_spec(version: str) -> None:
-    [isvc] = load(K8S / "kserve" / "inferenceservice.yaml")
+def test_kserve_inference_service_predictor_is_a_valid_pod_spec(version: str, manifest: str) -> None:
+    [isvc] = load(K8S / "kserve" / manifest)
     assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
     predictor = isvc["spec"]["predictor"]
     pod_spec = {k: v for k, v in predictor.items() if k not in KSERVE_EXTENSION_FIELDS}
@@ -178,8 +189,13 @@ def test_kserve_inference_service_predictor_is_a_valid_pod_spec(version: str) ->
               "spec": pod_spec}, version)
     [c] = predictor["containers"]
     assert c["name"] == "kserve-container"  # the name KServe routes to
-    assert int(env(c)["SEQSERVE_PORT"]) == c["ports"][0]["containerPort"] == 8080
-    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    [port] = c["ports"]
+    if port["name"] == "h2c":  # gRPC: readiness through gRPC's health service, liveness over HTTP
+        assert int(env(c)["SEQSERVE_GRPC_PORT"]) == port["containerPort"] == c["readinessProbe"]["grpc"]["port"]
+        assert c["livenessProbe"]["httpGet"]["port"] == int(env(c)["SEQSERVE_PORT"]) == 8080
+    else:
+        assert int(env(c)["SEQSERVE_PORT"]) == port["containerPort"] == 8080
+        assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     grace = float(env(c).get("SEQSERVE_GRACE_PERIOD_SECONDS", GRACE_DEFAULT))
     assert predictor["terminationGracePeriodSeconds"] > grace
@@ -194,7 +210,9 @@ def test_compose_runs_replicas_behind_the_shared_nginx_config() -> None:
     assert "command" not in server and "entrypoint" not in server  # the image's entrypoint
     grace = float(server["environment"].get("SEQSERVE_GRACE_PERIOD_SECONDS", GRACE_DEFAULT))
     assert float(server["stop_grace_period"].rstrip("s")) > grace
-    assert server["expose"] == [str(image_port())]
+    assert server["expose"] == [str(image_port()), str(image_port("SEQSERVE_GRPC_PORT"))]
+    health = " ".join(server["healthcheck"]["test"])  # gRPC's health service: SERVING when /readyz is 200
+    assert "grpc_health.v1" in health and f"127.0.0.1:{image_port('SEQSERVE_GRPC_PORT')}" in health
     mounts = {v.split(":")[1]: (compose_dir / v.split(":")[0]).resolve() for v in lb["volumes"]}
     assert mounts["/etc/nginx/conf.d/default.conf"] == ROOT / "deploy" / "nginx" / "seqserve.conf"
     for path in mounts.values():
@@ -222,7 +240,12 @@ def test_nginx_retries_every_failed_try_of_a_post_on_another_replica() -> None:
     assert re.search(r"^\s*keepalive \d+;", conf, re.M)
 
 
-def image_port() -> int:
-    match = re.search(r"SEQSERVE_PORT=(\d+)", (ROOT / "Dockerfile").read_text())
+def image_port(name: str = "SEQSERVE_PORT") -> int:
+    match = re.search(rf"\b{name}=(\d+)", (ROOT / "Dockerfile").read_text())
     assert match
     return int(match.group(1))
+
+
+def grpc_container_port(c: dict[str, Any]) -> int:
+    [port] = [p["containerPort"] for p in c["ports"] if p["name"] in ("grpc", "h2c")]
+    return int(port)
