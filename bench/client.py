@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,12 +129,37 @@ Answer = Callable[[float, float, int], None]
 seconds; status 0 when the connection failed, -1 when it was not sent (connection cap reached)."""
 
 
+Send = Callable[[bytes], Awaitable[bool]]
+"""Sends one encoded request and waits for its answer: True when it succeeded."""
+
+
 async def closed_loop(
     port: int, requests: Sequence[bytes], concurrency: int, seconds: float, warmup_seconds: float,
     on_window: tuple[Window, Window] | None = None,
 ) -> LoadResult:
     """`concurrency` connections in a closed loop; only answers inside the window after warm-up count."""
     connections = [await Connection.open(port) for _ in range(concurrency)]
+
+    def sender(conn: Connection) -> Send:
+        async def send(raw: bytes) -> bool:
+            status, _ = await conn.request(raw)
+            return status == 200
+
+        return send
+
+    try:
+        return await run_closed_loop([sender(c) for c in connections], requests, seconds, warmup_seconds, on_window)
+    finally:
+        for conn in connections:
+            conn.close()
+
+
+async def run_closed_loop(
+    senders: Sequence[Send], requests: Sequence[bytes], seconds: float, warmup_seconds: float,
+    on_window: tuple[Window, Window] | None = None,
+) -> LoadResult:
+    """One closed-loop worker per sender, each sending the next request as soon as its last is
+    answered; only answers inside the window after warm-up count. The protocol is the senders'."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     window_start, stop = start + warmup_seconds, start + warmup_seconds + seconds
@@ -142,27 +167,23 @@ async def closed_loop(
     latencies: list[float] = []
     counts = {"ok": 0, "errors": 0}
 
-    async def worker(conn: Connection) -> None:
+    async def worker(send: Send) -> None:
         while True:
             sent = loop.time()
             if sent >= stop:
                 return
-            status, _ = await conn.request(requests[next(next_index) % len(requests)])
+            ok = await send(requests[next(next_index) % len(requests)])
             done = loop.time()
             if window_start <= sent and done <= stop:
-                if status == 200:
+                if ok:
                     counts["ok"] += 1
                     latencies.append(done - sent)
                 else:
                     counts["errors"] += 1
 
     measure = _Meter(loop, window_start, stop, on_window)
-    try:
-        await asyncio.gather(measure.run(), *(worker(c) for c in connections))
-    finally:
-        for conn in connections:
-            conn.close()
-    return LoadResult("closed", concurrency, stop - window_start, counts["ok"], counts["errors"],
+    await asyncio.gather(measure.run(), *(worker(send) for send in senders))
+    return LoadResult("closed", len(senders), stop - window_start, counts["ok"], counts["errors"],
                       np.asarray(latencies) * 1000.0, measure.cpu_seconds)
 
 

@@ -9,14 +9,13 @@ in flight at once, spread over a few channels (one HTTP/2 connection each).
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Sequence
 
 import grpc
 import numpy as np
 from grpc import aio
 
-from bench.client import LoadResult, Window, _Meter
+from bench.client import LoadResult, Send, Window, run_closed_loop
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 CALLS_PER_CHANNEL = 16
@@ -48,37 +47,23 @@ async def grpc_closed_loop(
     calls = [channel.unary_unary(MODEL_INFER) for channel in channels]  # bytes in, bytes out
     for channel in channels:
         await asyncio.wait_for(channel.channel_ready(), 30)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    window_start, stop = start + warmup_seconds, start + warmup_seconds + seconds
-    next_index = itertools.count(int(start * 1000) % len(requests))
-    latencies: list[float] = []
-    counts = {"ok": 0, "errors": 0}
 
-    async def worker(k: int) -> None:
+    def sender(k: int) -> Send:
         call = calls[k % len(calls)]
-        while True:
-            sent = loop.time()
-            if sent >= stop:
-                return
-            try:
-                await call(requests[next(next_index) % len(requests)], timeout=60)
-                ok = True
-            except grpc.RpcError:
-                ok = False
-            done = loop.time()
-            if window_start <= sent and done <= stop:
-                if ok:
-                    counts["ok"] += 1
-                    latencies.append(done - sent)
-                else:
-                    counts["errors"] += 1
 
-    measure = _Meter(loop, window_start, stop, on_window)
+        async def send(raw: bytes) -> bool:
+            try:
+                await call(raw, timeout=60)
+            except grpc.RpcError:
+                return False
+            return True
+
+        return send
+
     try:
-        await asyncio.gather(measure.run(), *(worker(k) for k in range(concurrency)))
+        return await run_closed_loop(
+            [sender(k) for k in range(concurrency)], requests, seconds, warmup_seconds, on_window
+        )
     finally:
         for channel in channels:
             await channel.close()
-    return LoadResult("closed", concurrency, stop - window_start, counts["ok"], counts["errors"],
-                      np.asarray(latencies) * 1000.0, measure.cpu_seconds)
