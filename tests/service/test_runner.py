@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from tests.service.api.conftest import ROOT, Server, free_port, sample_value, stop, wait_until
+from tests.service.api.conftest import ROOT, Server, free_port, sigterm_while_queued, stop, wait_until
 from tests.service.conftest import BuiltRepository
 from tests.service.serve_with_failing_drain import FAULT
 
@@ -32,7 +30,7 @@ def test_a_drain_that_raises_is_logged_answers_what_is_queued_and_exits(
     port = free_port()
     flags = ["--repository", str(root), "--port", str(port), "--max-batch-size", "1", "--batch-workers", "1"]
     flags += ["--grace-period-seconds", "60", "--max-queue", "8192", "--max-sequences-per-request", "4096"]
-    flags += ["--max-body-bytes", str(64 << 20)]
+    flags += ["--max-body-bytes", str(64 << 20), "--grpc-port", "0"]
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SEQSERVE_")}
     environment.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
     log_path = tmp_path / "server.log"
@@ -45,23 +43,9 @@ def test_a_drain_that_raises_is_logged_answers_what_is_queued_and_exits(
             stderr=subprocess.STDOUT,
         )
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
-    answer: list[httpx.Response | BaseException] = []
     try:
         wait_until(lambda: _ready(server), timeout=90)
-
-        def post() -> None:
-            try:
-                answer.append(httpx.post(f"{server.url}/predict", json={"inputs": sequences}, timeout=120))
-            except httpx.HTTPError as exc:
-                answer.append(exc)
-
-        client = threading.Thread(target=post)
-        client.start()
-        try:
-            wait_until(lambda: sample_value(server.metrics(), "seqserve_queue_depth") > 0)
-            process.send_signal(signal.SIGTERM)
-        finally:
-            client.join(timeout=120)
+        response = sigterm_while_queued(server, sequences)
         # Well inside the 60 s grace period: nothing waits for it, or for a SIGKILL.
         try:
             status = process.wait(timeout=30)
@@ -70,7 +54,6 @@ def test_a_drain_that_raises_is_logged_answers_what_is_queued_and_exits(
     finally:
         stop(process)
     assert status == 1, server.log()
-    [response] = answer
     assert isinstance(response, httpx.Response), repr(response)
     assert response.status_code == 503 and response.json()["error"]["code"] == "draining"
     log_text = server.log()

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -136,3 +137,25 @@ def batch_counts(server: Server, model: str) -> tuple[float, float]:
         sample_value(metrics, "seqserve_batch_size_count", labels),
         sample_value(metrics, "seqserve_batch_size_bucket", {**labels, "le": "1"}),
     )
+
+
+def sigterm_while_queued(server: Server, sequences: list[list[list[float]]]) -> httpx.Response | BaseException:
+    """POST `sequences` to /predict, send the server SIGTERM once some of them are queued, and return the
+    answer (or the client's error) once the request ends."""
+    answer: list[httpx.Response | BaseException] = []
+
+    def post() -> None:
+        try:
+            answer.append(httpx.post(f"{server.url}/predict", json={"inputs": sequences}, timeout=120))
+        except httpx.HTTPError as exc:
+            answer.append(exc)
+
+    client = threading.Thread(target=post)
+    client.start()
+    try:
+        wait_until(lambda: sample_value(server.metrics(), "seqserve_queue_depth") > 0)
+        server.process.send_signal(signal.SIGTERM)
+    finally:
+        client.join(timeout=120)
+    [response] = answer
+    return response

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import orjson
 
-from tests.service.api.conftest import run_server, sample_value, softmax, wait_until
+from tests.service.api.conftest import run_server, sample_value, sigterm_while_queued, softmax, wait_until
 from tests.service.conftest import BuiltRepository
 
 REQUESTS = 24
@@ -83,23 +83,8 @@ def test_past_the_grace_period_what_is_left_gets_503_and_the_process_exits_0(
     flags = ("--max-batch-size", "1", "--grace-period-seconds", "0.5", "--max-queue", "8192")
     flags += ("--max-sequences-per-request", "4096", "--max-body-bytes", str(64 << 20))
     with run_server(root, *flags, log_dir=tmp_path) as server:
-        answer: list[httpx.Response | BaseException] = []
-
-        def post() -> None:
-            try:
-                answer.append(httpx.post(f"{server.url}/predict", json={"inputs": sequences}, timeout=120))
-            except httpx.HTTPError as exc:
-                answer.append(exc)
-
-        client = threading.Thread(target=post)
-        client.start()
-        try:
-            wait_until(lambda: sample_value(server.metrics(), "seqserve_queue_depth") > 0)
-            server.process.send_signal(signal.SIGTERM)
-        finally:
-            client.join(timeout=120)
+        response = sigterm_while_queued(server, sequences)
         assert server.process.wait(timeout=60) == 0, server.log()
-    [response] = answer
     assert isinstance(response, httpx.Response), repr(response)
     assert response.status_code == 503 and response.json()["error"]["code"] == "draining"
     assert "grace period over" in server.log()
