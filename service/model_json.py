@@ -73,6 +73,38 @@ class FormatsJson(_Section):
     torchscript: str | None = Field(default=None, pattern=_FILE_NAME_PATTERN.pattern)
 
 
+class StreamFormatsJson(_Section):
+    onnx: str | None = Field(default=None, pattern=_FILE_NAME_PATTERN.pattern)
+    torchscript: str | None = Field(default=None, pattern=_FILE_NAME_PATTERN.pattern)
+
+
+class StreamingJson(_Section):
+    """The stateful graphs that serve a stream chunk by chunk (unidirectional models).
+
+    Signature: ``(input [B, T, ...], lengths int64 [B], state_in float32 [B, S])
+    -> (output, state_out float32 [B, S])``. An all-zero ``state_in`` starts a
+    stream; ``state_out`` is each row's state after its last valid step. ``output``
+    is ``[B, O]``, the answer as if the stream ended at that step, or, when
+    ``per_step``, ``[B, T, O]`` with zeros past each length; it is in the same
+    units as the whole-sequence graph's output (``graph.output_activation`` applies).
+    """
+
+    formats: StreamFormatsJson
+    state_size: int = Field(ge=1, le=1 << 24)
+    per_step: bool = False
+    input: str = Field(default="input", min_length=1)
+    lengths: str = Field(default="lengths", min_length=1)
+    state_in: str = Field(default="state_in", min_length=1)
+    output: str = Field(default="output", min_length=1)
+    state_out: str = Field(default="state_out", min_length=1)
+
+    @model_validator(mode="after")
+    def _a_file(self) -> StreamingJson:
+        if self.formats.onnx is None and self.formats.torchscript is None:
+            raise ValueError("streaming.formats lists no model file")
+        return self
+
+
 class ModelJson(BaseModel):
     """model.json, schema_version 1. Informational sections are kept, unread."""
 
@@ -89,6 +121,8 @@ class ModelJson(BaseModel):
     graph: GraphJson
     padding: Padding
     formats: FormatsJson
+    streaming: StreamingJson | None = None
+    """Present when the version can serve streams; absent for bidirectional models."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelJson:
@@ -102,6 +136,10 @@ class ModelJson(BaseModel):
         if self.formats.onnx is None and self.formats.torchscript is None:
             raise ValueError("formats lists no model file")
         return self
+
+    @property
+    def can_stream(self) -> bool:
+        return self.streaming is not None
 
     @property
     def uses_lengths(self) -> bool:
