@@ -18,7 +18,6 @@ means.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.client import closed_loop, encode_requests, open_loop
+from bench.client import run as client_run
 from bench.server import Server
 from bench.workload import REFERENCE_NAME, ModelInput, Workload, build_reference
 from service.runtime import cpu_cores
@@ -47,37 +47,59 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("build/ab"), help="the reference repository and logs")
+    parser.add_argument(
+        "--model",
+        default=REFERENCE_NAME,
+        help="a model of --demo-repository instead of the reference model (e.g. names)",
+    )
+    parser.add_argument("--demo-repository", type=Path, default=Path("repository"))
+    parser.add_argument("--per-request", type=int, default=1, help="sequences per request (/predict JSON)")
     args = parser.parse_args(argv)
 
-    repository = args.work / "repository"
-    build_reference(repository)
-    workload = Workload.generate(ModelInput.read(repository / REFERENCE_NAME / "1" / "model.json"), 1024)
+    if args.model == REFERENCE_NAME:
+        repository = args.work / "repository"
+        build_reference(repository)
+    else:
+        repository = args.demo_repository
+    args.work.mkdir(parents=True, exist_ok=True)
+    workload = Workload.generate(ModelInput.read(repository / args.model / "1" / "model.json"), 1024)
     path, bodies_of = BODIES[args.body]
-    bodies = getattr(workload, bodies_of)()
+    path = path.replace(REFERENCE_NAME, args.model)
+    bodies = workload.json_bodies(args.per_request) if args.body == "json" else getattr(workload, bodies_of)()
     results: list[list[dict[str, float]]] = [[] for _ in args.variants]
     for round_ in range(args.rounds):
         for index, variant in enumerate(args.variants):
             settings: dict[str, Any] = {"max_batch_size": 32, "max_batch_tokens": 8192, **variant}
             source = settings.pop("source", None)
-            server = Server(repository, name=f"variant-{index}", log_path=args.work / f"variant-{index}.log",
-                            source=Path(source) if source else None, **settings)
+            server = Server(
+                repository,
+                name=f"variant-{index}",
+                log_path=args.work / f"variant-{index}.log",
+                source=Path(source) if source else None,
+                **settings,
+            )
             try:
                 server.wait_ready()
                 requests = encode_requests(path, bodies, server.port)
-                asyncio.run(closed_loop(server.port, requests, args.concurrency, 1.5, 0.3))  # warm
+                client_run(closed_loop(server.port, requests, args.concurrency, 1.5, 0.3))  # warm
                 cpu0, wall0 = server.cpu(), time.perf_counter()
                 if args.rate:
-                    load = asyncio.run(open_loop(server.port, requests, args.rate, args.seconds, 0.5))
+                    load = client_run(open_loop(server.port, requests, args.rate, args.seconds, 0.5))
                 else:
-                    load = asyncio.run(closed_loop(server.port, requests, args.concurrency, args.seconds, 0.0))
+                    load = client_run(closed_loop(server.port, requests, args.concurrency, args.seconds, 0.0))
                 cpu, wall = server.cpu() - cpu0, time.perf_counter() - wall0
             finally:
                 server.stop()
-            n = max(load.sequences, 1)
+            n = max(load.sequences * args.per_request, 1)
             figures = {
-                "seq_s": load.throughput, "loop_ms": 1000 * cpu.main / n, "worker_ms": 1000 * cpu.others / n,
-                "machine_share": cpu.total / wall / cpu_cores(), "p50_ms": load.percentile(50),
-                "p99_ms": load.percentile(99), "errors": load.errors,
+                "req_s": load.throughput,
+                "seq_s": load.throughput * args.per_request,
+                "loop_ms": 1000 * cpu.main / n,
+                "worker_ms": 1000 * cpu.others / n,
+                "machine_share": cpu.total / wall / cpu_cores(),
+                "p50_ms": load.percentile(50),
+                "p99_ms": load.percentile(99),
+                "errors": load.errors,
             }
             results[index].append(figures)
             print(f"round {round_ + 1} variant {index} {json.dumps(variant)}: " + _line(figures), flush=True)
@@ -88,9 +110,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _line(f: dict[str, float]) -> str:
-    return (f"{f['seq_s']:.0f} seq/s, loop {f['loop_ms']:.3f} ms/seq, workers {f['worker_ms']:.3f} ms/seq, "
-            f"machine {f['machine_share']:.2f}, p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms, "
-            f"errors {f['errors']:.0f}")
+    return (
+        f"{f['req_s']:.0f} req/s, {f['seq_s']:.0f} seq/s, loop {f['loop_ms']:.3f} ms/seq, "
+        f"workers {f['worker_ms']:.3f} ms/seq, "
+        f"machine {f['machine_share']:.2f}, p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms, "
+        f"errors {f['errors']:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 def encode_requests(
@@ -44,21 +47,70 @@ def encode_requests(
 MAX_IDLE_SECONDS = 4.0
 
 
+class _Answers(asyncio.Protocol):
+    """The client side of one keep-alive connection: splits what arrives into answers (head, body) by their
+    Content-Length, each resolving the future of the request waiting for it. No stream reader: per answer,
+    one `find` for the head's end and one slice."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._buffer = bytearray()
+        self._waiting: asyncio.Future[tuple[bytes, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_exception(asyncio.IncompleteReadError(bytes(self._buffer), None))
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        return False
+
+    def expect(self) -> asyncio.Future[tuple[bytes, bytes]]:
+        self._waiting = asyncio.get_running_loop().create_future()
+        if self.closed:
+            self._waiting.set_exception(asyncio.IncompleteReadError(b"", None))
+        return self._waiting
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0 or self._waiting is None:
+            return
+        head = bytes(buffer[: end + 4]).lower()
+        at = head.find(b"content-length:")
+        if at < 0:
+            self._waiting.set_exception(RuntimeError("response without Content-Length"))
+            return
+        length = int(head[at + 15 : head.find(b"\r\n", at)])
+        if len(buffer) < end + 4 + length:
+            return
+        body = bytes(buffer[end + 4 : end + 4 + length])
+        del buffer[: end + 4 + length]
+        waiting, self._waiting = self._waiting, None
+        waiting.set_result((head, body))
+
+
 class Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self, transport: asyncio.Transport, answers: _Answers) -> None:
+        self._transport, self._answers = transport, answers
         self.last_used = time.monotonic()
 
     def stale(self) -> bool:
         """Closed by the server, or idle so long it may be closing now (see MAX_IDLE_SECONDS):
         a pool drops it rather than reuse it, as HTTP clients' pools do."""
         idle = time.monotonic() - self.last_used > MAX_IDLE_SECONDS
-        return idle or self.reader.at_eof() or self.writer.is_closing()
+        return idle or self._answers.closed or self._transport.is_closing()
 
     @classmethod
     async def open(cls, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
-        return cls(reader, writer)
+        transport, answers = await asyncio.get_running_loop().create_connection(_Answers, "127.0.0.1", port)
+        return cls(transport, answers)
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
         status, _, body = await self.exchange(raw)
@@ -66,19 +118,22 @@ class Connection:
 
     async def exchange(self, raw: bytes) -> tuple[int, bytes, bytes]:
         """Send one whole request; its status, head (lower case) and body."""
-        self.writer.write(raw)
-        head = (await self.reader.readuntil(b"\r\n\r\n")).lower()
-        status = int(head[9:12])
-        at = head.find(b"content-length:")
-        if at < 0:
-            raise RuntimeError("response without Content-Length")
-        end = head.find(b"\r\n", at)
-        body = await self.reader.readexactly(int(head[at + 15 : end]))
+        answer = self._answers.expect()
+        self._transport.write(raw)
+        head, body = await answer
         self.last_used = time.monotonic()
-        return status, head, body
+        return int(head[9:12]), head, body
 
     def close(self) -> None:
-        self.writer.close()
+        self._transport.close()
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run` on uvloop: the load generator's own CPU per request is what the server does not get."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 @dataclass
@@ -134,7 +189,11 @@ Send = Callable[[bytes], Awaitable[bool]]
 
 
 async def closed_loop(
-    port: int, requests: Sequence[bytes], concurrency: int, seconds: float, warmup_seconds: float,
+    port: int,
+    requests: Sequence[bytes],
+    concurrency: int,
+    seconds: float,
+    warmup_seconds: float,
     on_window: tuple[Window, Window] | None = None,
 ) -> LoadResult:
     """`concurrency` connections in a closed loop; only answers inside the window after warm-up count."""
@@ -155,7 +214,10 @@ async def closed_loop(
 
 
 async def run_closed_loop(
-    senders: Sequence[Send], requests: Sequence[bytes], seconds: float, warmup_seconds: float,
+    senders: Sequence[Send],
+    requests: Sequence[bytes],
+    seconds: float,
+    warmup_seconds: float,
     on_window: tuple[Window, Window] | None = None,
 ) -> LoadResult:
     """One closed-loop worker per sender, each sending the next request as soon as its last is
@@ -183,13 +245,26 @@ async def run_closed_loop(
 
     measure = _Meter(loop, window_start, stop, on_window)
     await asyncio.gather(measure.run(), *(worker(send) for send in senders))
-    return LoadResult("closed", len(senders), stop - window_start, counts["ok"], counts["errors"],
-                      np.asarray(latencies) * 1000.0, measure.cpu_seconds)
+    return LoadResult(
+        "closed",
+        len(senders),
+        stop - window_start,
+        counts["ok"],
+        counts["errors"],
+        np.asarray(latencies) * 1000.0,
+        measure.cpu_seconds,
+    )
 
 
 async def open_loop(
-    port: int, requests: Sequence[bytes], rate: float, seconds: float, warmup_seconds: float,
-    max_connections: int = 512, on_window: tuple[Window, Window] | None = None, on_answer: Answer | None = None,
+    port: int,
+    requests: Sequence[bytes],
+    rate: float,
+    seconds: float,
+    warmup_seconds: float,
+    max_connections: int = 512,
+    on_window: tuple[Window, Window] | None = None,
+    on_answer: Answer | None = None,
 ) -> LoadResult:
     """Requests start every 1/rate seconds on an idle connection (opened on demand, at most
     `max_connections`); past that cap a start is counted as an error rather than delayed. A
@@ -209,7 +284,7 @@ async def open_loop(
             if conn is None:
                 conn = await Connection.open(port)
             status, _ = await conn.request(raw)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
+        except (OSError, asyncio.IncompleteReadError, ValueError, RuntimeError):
             status = 0
             opened -= 1
             if conn is not None:
@@ -265,15 +340,23 @@ async def open_loop(
         for conn in idle:
             conn.close()
     late = len(tasks)
-    return LoadResult("open", rate, stop - window_start, counts["ok"], counts["errors"] + late,
-                      np.asarray(latencies) * 1000.0, measure.cpu_seconds)
+    return LoadResult(
+        "open",
+        rate,
+        stop - window_start,
+        counts["ok"],
+        counts["errors"] + late,
+        np.asarray(latencies) * 1000.0,
+        measure.cpu_seconds,
+    )
 
 
 class _Meter:
     """Reads this process's CPU time at the window's edges and calls the server-side probes."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, start: float, stop: float,
-                 on_window: tuple[Window, Window] | None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, start: float, stop: float, on_window: tuple[Window, Window] | None
+    ) -> None:
         self._loop, self._start, self._stop, self._on = loop, start, stop, on_window
         self.cpu_seconds = 0.0
 

@@ -136,17 +136,36 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
         f"{100 * top['client_cpu_share']:.1f}% of the machine's CPU.",
     ]
     if results.get("demos"):
-        lines += ["", "Demo models (closed loop):", "",
-                  "| model | lengths | concurrency | seqserve seq/s | ceiling seq/s | / ceiling | floor seq/s "
-                  "| / floor | p50 ms | p99 ms |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += ["", "Demo models (closed loop, one sequence per request; CPU outside the runtime: the server's CPU "
+                  "per request less the in-process runtime CPU of its sequence, from the 64-in-flight ceiling):", "",
+                  "| model | lengths | concurrency | seqserve req/s | ceiling seq/s | / ceiling | floor req/s "
+                  "| / floor | p50 ms | p99 ms | server CPU ms/req | outside the runtime ms/req |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name, d in results["demos"].items():
             s, f, ceil = d["seqserve"], d["floor"], d["ceiling"]["sorted"]["throughput_seq_s"]
+            cpu = s.get("server_cpu_ms_per_req", s["server_cpu_ms_per_seq"])
+            outside = s.get("server_cpu_outside_runtime_ms_per_req")
             lines.append(
                 f"| {name} | {d['lengths'][0]}-{d['lengths'][1]} | {int(s['level'])} | {_f(s['throughput_seq_s'])} "
                 f"| {_f(ceil)} | {s['throughput_seq_s'] / ceil:.2f} | {_f(f['throughput_seq_s'])} "
                 f"| {s['throughput_seq_s'] / max(f['throughput_seq_s'], 1e-9):.2f} | {s['p50_ms']:.1f} "
-                f"| {s['p99_ms']:.1f} |")
+                f"| {s['p99_ms']:.1f} | {cpu:.3f} | {'' if outside is None else f'{outside:.3f}'} |")
+    scaling = results.get("scaling")
+    if scaling:
+        rows = scaling["rows"]
+        lines += ["", f"HTTP worker processes (`--http-workers`), {scaling['model']}, closed loop at "
+                  f"c={scaling['concurrency']}, each count its own server, rounds alternating (best of):", "",
+                  "| sequences per request | HTTP processes | req/s | seq/s | / 1 process | p50 ms | p99 ms "
+                  "| server CPU ms/req | outside the runtime ms/req | server's share of the machine |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in rows:
+            one = next(o for o in rows if o["per_request"] == r["per_request"] and o["http_workers"] == min(
+                x["http_workers"] for x in rows))
+            lines.append(
+                f"| {r['per_request']} | {r['http_workers']} | {_f(r['throughput_req_s'])} "
+                f"| {_f(r['throughput_seq_s'])} | {r['throughput_req_s'] / max(one['throughput_req_s'], 1e-9):.2f} "
+                f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['server_cpu_ms_per_req']:.3f} "
+                f"| {r['server_cpu_outside_runtime_ms_per_req']:.3f} | {r['server_cpu_share']:.2f} |")
     lines += ["", "| target | value | met |", "| --- | ---: | :---: |"]
     for name, t in summary["targets"].items():
         lines.append(f"| {name} | {t['value']:.2f} | {'yes' if t['met'] else '**no**'} |")

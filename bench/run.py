@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.client import LoadResult, closed_loop, encode_requests, open_loop
+from bench.client import run as client_run
 from bench.grpc_client import encode_infer_requests, grpc_closed_loop
 from bench.server import CpuSample, Server
 from bench.workload import REFERENCE_NAME, ModelInput, Workload, build_reference
+from service.runtime import cpu_cores
 
 
 @dataclass(frozen=True)
@@ -41,19 +43,37 @@ class Config:
     ceiling_repeats: int = 3
     ceiling_seconds: float = 2.0
     demo_repository: Path | None = None
-    demo_concurrency: int = 32
+    demo_concurrency: int = 64
     demo_seconds: float = 5.0
     binary_check: bool = True
     max_batch_size: int = 32
     max_batch_tokens: int = 8192
     server_env: dict[str, str] = field(default_factory=dict)
+    http_workers: int = 1
+    """HTTP worker processes of the seqserve server of the reference and demo phases (the floor has one)."""
+    scaling_model: str = "names"
+    """The demo model of the scaling phase: the same closed loop with 1, 2, ... HTTP worker processes."""
+    scaling_workers: tuple[int, ...] = field(default_factory=lambda: scaling_counts(cpu_cores()))
+    scaling_per_request: tuple[int, ...] = (1, 8)
+    """Sequences per request in the scaling phase (one name per request; eight)."""
+
+    @classmethod
+    def targets(cls, out: Path, **overrides: Any) -> Config:
+        """Minutes, not many: only what the targets read (the reference at c=1 and c=64 with its ceiling, the demo
+        models at c=64, the scaling phase), 3 rounds of 5 s."""
+        settings: dict[str, Any] = dict(
+            out=out, concurrency=(1, 64), load_fractions=(), seconds=5.0, rounds=3, binary_check=False,
+            ceiling_repeats=2, demo_seconds=5.0,
+        )
+        settings.update(overrides)
+        return cls(**settings)
 
     @classmethod
     def quick(cls, out: Path, **overrides: Any) -> Config:
         """Seconds, not minutes: for the smoke test and a first look."""
         settings: dict[str, Any] = dict(
             out=out, concurrency=(1, 8), load_fractions=(0.5,), seconds=1.0, warmup_seconds=0.3, rounds=1,
-            count=64, ceiling_repeats=1, ceiling_seconds=0.3, demo_seconds=1.0,
+            count=64, ceiling_repeats=1, ceiling_seconds=0.3, demo_seconds=1.0, scaling_per_request=(1,),
         )
         settings.update(overrides)
         return cls(**settings)
@@ -81,7 +101,8 @@ class Bench:
     # -- one measured phase -------------------------------------------------
 
     def _phase(self, server: Server, label: str, run: Callable[[tuple[Callable[[], None], Callable[[], None]]],
-                                                               Coroutine[Any, Any, LoadResult]]) -> dict[str, Any]:
+                                                               Coroutine[Any, Any, LoadResult]],
+               *, grpc: bool = False) -> dict[str, Any]:
         self.progress(label)
         marks: dict[str, Any] = {}
 
@@ -97,7 +118,7 @@ class Bench:
                                   if s is not server)
 
         load_before = os.getloadavg()[0]
-        result = asyncio.run(run((start, stop)))
+        result = (asyncio.run if grpc else client_run)(run((start, stop)))  # grpc.aio wants asyncio's loop
         summary = result.summary()
         cpu: CpuSample = marks["server"]
         busy, idle = marks["machine"]
@@ -127,7 +148,7 @@ class Bench:
     def _grpc_closed(self, server: Server, requests: list[bytes], concurrency: int, label: str) -> dict[str, Any]:
         c = self.config
         return self._phase(server, label, lambda w: grpc_closed_loop(
-            server.grpc_port, requests, concurrency, c.seconds, c.warmup_seconds, on_window=w))
+            server.grpc_port, requests, concurrency, c.seconds, c.warmup_seconds, on_window=w), grpc=True)
 
     def _open(self, server: Server, requests: list[bytes], rate: float, label: str) -> dict[str, Any]:
         c = self.config
@@ -176,7 +197,8 @@ class Bench:
         try:
             self.progress("starting seqserve and the floor")
             self.servers["seqserve"] = Server(repository, name="seqserve", log_path=c.out / "seqserve.log",
-                                              grpc=c.binary_check, **limits, **_env_settings(c.server_env))
+                                              grpc=c.binary_check, **limits, **_env_settings(c.server_env),
+                                              http_workers=c.http_workers)
             self.servers["floor"] = Server(repository, name="floor", log_path=c.out / "floor.log",
                                            **{**limits, "max_batch_size": 1}, **_env_settings(c.server_env))
             for server in self.servers.values():
@@ -187,6 +209,8 @@ class Bench:
         finally:
             for server in self.servers.values():
                 server.stop()
+        if c.scaling_model in demos and c.scaling_workers:
+            self._scaling(repository, c.scaling_model)
         self.results["meta"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         self.results["summary"] = summarise(self.results)
         return self.results
@@ -262,12 +286,71 @@ class Bench:
         workload = Workload.generate(model, min(c.count, 512))
         path = f"/v1/models/{name}/predict"
         out: dict[str, Any] = {"lengths": [int(workload.lengths.min()), int(workload.lengths.max())]}
-        out["ceiling"] = self._ceiling(repository, name, "sorted,single", min(c.count, 512), c.ceiling_seconds / 2)
+        out["ceiling"] = self._ceiling(repository, name, "sorted,window,single", min(c.count, 512),
+                                       c.ceiling_seconds / 2)
+        runtime_ms = out["ceiling"]["window"]["runtime_cpu_ms_per_seq"]
         for server in (self.servers["seqserve"], self.servers["floor"]):
             requests = encode_requests(path, workload.json_bodies(), server.port)
-            out[server.name] = self._closed(server, requests, c.demo_concurrency,
-                                            f"demo {name} c={c.demo_concurrency} {server.name}", c.demo_seconds)
+            out[server.name] = _per_request(self._closed(
+                server, requests, c.demo_concurrency, f"demo {name} c={c.demo_concurrency} {server.name}",
+                c.demo_seconds), 1, runtime_ms)
         self.results.setdefault("demos", {})[name] = out
+
+    def _scaling(self, repository: Path, name: str) -> None:
+        """The demo model `name` at c=demo_concurrency with 1, 2, ... HTTP worker processes, `rounds` rounds
+        alternating the counts (best of), for each number of sequences per request."""
+        c = self.config
+        model = ModelInput.read(repository / name / "1" / "model.json")
+        workload = Workload.generate(model, min(c.count, 512))
+        runtime_ms = self.results["demos"][name]["ceiling"]["window"]["runtime_cpu_ms_per_seq"]
+        limits = {"max_batch_size": c.max_batch_size, "max_batch_tokens": c.max_batch_tokens}
+        runs: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for round_ in range(c.rounds):
+            for workers in c.scaling_workers:
+                server = Server(repository, name=f"seqserve-{workers}w", log_path=c.out / f"seqserve-{workers}w.log",
+                                **limits, **_env_settings(c.server_env), http_workers=workers)
+                try:
+                    server.wait_ready()
+                    for per_request in c.scaling_per_request:
+                        requests = encode_requests(f"/v1/models/{name}/predict", workload.json_bodies(per_request),
+                                                   server.port)
+                        label = (f"scaling {name} {per_request}/request c={c.demo_concurrency} {workers} HTTP "
+                                 f"processes (round {round_ + 1})")
+                        result = self._closed(server, requests, c.demo_concurrency, label, c.demo_seconds)
+                        runs.setdefault((per_request, workers), []).append(
+                            _per_request(result, per_request, runtime_ms))
+                finally:
+                    server.stop()
+        rows = []
+        for (per_request, workers), results in sorted(runs.items()):
+            best = max(results, key=lambda r: r["throughput_seq_s"])
+            rows.append({"http_workers": workers, "per_request": per_request, **best})
+        self.results["scaling"] = {"model": name, "concurrency": c.demo_concurrency,
+                                   "runtime_cpu_ms_per_seq": runtime_ms, "rows": rows}
+
+
+def scaling_counts(cores: int) -> tuple[int, ...]:
+    """HTTP worker counts for the scaling phase: 1, 2, 4, ... up to the cores, and the cores."""
+    counts = [1]
+    while counts[-1] * 2 <= cores:
+        counts.append(counts[-1] * 2)
+    return tuple(sorted({*counts, max(1, cores)}))
+
+
+def _per_request(result: dict[str, Any], per_request: int, runtime_ms_per_seq: float) -> dict[str, Any]:
+    """A closed-loop phase's figures per request: requests/s, the server's CPU per request, and the part of it
+    outside the runtime (the server's CPU less the in-process ceiling's runtime CPU for the request's sequences)."""
+    requests_s = result["throughput_seq_s"]  # the load generator counts answered requests
+    cpu_ms = result["server_cpu_ms_per_seq"]
+    result = dict(result)
+    result.update(
+        per_request=per_request,
+        throughput_req_s=requests_s,
+        throughput_seq_s=round(requests_s * per_request, 1),
+        server_cpu_ms_per_req=cpu_ms,
+        server_cpu_outside_runtime_ms_per_req=round(cpu_ms - per_request * runtime_ms_per_seq, 4),
+    )
+    return result
 
 
 def _env_settings(env: dict[str, str]) -> dict[str, str]:
@@ -345,6 +428,18 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         "server CPU outside the runtime < 0.15 x runtime CPU (per sequence)": {
             "value": round(overhead, 3), "met": overhead < 0.15},
     }
+    targets[f"c={top['concurrency']} throughput >= 0.85 x planner ceiling (64 in flight)"] = {
+        "value": top["to_ceiling_window"], "met": top["to_ceiling_window"] >= 0.85}
+    scaling = results.get("scaling")
+    if scaling:
+        ones = [r for r in scaling["rows"] if r["per_request"] == 1]
+        best = max(ones, key=lambda r: r["throughput_req_s"], default=None)
+        if best is not None:
+            name, cc, workers = scaling["model"], scaling["concurrency"], best["http_workers"]
+            outside = best["server_cpu_outside_runtime_ms_per_req"]
+            target = (f"{name}, one per request, c={cc} ({workers} HTTP processes): server CPU outside the runtime "
+                      "<= 0.15 ms per request")
+            targets[target] = {"value": outside, "met": outside <= 0.15}
     return {
         "ceiling_seq_s": ceiling_sorted, "ceiling_window_seq_s": ceiling_window,
         "ceiling_single_seq_s": ceiling_single, "ceiling_runtime_cpu_ms_per_seq": runtime_cpu,
@@ -363,6 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=None,
                         help="replace the text between <!-- bench:start --> and <!-- bench:end --> in this file")
     parser.add_argument("--quick", action="store_true", help="seconds instead of minutes (a smoke run)")
+    parser.add_argument("--targets", action="store_true",
+                        help="only what the targets read: reference c=1 and c=64, demo models, scaling (minutes)")
+    parser.add_argument("--http-workers", type=int, default=None,
+                        help="HTTP worker processes of the seqserve server (reference and demo phases) [1]")
+    parser.add_argument("--scaling-workers", default=None,
+                        help="HTTP worker counts of the scaling phase, e.g. 1,2 [1, 2, 4, ... up to the cores]")
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per phase")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of the closed-loop phases (best of N)")
     parser.add_argument("--concurrency", default=None, help="closed-loop concurrencies, e.g. 1,8,32,64")
@@ -379,8 +480,17 @@ def main(argv: list[str] | None = None) -> int:
         overrides["rounds"] = args.rounds
     if args.concurrency:
         overrides["concurrency"] = tuple(int(x) for x in args.concurrency.split(","))
+    if args.http_workers is not None:
+        overrides["http_workers"] = args.http_workers
+    if args.scaling_workers:
+        overrides["scaling_workers"] = tuple(int(x) for x in args.scaling_workers.split(","))
     args.work.mkdir(parents=True, exist_ok=True)
-    config = Config.quick(args.work, **overrides) if args.quick else Config(out=args.work, **overrides)
+    if args.quick:
+        config = Config.quick(args.work, **overrides)
+    elif args.targets:
+        config = Config.targets(args.work, **overrides)
+    else:
+        config = Config(out=args.work, **overrides)
     bar = tqdm(total=estimate_phases(config), unit="phase", dynamic_ncols=True)
 
     def progress(label: str) -> None:
@@ -404,4 +514,5 @@ def estimate_phases(c: Config) -> int:
     if c.demo_repository is not None and c.demo_repository.is_dir():
         demos = sum(1 for p in c.demo_repository.iterdir() if p.is_dir()) * 3
     encodings = 3 * len({max(c.concurrency), min(c.concurrency)}) if c.binary_check else 0
-    return 4 + 2 * c.rounds * len(c.concurrency) + 2 * len(c.load_fractions) + encodings + demos
+    scaling = c.rounds * len(c.scaling_workers) * len(c.scaling_per_request) if demos else 0
+    return 4 + 2 * c.rounds * len(c.concurrency) + 2 * len(c.load_fractions) + encodings + demos + scaling

@@ -43,10 +43,32 @@ def _thread_cpu(stat_path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for tid in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{tid}/children") as f:
+                    todo.extend(int(child) for child in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
 class Server:
     def __init__(
-        self, repository: Path, *, name: str, log_path: Path, env: dict[str, str] | None = None,
-        source: Path | None = None, grpc: bool = False, **settings: object,
+        self,
+        repository: Path,
+        *,
+        name: str,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        source: Path | None = None,
+        grpc: bool = False,
+        **settings: object,
     ) -> None:
         """`source`: run the `service` package of another checkout (e.g. a git worktree of an
         older commit) instead of this one's. `grpc`: also serve gRPC, on `grpc_port` (else off, so
@@ -56,14 +78,18 @@ class Server:
         self.grpc_port = free_port() if grpc else 0
         env = {**os.environ, **(env or {}), "SEQSERVE_GRPC_PORT": str(self.grpc_port)}
         env.update({f"SEQSERVE_{k.upper()}": str(v) for k, v in settings.items()})
-        env.update(SEQSERVE_PORT=str(self.port), SEQSERVE_HOST="127.0.0.1", SEQSERVE_LOG_LEVEL="warning",
-                   SEQSERVE_DEVICE="cpu")
+        env.update(
+            SEQSERVE_PORT=str(self.port), SEQSERVE_HOST="127.0.0.1", SEQSERVE_LOG_LEVEL="warning", SEQSERVE_DEVICE="cpu"
+        )
         if source is not None:
             env["PYTHONPATH"] = str(source.resolve())
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "--repository", str(repository.resolve())],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=source,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=source,
         )
 
     def wait_ready(self, timeout_seconds: float = 120.0) -> None:
@@ -81,17 +107,22 @@ class Server:
         raise TimeoutError(f"server {self.name} not ready within {timeout_seconds:g} s")
 
     def cpu(self) -> CpuSample:
-        pid = self.process.pid
+        """CPU of the server and its child processes (HTTP workers): main threads apart from the others."""
         main = others = 0.0
-        for tid in os.listdir(f"/proc/{pid}/task"):
+        for pid in _process_tree(self.process.pid):
             try:
-                seconds = _thread_cpu(f"/proc/{pid}/task/{tid}/stat")
+                tids = os.listdir(f"/proc/{pid}/task")
             except OSError:
-                continue  # the thread ended meanwhile
-            if int(tid) == pid:
-                main += seconds
-            else:
-                others += seconds
+                continue  # the process ended meanwhile
+            for tid in tids:
+                try:
+                    seconds = _thread_cpu(f"/proc/{pid}/task/{tid}/stat")
+                except OSError:
+                    continue  # the thread ended meanwhile
+                if int(tid) == pid:
+                    main += seconds
+                else:
+                    others += seconds
         return CpuSample(main, others)
 
     def stop(self) -> None:

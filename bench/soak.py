@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench.client import LoadResult, closed_loop, encode_requests, open_loop
+from bench.client import run as client_run
 from bench.run import Config, _meta
 from bench.server import Server
 from bench.workload import REFERENCE_NAME, ModelInput, Workload, build_reference
@@ -172,7 +173,7 @@ def run(
             rate, source = args.rate, "--rate"
         else:
             progress(f"saturation: closed loop at c={SATURATION_CONCURRENCY} for {args.saturation_seconds:g} s")
-            closed = asyncio.run(closed_loop(server.port, requests, SATURATION_CONCURRENCY, args.saturation_seconds,
+            closed = client_run(closed_loop(server.port, requests, SATURATION_CONCURRENCY, args.saturation_seconds,
                                              c.warmup_seconds))
             saturation = closed.summary()
             rate, source = max(1.0, args.rate_share * closed.throughput), (
@@ -188,7 +189,7 @@ def run(
                     bar.set_postfix(p50_ms=window.p50_ms, p99_ms=window.p99_ms, rss_mib=window.rss_mib,
                                     errors=window.errors)
 
-            windows, total = asyncio.run(soak(server, requests, rate, seconds, args.window_seconds, on_tick))
+            windows, total = client_run(soak(server, requests, rate, seconds, args.window_seconds, on_tick))
         finally:
             bar.close()
     finally:

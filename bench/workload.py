@@ -104,11 +104,12 @@ class Workload:
         seqs = [rng.standard_normal((int(n), model.features)).astype(np.float32) for n in lengths]
         return cls(model, seqs, lengths)
 
-    def json_bodies(self) -> list[bytes]:
-        """`/predict` bodies, one sequence each (float32 values, as a client would send them)."""
-        if self.model.kind == "text":
-            return [orjson.dumps({"inputs": [text]}) for text in self.sequences]
-        return [orjson.dumps({"inputs": [seq]}, option=orjson.OPT_SERIALIZE_NUMPY) for seq in self.sequences]
+    def json_bodies(self, per_request: int = 1) -> list[bytes]:
+        """`/predict` bodies of `per_request` sequences each (float32 values, as a client would send them),
+        the sequences taken in turn (wrapping around)."""
+        n = len(self.sequences)
+        groups = [[self.sequences[(i * per_request + k) % n] for k in range(per_request)] for i in range(n)]
+        return [orjson.dumps({"inputs": group}, option=orjson.OPT_SERIALIZE_NUMPY) for group in groups]
 
     def v2_json_bodies(self) -> list[bytes]:
         """V2 `/infer` bodies with the tensor as JSON numbers (feature models only)."""

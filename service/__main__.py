@@ -58,10 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seqserve serve: repository {settings.repository} is not a directory", file=sys.stderr)
         return 2
 
-    from service.runner import serve
+    from service.runner import main as run
 
-    serve(settings)
-    return 0
+    return run(settings)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,19 @@
-"""Prometheus metrics, declared once; each app owns its registry so tests stay isolated."""
+"""Prometheus metrics, declared once; each app owns its registry so tests stay isolated.
+
+With several HTTP worker processes (`service.workers`) prometheus_client runs in its multiprocess
+mode (`PROMETHEUS_MULTIPROC_DIR`, set before the workers start): every process writes its values
+to files there and `render` reads them all, so each process's `/metrics` shows the whole server.
+Gauges say how processes combine: queue depths add up, readiness is the lowest.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024, 4096)
@@ -71,7 +82,9 @@ class Metrics:
             buckets=_EFFICIENCY_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge("seqserve_queue_depth", "Sequences waiting in the queue.", labels, registry=r)
+        self.queue_depth = Gauge(
+            "seqserve_queue_depth", "Sequences waiting in the queue.", labels, registry=r, multiprocess_mode="livesum"
+        )
         self.dropped = Counter(
             "seqserve_dropped_sequences",
             "Queued sequences dropped before compute: cancelled (client gone), timeout, failed (a sibling failed).",
@@ -83,13 +96,31 @@ class Metrics:
             "1 for each loaded model version, with its device and runtime.",
             [*labels, "device", "runtime"],
             registry=r,
+            multiprocess_mode="livemax",
         )
-        self.ready = Gauge("seqserve_ready", "1 while /readyz answers 200.", registry=r)
+        # NOTE: label children looked up once (a lookup takes a lock); statuses are a bounded set.
+        self._answer_children: dict[tuple[str, str, int], tuple[Counter, Histogram | None]] = {}
+        self.ready = Gauge("seqserve_ready", "1 while /readyz answers 200.", registry=r, multiprocess_mode="livemin")
+
+    def answered(self, model: str, version: str, status: int, seconds: float | None) -> None:
+        """Count an HTTP inference answer and observe its latency (None: no model was resolved)."""
+        key = (model, version, status)
+        children = self._answer_children.get(key)
+        if children is None:
+            latency = self.request_latency.labels(model, version) if model else None
+            children = self._answer_children[key] = (self.requests.labels(model, version, str(status)), latency)
+        children[0].inc()
+        if seconds is not None and children[1] is not None:
+            children[1].observe(seconds)
 
     def observer(self, model: str, version: int) -> BatchMetrics:
         return BatchMetrics(self, model, str(version))
 
     def render(self) -> bytes:
+        if os.environ.get(MULTIPROCESS_DIR):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
         return generate_latest(self.registry)
 
 

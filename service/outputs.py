@@ -26,6 +26,7 @@ class OutputFormatter:
         self._task = spec.task
         self._softmax = spec.graph.output_activation == "softmax"
         self._labels = np.asarray(spec.labels or (), dtype=object)
+        self._label_list: list[str] = list(spec.labels or ())
 
     def v2_output_names(self) -> tuple[str, ...]:
         if self._task == "regression":
@@ -38,11 +39,13 @@ class OutputFormatter:
     def predict(self, raw: Sequence[np.ndarray]) -> list[dict[str, Any]]:
         """One /predict output per sequence (`raw` as the batcher returned them)."""
         if self._task == "classification":
+            # NOTE: Python floats, not rows of the array: orjson writes a float64 the same either way, and a
+            # request's few rows cost less as one `tolist` than as NumPy views.
             probabilities = self._probabilities(np.stack(raw))
-            labels = self._labels[probabilities.argmax(axis=-1)]
+            names = self._label_list
             return [
-                {"label": label, "probabilities": row}
-                for label, row in zip(labels.tolist(), probabilities, strict=True)
+                {"label": names[index], "probabilities": row}
+                for index, row in zip(probabilities.argmax(axis=-1).tolist(), probabilities.tolist(), strict=True)
             ]
         if self._task == "tagging":
             answers = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +101,9 @@ class ModelRegistry:
         self._changing = asyncio.Lock()  # one load, unload or poll at a time, the start-up load included
         self._operations: set[asyncio.Task[Any]] = set()  # loads and unloads under way, shielded from callers
         self._poll_task: asyncio.Task[None] | None = None
+        self.peers: Callable[[], list[str]] | None = None
+        """With several HTTP worker processes (`service.workers`): why the other processes are not ready (an empty
+        list when they all are); readiness is true only when every process is."""
 
     # -- lifecycle (owned by the app's lifespan) ---------------------------
 
@@ -487,7 +490,16 @@ class ModelRegistry:
 
     def readiness(self) -> tuple[bool, list[str]]:
         """Whether the server should get traffic now, and the reasons: why not, or, when ready with
-        `strict_readiness` off, which versions failed to load and are not served."""
+        `strict_readiness` off, which versions failed to load and are not served. With HTTP worker
+        processes, only when every one of them is ready."""
+        ready, reasons = self.local_readiness()
+        if ready and self.peers is not None:
+            blocking = self.peers()
+            return not blocking, blocking or reasons
+        return ready, reasons
+
+    def local_readiness(self) -> tuple[bool, list[str]]:
+        """`readiness` of this process alone."""
         versions = self.versions()
         failed_of = [f"{v.name}/{v.version} failed: {v.error}" if v.state == "failed" else "" for v in versions]
         failed = [f for f in failed_of if f]

@@ -18,7 +18,9 @@ import resource
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -27,6 +29,9 @@ from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
 from service.wire import ConnectionLimits, http_protocol
+
+if TYPE_CHECKING:
+    from service.workers import Peers
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +48,10 @@ class DrainingServer(uvicorn.Server):
         *,
         settings: Settings,
         metrics: Metrics,
+        peers: Peers | None = None,
     ) -> None:
         super().__init__(config)
+        self._peers = peers
         self._registry = registry
         self._settings = settings
         self._metrics = metrics
@@ -66,6 +73,8 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's startup (the lifespan starts the registry, then the HTTP listener), then the gRPC server."""
         await super().startup(sockets)
+        if self._peers is not None:
+            self._publish_readiness()
         if not self.should_exit and self._settings.grpc_port:
             try:
                 self._grpc = await start_grpc_server(
@@ -81,6 +90,16 @@ class DrainingServer(uvicorn.Server):
             await self._grpc.stop(max(1.0, float(self.config.timeout_graceful_shutdown or 1)))
         await super().shutdown(sockets)
 
+    def _publish_readiness(self) -> None:
+        """Write this process's readiness for the other HTTP workers, now and every `PUBLISH_SECONDS`."""
+        from service.workers import PUBLISH_SECONDS
+
+        assert self._peers is not None and self._loop is not None
+        self._peers.publish()
+        self._metrics.ready.set(1 if self._registry.readiness()[0] else 0)  # the others' readiness may have changed
+        if not self.should_exit:
+            self._loop.call_later(PUBLISH_SECONDS, self._publish_readiness)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining or self._loop is None or sig not in (signal.SIGTERM, signal.SIGINT):
             super().handle_exit(sig, frame)  # a second signal: stop now
@@ -93,6 +112,9 @@ class DrainingServer(uvicorn.Server):
         log.info("%s received: draining (readiness off, no new requests, grace %.1f s)", name, self._grace)
         if self._grpc is not None:
             self._grpc.begin_drain()
+        self._registry.begin_drain()
+        if self._peers is not None:
+            self._peers.publish()
         self._drain = asyncio.get_running_loop().create_task(self._drain_then_exit(), name="drain")
 
     async def _drain_then_exit(self) -> None:
@@ -125,7 +147,26 @@ class DrainingServer(uvicorn.Server):
             log.exception("stopping the models failed; exiting anyway")
 
 
-def serve(settings: Settings) -> None:
+def main(settings: Settings) -> int:
+    """Serve `settings` in this process, or in `http_workers` processes on one port (`service.workers`);
+    the exit status."""
+    from service.workers import serve_workers, worker_count
+
+    count = worker_count(settings)
+    if count > 1:
+        return serve_workers(settings, count)
+    serve(settings)
+    return 0
+
+
+def serve(
+    settings: Settings,
+    *,
+    sockets: list[socket.socket] | None = None,
+    peers: Callable[[ModelRegistry], Peers] | None = None,
+) -> None:
+    """Run the server in this process: on `sockets` when given (an HTTP worker), else on settings' host and port.
+    `peers`: this worker's view of the others' readiness, given the registry."""
     from service.api import InferenceFastPath, create_app
 
     app = create_app(settings)
@@ -150,7 +191,12 @@ def serve(settings: Settings) -> None:
     )
     state = app.state.seqserve
     registry: ModelRegistry = state.registry
-    DrainingServer(config, registry, settings.grace_period_seconds, settings=settings, metrics=state.metrics).run()
+    view = peers(registry) if peers is not None else None
+    registry.peers = view
+    server = DrainingServer(
+        config, registry, settings.grace_period_seconds, settings=settings, metrics=state.metrics, peers=view
+    )
+    server.run(sockets=sockets)
 
 
 def fit_fd_limit(max_connections: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     core for ONNX Runtime on the CPU (cores this process may run on, capped by a container's CPU quota;
     each batch single-threaded), one on a GPU and for TorchScript."""
 
+    http_workers: int = Field(default=1, ge=0, le=256)
+    """Server processes sharing the HTTP port (SO_REUSEPORT), each with its own event loop and its own batcher per
+    model version, so HTTP work spreads over cores. The queue limits (max_queue, max_queued_tokens) are divided among
+    them, so they hold in total; each loads its own copy of every model; the CPU cores are divided among them for
+    the batch workers; gRPC is served by the first; metrics and readiness cover them all; SIGTERM drains them all.
+    0: one per CPU core. Not with repository_api (a load or unload would reach one process only)."""
+
     onnx_threads: int = Field(default=0, ge=0, le=1024)
     """ONNX Runtime intra-op threads per batch; 0: the CPU cores divided among the batch workers (1 by default)."""
 
@@ -142,3 +149,9 @@ class Settings(BaseSettings):
     loaded and warmed, so a broken entry keeps the server out of a load balancer (and a rolling update waits).
     Off: 200 once loading has finished and at least one version is ready; the versions that failed to load get
     503 and stay named in `/v1/models`. Either way, not while loading or draining."""
+
+    @model_validator(mode="after")
+    def _one_process_for_the_repository_api(self) -> Settings:
+        if self.repository_api and self.http_workers != 1:
+            raise ValueError("repository_api needs http_workers=1: a load or unload would reach one process only")
+        return self

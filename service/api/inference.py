@@ -27,6 +27,7 @@ from service.api.state import app_state
 from service.errors import Draining, Unauthorized
 from service.outputs import v2_binary
 from service.registry import ModelVersion
+from service.wire import DISCONNECTED
 
 Handler = Callable[[Request, ModelVersion, Body], Awaitable[Response]]
 """What answers an inference request once its model is resolved and its body read."""
@@ -56,9 +57,7 @@ async def serve(request: Request, handler: Handler, name: str | None, version: s
         response = error_answer(exc, v2=v2)
     finally:
         status = 500 if response is None else response.status_code
-        state.metrics.requests.labels(*labels, str(status)).inc()
-        if labels[0]:
-            state.metrics.request_latency.labels(*labels).observe(time.perf_counter() - started)
+        state.metrics.answered(*labels, status, time.perf_counter() - started if labels[0] else None)
     return response
 
 
@@ -90,6 +89,9 @@ async def run_model(request: Request, model: ModelVersion, sequences: Sequence[n
     """The model's raw output per sequence; raises Abandoned if the client leaves first."""
     assert model.batcher is not None
     timeout = app_state(request).settings.request_timeout_seconds
+    gone: asyncio.Future[None] | None = request.scope.get(DISCONNECTED)  # set by seqserve's protocol (`wire`)
+    if gone is not None:
+        return await model.batcher.infer(sequences, timeout_seconds=timeout, gone=gone)
     disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         return await model.batcher.infer(sequences, timeout_seconds=timeout, gone=disconnected)

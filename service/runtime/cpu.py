@@ -11,12 +11,23 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+_sharing = 1  # server processes the cores are divided among (`share_cores`)
+
+
+def share_cores(processes: int) -> None:
+    """Divide the cores among `processes` server processes: from now on `cpu_cores` is this process's share."""
+    global _sharing
+    _sharing = max(1, processes)
+
+
 def cpu_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     """CPU cores this process may use: those it may run on, capped by a container's CPU quota
-    (a Kubernetes `limits.cpu`, `docker run --cpus`), rounded up."""
+    (a Kubernetes `limits.cpu`, `docker run --cpus`), rounded up; its share of them when several
+    server processes divide them (`share_cores`)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = _cgroup_cpu_quota(cgroup_root)
-    return max(1, min(cores, quota)) if quota is not None else cores
+    cores = max(1, min(cores, quota)) if quota is not None else cores
+    return max(1, cores // _sharing)
 
 
 def _cgroup_cpu_quota(root: Path) -> int | None:

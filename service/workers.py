@@ -1,0 +1,189 @@
+"""Several server processes on one HTTP port: `--http-workers N`.
+
+One event loop parses HTTP, validates and answers every request; with a small
+model that loop, not the model, is the limit, and it uses one core. With N
+workers the parent process (this module) reserves the port, starts N server
+processes that each listen on it with SO_REUSEPORT (the kernel spreads new
+connections among them), and supervises them. Each worker is the whole server
+of one process (`runner.serve`): its own event loop, its own batcher per model
+version, its own copy of every model (the memory cost: N times the runtime's).
+
+What holds across them:
+
+- Limits: `max_queue` and `max_queued_tokens` are divided among the workers, so
+  the sequences queued in all of them stay within the configured totals; the
+  CPU cores are divided among them for the batch workers (`share_cores`).
+  Settings, the API key included, are the same in all.
+- Metrics: prometheus_client's multiprocess mode; any worker's `/metrics`
+  shows the sums over all of them (`service.metrics`).
+- Readiness: each worker publishes its own into a shared array; `/readyz` is
+  200 only when every worker is ready (`ModelRegistry.peers`).
+- SIGTERM (or SIGINT) to the parent is passed to every worker, and each drains
+  as a single server does; the parent exits 0 once all have, 1 if any failed.
+  A worker that dies on its own takes readiness off, the others are drained
+  and stopped, and the parent exits 1: the orchestrator restarts the whole.
+- gRPC is served by the first worker only (its port cannot be shared safely).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.process
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PUBLISH_SECONDS = 0.1
+"""How often a worker writes its readiness into the shared array."""
+
+
+def worker_count(settings: Settings) -> int:
+    """The HTTP worker processes `settings` ask for (0: one per CPU core)."""
+    from service.runtime import cpu_cores
+
+    return settings.http_workers or cpu_cores()
+
+
+def worker_settings(settings: Settings, count: int, index: int, port: int) -> Settings:
+    """What worker `index` of `count` runs with: the queue limits divided (they hold in total), the port fixed,
+    gRPC on the first worker only."""
+    return settings.model_copy(
+        update={
+            "port": port,
+            "max_queue": max(1, settings.max_queue // count),
+            "max_queued_tokens": max(1, settings.max_queued_tokens // count),
+            "grpc_port": settings.grpc_port if index == 0 else 0,
+        }
+    )
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port with SO_REUSEPORT, so that each worker has one on the same port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def serve_workers(settings: Settings, count: int) -> int:
+    """Run `count` worker processes on the port of `settings` until they end; the exit status."""
+    # NOTE: bound, never listening: it holds the port (and picks it when 0) while connections go only to the
+    # workers' listening sockets on it.
+    try:
+        reserved = listening_socket(settings.host, settings.port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return 1
+    port = int(reserved.getsockname()[1])
+    metrics_dir = tempfile.mkdtemp(prefix="seqserve-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the workers, read at their start
+    context = multiprocessing.get_context("spawn")
+    flags = context.RawArray("b", count)
+    workers: list[multiprocessing.process.BaseProcess] = []
+    stopping = False
+    signalled = 0  # workers started when the first signal came: those started later get it once they are
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        nonlocal stopping, signalled
+        if not stopping:
+            stopping, signalled = True, len(workers)
+        for worker in workers:
+            if worker.pid is not None and worker.exitcode is None:
+                os.kill(worker.pid, sig)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    failed = False
+    try:
+        for index in range(count):
+            process = context.Process(
+                target=_worker_main,
+                args=(worker_settings(settings, count, index, port), index, count, flags),
+                name=f"seqserve-http-{index}",
+            )
+            process.start()
+            workers.append(process)
+        for late in workers[signalled:] if stopping else []:
+            assert late.pid is not None
+            os.kill(late.pid, signal.SIGTERM)
+        log.info("serving on http://%s:%d with %d HTTP worker processes", settings.host, port, count)
+        running: dict[int, multiprocessing.process.BaseProcess] = {worker.sentinel: worker for worker in workers}
+        while running:
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                assert isinstance(sentinel, int)
+                worker = running.pop(sentinel)
+                worker.join()
+                index = workers.index(worker)
+                flags[index] = 0
+                _mark_dead(worker.pid)
+                clean = worker.exitcode == 0 or (stopping and worker.exitcode in (-signal.SIGTERM, -signal.SIGINT))
+                if not clean:
+                    failed = True
+                    log.error("HTTP worker %d exited with %s", index, worker.exitcode)
+                if not stopping and (not clean or running):
+                    log.error("HTTP worker %d ended on its own: stopping the others", index)
+                    forward(signal.SIGTERM, None)
+                    failed = True
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for worker in workers:
+            if worker.exitcode is None:
+                worker.kill()
+                worker.join()
+        reserved.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+def _mark_dead(pid: int | None) -> None:
+    if pid is None:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def _worker_main(settings: Settings, index: int, count: int, flags: Any) -> None:
+    """A worker process: the whole server, on the shared port, publishing its readiness."""
+    os.setpgid(0, 0)  # signals come from the parent only (a terminal's Ctrl-C reaches the parent, which passes it on)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s [http {index}]: %(message)s",
+    )
+    from service.runner import serve
+    from service.runtime.cpu import share_cores
+
+    share_cores(count)
+    sock = listening_socket(settings.host, settings.port)
+    serve(settings, sockets=[sock], peers=lambda registry: Peers(flags, index, registry.local_readiness))
+    sys.exit(0)
+
+
+class Peers:
+    """Readiness across the workers: this worker's, published into `flags[index]`, and the others', read there."""
+
+    def __init__(self, flags: Any, index: int, local: Callable[[], tuple[bool, list[str]]]) -> None:
+        self._flags = flags
+        self._index = index
+        self._local = local
+
+    def publish(self) -> None:
+        self._flags[self._index] = 1 if self._local()[0] else 0
+
+    def __call__(self) -> list[str]:
+        """Why the other workers are not ready; empty when they all are."""
+        return [f"HTTP worker {i} not ready" for i, ready in enumerate(self._flags) if i != self._index and not ready]
