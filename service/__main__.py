@@ -58,9 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seqserve serve: repository {settings.repository} is not a directory", file=sys.stderr)
         return 2
 
-    from service.runner import main as run
+    from service.workers import serve_workers, worker_count
 
-    return run(settings)
+    count = worker_count(settings)
+    if count > 1:  # NOTE: the parent only supervises: it never imports the server (uvicorn, gRPC, the runtimes)
+        return serve_workers(settings, count)
+    from service.runner import serve
+
+    serve(settings)
+    return 0
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ class OutputFormatter:
         if self._task == "classification":
             # NOTE: Python floats, not rows of the array: orjson writes a float64 the same either way, and a
             # request's few rows cost less as one `tolist` than as NumPy views.
-            probabilities = self._probabilities(np.stack(raw))
+            probabilities = self._probabilities(raw[0][np.newaxis] if len(raw) == 1 else np.stack(raw))
             names = self._label_list
             return [
                 {"label": names[index], "probabilities": row}

@@ -147,18 +147,6 @@ class DrainingServer(uvicorn.Server):
             log.exception("stopping the models failed; exiting anyway")
 
 
-def main(settings: Settings) -> int:
-    """Serve `settings` in this process, or in `http_workers` processes on one port (`service.workers`);
-    the exit status."""
-    from service.workers import serve_workers, worker_count
-
-    count = worker_count(settings)
-    if count > 1:
-        return serve_workers(settings, count)
-    serve(settings)
-    return 0
-
-
 def serve(
     settings: Settings,
     *,

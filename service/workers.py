@@ -51,9 +51,11 @@ PUBLISH_SECONDS = 0.1
 
 def worker_count(settings: Settings) -> int:
     """The HTTP worker processes `settings` ask for (0: one per CPU core)."""
-    from service.runtime import cpu_cores
+    if settings.http_workers:
+        return settings.http_workers
+    from service.runtime.cpu import cpu_cores
 
-    return settings.http_workers or cpu_cores()
+    return cpu_cores()
 
 
 def worker_settings(settings: Settings, count: int, index: int, port: int) -> Settings:

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.api.inference import serve
 from service.api.routes import INFERENCE_ROUTES, Operation, path_pattern
+from service.api.state import STATE_KEY, AppState
 
 _ROUTES: tuple[tuple[re.Pattern[str], Operation], ...] = tuple(
     (path_pattern(route.path), route.operation) for route in INFERENCE_ROUTES
@@ -28,6 +29,7 @@ _ROUTES: tuple[tuple[re.Pattern[str], Operation], ...] = tuple(
 class InferenceFastPath:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
+        self.state: AppState = app.state.seqserve
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -35,7 +37,8 @@ class InferenceFastPath:
             for pattern, operation in _ROUTES:
                 match = pattern.fullmatch(path)
                 if match is not None:
-                    scope["app"] = self.app  # as FastAPI sets it: handlers find the app's state there
+                    scope["app"] = self.app  # as FastAPI sets it
+                    scope[STATE_KEY] = self.state  # handlers find the app's state here
                     params = match.groupdict()
                     request = Request(scope, receive, send)
                     response = await serve(

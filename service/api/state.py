@@ -19,6 +19,12 @@ class AppState:
     api_key: bytes | None
 
 
+STATE_KEY = "seqserve.state"
+"""Scope key under which the fast path puts the `AppState` (looked up once per request, not through the app)."""
+
+
 def app_state(request: Request) -> AppState:
-    state: AppState = request.app.state.seqserve
+    state: AppState | None = request.scope.get(STATE_KEY)
+    if state is None:
+        state = request.app.state.seqserve
     return state

@@ -66,3 +66,49 @@ def test_ab_alternates_variants_and_reports_each(tmp_path: Path, capsys: pytest.
     assert [line.split(" ", 2)[1] for line in means] == ["0", "1"]
     assert all(" seq/s, loop " in line and line.endswith("errors 0") for line in means)
     assert (tmp_path / "variant-1.log").is_file()
+
+
+def test_scaling_counts_go_up_to_the_cores() -> None:
+    from bench.run import scaling_counts
+
+    assert scaling_counts(1) == (1,)
+    assert scaling_counts(2) == (1, 2)
+    assert scaling_counts(6) == (1, 2, 4, 6)
+    assert scaling_counts(64) == (1, 2, 4, 8, 16, 32, 64)
+
+
+def _tiny_text_model(repository: Path) -> None:
+    """A character-level GRU classifier like the `names` demo, untrained, through seqserve's exporter."""
+    import torch
+
+    from models.export import export_model
+    from models.spec import ModelSpec, Tokenizer
+    from models.stack import SequenceModel
+
+    torch.manual_seed(5)
+    tokenizer = Tokenizer(vocabulary=("<pad>", "<unk>", *"abcdefghijklmnopqrstuvwxyz"))
+    spec = ModelSpec(name="chars", task="classification", cell="gru", hidden_size=8, input_kind="text",
+                     embedding_dim=6, tokenizer=tokenizer, max_length=24, num_outputs=2, labels=("a", "b"),
+                     readout="last")
+    export_model(SequenceModel(spec).eval(), repository, version=1, batches=2)
+
+
+@pytest.mark.slow
+def test_demo_models_and_the_scaling_phase(tmp_path: Path) -> None:
+    """A demo model gets its row with the CPU outside the runtime per request, and the scaling phase a row per
+    HTTP worker count and sequences per request."""
+    demos = tmp_path / "demos"
+    _tiny_text_model(demos)
+    config = Config.quick(tmp_path / "work", concurrency=(1,), demo_repository=demos, scaling_model="chars",
+                          scaling_workers=(1, 2), scaling_per_request=(1, 3), binary_check=False, demo_concurrency=4)
+    results = Bench(config, lambda label: None).run()
+    demo = results["demos"]["chars"]["seqserve"]
+    assert demo["throughput_req_s"] > 0 and demo["server_cpu_outside_runtime_ms_per_req"] < demo["server_cpu_ms_per_req"]
+    rows = results["scaling"]["rows"]
+    assert [(r["per_request"], r["http_workers"]) for r in rows] == [(1, 1), (1, 2), (3, 1), (3, 2)]
+    for r in rows:
+        assert r["errors"] == 0
+        assert r["throughput_seq_s"] == pytest.approx(r["throughput_req_s"] * r["per_request"], abs=0.2)
+    assert any("chars, one per request" in name for name in results["summary"]["targets"])
+    table = report.markdown(results, plots=[])
+    assert "| 3 | 2 |" in table and "outside the runtime ms/req" in table
