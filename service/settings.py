@@ -87,9 +87,10 @@ class Settings(BaseSettings):
     http_workers: int = Field(default=1, ge=0, le=256)
     """Server processes sharing the HTTP port (SO_REUSEPORT), each with its own event loop and its own batcher per
     model version, so HTTP work spreads over cores. The queue limits (max_queue, max_queued_tokens) are divided among
-    them, so they hold in total; each loads its own copy of every model; the CPU cores are divided among them for
-    the batch workers; gRPC is served by the first; metrics and readiness cover them all; SIGTERM drains them all.
-    0: one per CPU core. Not with repository_api (a load or unload would reach one process only)."""
+    them, so they hold in total (max_connections stays per process); each loads its own copy of every model; the
+    CPU cores are divided among them for the batch workers; gRPC is served by the first; metrics and readiness
+    cover them all; SIGTERM drains them all. 0: one per CPU core. Not with repository_api (a load or unload would
+    reach one process only)."""
 
     onnx_threads: int = Field(default=0, ge=0, le=1024)
     """ONNX Runtime intra-op threads per batch; 0: the CPU cores divided among the batch workers (1 by default)."""

@@ -144,7 +144,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._refused = False
-        self._gone: asyncio.Future[None] | None = None  # the current POST request's `DISCONNECTED`
+        self._gone: list[tuple[Any, asyncio.Future[None]]] = []  # (cycle, its `DISCONNECTED`) of unanswered POSTs
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
@@ -160,8 +160,10 @@ class HttpProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
         self._reading = None
-        if self._gone is not None and not self._gone.done():
-            self._gone.set_result(None)
+        for _, gone in self._gone:
+            if not gone.done():
+                gone.set_result(None)
+        self._gone = []
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -182,8 +184,10 @@ class HttpProtocol(HttpToolsProtocol):
         self._head_begun = False
         self._expect("body")  # the parser ends the message at once when there is none
         cycle = self.cycle
-        if self.scope["method"] == "POST":
-            self._gone = self.scope[DISCONNECTED] = self.loop.create_future()  # type: ignore[literal-required]
+        if self.scope["method"] == "POST" and cycle is not None:
+            gone = self.scope[DISCONNECTED] = self.loop.create_future()  # type: ignore[literal-required]
+            self._gone = [(c, g) for c, g in self._gone if not c.response_complete]  # earlier ones, still pipelined
+            self._gone.append((cycle, gone))
         if self.scope["method"] == "HEAD" and cycle is not None and cycle.scope is self.scope:
             # NOTE: uvicorn writes no body after a HEAD answer's head: nothing to hold the head for.
             assert self._socket is not None
@@ -192,6 +196,11 @@ class HttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._reading = None
+        if self._gone:
+            # NOTE: uvicorn pauses reading while a body outgrows its buffer and resumes it only when the app
+            # reads: after the last chunk it may stay paused, and a client that leaves would go unnoticed.
+            # Nothing but a pipelined request (whose head pauses reading again) or the end can follow.
+            self.flow.resume_reading()
 
     def handle_websocket_upgrade(self) -> None:
         self._reading = None  # the connection is the WebSocket protocol's from here
