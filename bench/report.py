@@ -88,7 +88,7 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
             f"| {100 * r['other_processes_cpu_share']:.0f}% |"
         )
     ref = results["reference"]
-    lines += [
+    lines += [] if not ref["open"]["seqserve"] else [
         "",
         f"Open loop (fixed offered rates; saturation = seqserve's best closed-loop rate, "
         f"{_f(ref['saturation_seq_s'])} seq/s; latency from each request's scheduled start):",
