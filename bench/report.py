@@ -208,6 +208,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     plt.close(fig)
 
     ref = results["reference"]
+    if not ref["open"]["seqserve"]:  # a run without the open loop (--targets)
+        return paths
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, marker, color in (("seqserve", "o", "C0"), ("floor", "s", "C1")):
         runs = sorted(ref["open"][name], key=lambda r: r["level"])

@@ -437,7 +437,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         if best is not None:
             name, cc, workers = scaling["model"], scaling["concurrency"], best["http_workers"]
             outside = best["server_cpu_outside_runtime_ms_per_req"]
-            target = (f"{name}, one per request, c={cc} ({workers} HTTP processes): server CPU outside the runtime "
+            processes = f"{workers} HTTP process" + ("es" if workers > 1 else "")
+            target = (f"{name}, one per request, c={cc} ({processes}): server CPU outside the runtime "
                       "<= 0.15 ms per request")
             targets[target] = {"value": outside, "met": outside <= 0.15}
     return {
