@@ -85,6 +85,24 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("seqserve_ready", "1 while /readyz answers 200.", registry=r)
+        self.streams_live = Gauge(
+            "seqserve_streams_live",
+            "Live streams in the state store (with Redis: across all replicas), as last seen by this process.",
+            registry=r,
+        )
+        self.streams_started = Counter("seqserve_streams_started", "Streams started.", ["model"], registry=r)
+        self.streams_ended = Counter(
+            "seqserve_streams_ended", "Streams ended by their last chunk.", ["model"], registry=r
+        )
+        self.streams_expired = Counter(
+            "seqserve_streams_expired", "Streams expired after stream_idle_seconds without a chunk.", registry=r
+        )
+        self.stream_chunks = Counter(
+            "seqserve_stream_chunks",
+            "Stream chunks: applied, replayed (a retry answered from the cache) or refused (409).",
+            ["model", "outcome"],
+            registry=r,
+        )
 
     def observer(self, model: str, version: int) -> BatchMetrics:
         return BatchMetrics(self, model, str(version))

@@ -37,6 +37,7 @@ class InferenceFastPath:
                 if match is not None:
                     scope["app"] = self.app  # as FastAPI sets it: handlers find the app's state there
                     params = match.groupdict()
+                    scope["path_params"] = params  # as Starlette sets it: a stream route's handler reads its id
                     request = Request(scope, receive, send)
                     response = await serve(
                         request, operation.handler, params.get("name"), params.get("version"), v2=operation.v2
