@@ -224,3 +224,40 @@ def test_live_stream_limit_and_idle_expiry(stream_repository: StreamRepository, 
         assert client.delete("/v1/models/lstm-last/streams/c").status_code == 200
         assert post_chunk(client, "lstm-last", "c", step, offset=1).status_code == 404
         assert sample_value(server.metrics(), "seqserve_streams_started_total") == 3
+
+
+def test_200_concurrent_streams(stream_server: Server, stream_repository: StreamRepository) -> None:
+    """200 streams live at once, their chunks interleaved; every answer exact, every stream ended."""
+    import asyncio
+
+    entry = stream_repository.entries["lstm-last"]
+    rng = np.random.default_rng(200)
+    sequences = [rng.normal(size=(int(rng.integers(4, 24)), 3)).round(4) for _ in range(200)]
+    chunkings = [random_chunking(len(seq), rng, largest=8) for seq in sequences]
+
+    async def one(client: httpx.AsyncClient, i: int) -> float:
+        sequence, offset, worst = sequences[i], 0, 0.0
+        for k, size in enumerate(chunkings[i]):
+            body = {
+                "steps": sequence[offset : offset + size].tolist(),
+                "start": k == 0,
+                "end": k == len(chunkings[i]) - 1,
+                "offset": offset,
+            }
+            response = await client.post(f"/v1/models/{entry.name}/streams/many-{i}", json=body)
+            assert response.status_code == 200, response.text
+            offset += size
+            want = entry.reference(sequence[:offset].astype(np.float32))
+            worst = max(worst, float(np.abs(np.asarray(response.json()["output"]["values"]) - want).max()))
+            await asyncio.sleep(0)
+        return worst
+
+    async def run() -> list[float]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=stream_server.url, timeout=120, limits=limits) as client:
+            return list(await asyncio.gather(*(one(client, i) for i in range(200))))
+
+    before = sample_value(stream_server.metrics(), "seqserve_streams_ended_total", {"model": entry.name})
+    assert max(asyncio.run(run())) <= TOLERANCE
+    after = sample_value(stream_server.metrics(), "seqserve_streams_ended_total", {"model": entry.name})
+    assert after - before == 200
