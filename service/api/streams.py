@@ -85,6 +85,12 @@ async def _apply(request: Request, model: ModelVersion, chunk: Chunk, pinned: bo
     return await state.streams.apply(VersionStream(model, timeout, None), chunk, pinned=pinned, version_of=version_of)
 
 
+def _request_id(request: Request) -> str:
+    """What identifies a request across retries: X-Request-ID, which nginx sets once per client request and
+    sends unchanged on each try (V2's `id` is not used: clients reuse it)."""
+    return request.headers.get("x-request-id", "")[:128]
+
+
 def _pinned(request: Request) -> bool:
     return "version" in request.path_params or "/versions/" in request.url.path
 
@@ -103,6 +109,7 @@ async def v2_chunk(request: Request, model: ModelVersion, body: Body, parameters
         start=_flag(parameters, "sequence_start", "parameters"),
         end=_flag(parameters, "sequence_end", "parameters"),
         offset=offset_of(parameters.get("sequence_offset"), "parameters.sequence_offset"),
+        request_id=_request_id(request),
     )
     answer = await _apply(request, model, chunk, _pinned(request))
     result: dict[str, Any] = {"model_name": model.name, "model_version": str(answer.version)}
@@ -142,6 +149,7 @@ async def v1_chunk(request: Request, model: ModelVersion, body: Body) -> Respons
         start=_flag(document, "start", "body"),
         end=_flag(document, "end", "body"),
         offset=offset_of(document.get("offset"), "offset"),
+        request_id=_request_id(request),
     )
     answer = await _apply(request, model, chunk, _pinned(request))
     [output] = model.formatter.predict([answer.output])

@@ -64,7 +64,18 @@ end
 return #idle
 """
 
-_FIELDS = ("model", "version", "epoch", "position", "state", "touched", "last_offset", "last_digest", "last_answer")
+_FIELDS = (
+    "model",
+    "version",
+    "epoch",
+    "position",
+    "state",
+    "touched",
+    "last_offset",
+    "last_digest",
+    "last_answer",
+    "last_request",
+)
 
 
 class RedisStore:
@@ -101,6 +112,7 @@ class RedisStore:
             last_digest=fields[b"last_digest"],
             last_answer=fields[b"last_answer"],
             status=fields[b"status"].decode(),  # type: ignore[arg-type]
+            last_request=fields.get(b"last_request", b"").decode(),
         )
 
     async def put(self, key: str, record: StreamRecord, expect: Expect, *, now: float) -> bool:

@@ -40,7 +40,9 @@ class Chunk:
     start: bool
     end: bool
     offset: int | None
-    """The step of the stream the chunk starts at; None: wherever the stream stands (not safe to retry)."""
+    """The step of the stream the chunk starts at; None: wherever the stream stands."""
+    request_id: str = ""
+    """Without an offset, how a retry is known: the same request id as the last applied chunk."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ class StreamService:
                     "(send its first chunk with sequence_start), or it ended or expired long ago"
                 )
             offset = record.position if chunk.offset is None else chunk.offset
+            if chunk.offset is None and chunk.request_id and chunk.request_id == record.last_request:
+                offset = record.last_offset  # a retry of the last chunk, by its request id
             if _is_retry(record, offset, digest) and record.status != "expired":
                 label.labels(model.name, "replayed").inc()
                 return self._cached(record, chunk, model)
@@ -230,6 +234,7 @@ class StreamService:
             last_digest=digest,
             last_answer=packed[runner.state_size :].tobytes(),
             status="ended" if chunk.end else "live",
+            last_request=chunk.request_id,
         )
         if chunk.end:
             new = new.tombstone("ended", new.touched)

@@ -39,6 +39,9 @@ class StreamRecord:
     last_answer: bytes
     """and its packed answer (float32): a retry of that chunk is answered with it, not applied again."""
     status: Status = "live"
+    last_request: str = ""
+    """The X-Request-ID of the last applied chunk (nginx sends the same one on each of its retries): a chunk
+    sent without an offset is known as a retry by it."""
 
     def tombstone(self, status: Status, now: float) -> StreamRecord:
         return dataclasses.replace(self, status=status, state=b"", touched=now)

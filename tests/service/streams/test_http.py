@@ -261,3 +261,23 @@ def test_200_concurrent_streams(stream_server: Server, stream_repository: Stream
     assert max(asyncio.run(run())) <= TOLERANCE
     after = sample_value(stream_server.metrics(), "seqserve_streams_ended_total", {"model": entry.name})
     assert after - before == 200
+
+
+def test_a_retry_without_offset_is_known_by_its_request_id(
+    stream_server: Server, stream_repository: StreamRepository
+) -> None:
+    """What nginx does when a replica dies after applying a chunk: the same request, X-Request-ID included,
+    sent again; without an offset the chunk is recognised by its request id and not applied twice."""
+    entry = stream_repository.entries["lstm-last"]
+    sequence = np.random.default_rng(8).normal(size=(6, 3)).round(4)
+    with httpx.Client(base_url=stream_server.url, timeout=30) as client:
+        url = f"/v1/models/{entry.name}/streams/by-request-id"
+        client.post(url, json={"steps": sequence[:3].tolist(), "start": True}, headers={"X-Request-ID": "r1"})
+        first = client.post(url, json={"steps": sequence[3:].tolist()}, headers={"X-Request-ID": "r2"})
+        again = client.post(url, json={"steps": sequence[3:].tolist()}, headers={"X-Request-ID": "r2"})
+        assert first.status_code == again.status_code == 200
+        assert again.json()["replayed"] is True and again.json()["position"] == 6
+        want = entry.reference(sequence.astype(np.float32))
+        assert np.abs(np.asarray(again.json()["output"]["values"]) - want).max() <= TOLERANCE
+        applied = client.post(url, json={"steps": sequence[3:].tolist()}, headers={"X-Request-ID": "r3"})
+        assert applied.json()["replayed"] is False and applied.json()["position"] == 9  # a new request: applied
