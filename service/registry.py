@@ -40,6 +40,7 @@ from service.runtime import (
     zero_batch,
 )
 from service.settings import Settings
+from service.streams.service import StreamService
 from service.validation import InputValidator
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,9 @@ class ModelRegistry:
         self._changing = asyncio.Lock()  # one load, unload or poll at a time, the start-up load included
         self._operations: set[asyncio.Task[Any]] = set()  # loads and unloads under way, shielded from callers
         self._poll_task: asyncio.Task[None] | None = None
+        self.streams: StreamService | None = None
+        """The streams of these models and where their state lives; set by the app that serves them (both
+        edges, HTTP and gRPC, reach it here)."""
 
     # -- lifecycle (owned by the app's lifespan) ---------------------------
 

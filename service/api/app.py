@@ -28,6 +28,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
     metrics = metrics if metrics is not None else Metrics()
     registry = ModelRegistry(settings, metrics)
     stream_service = StreamService.from_settings(settings, metrics)
+    registry.streams = stream_service
     api_key = settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
 
     @contextlib.asynccontextmanager

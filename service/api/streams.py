@@ -1,17 +1,15 @@
-"""Stream chunks at the HTTP edge: the `/v1` stream route and V2 infer with Triton's sequence parameters.
+"""Stream chunks at the HTTP edge: the `/v1` stream routes and V2 infer with Triton's sequence parameters.
 
-Both read a chunk into a `Chunk`, let `StreamService.apply` run it, and answer it in their protocol's
-shape. `/v1`: `POST /v1/models/{name}/streams/{stream}` with `{"steps": ..., "start": bool, "end": bool,
+`/v1`: `POST /v1/models/{name}/streams/{stream}` with `{"steps": ..., "start": bool, "end": bool,
 "offset": int}`; `GET` tells where a stream stands, `DELETE` ends it. V2: `parameters.sequence_id`
 (integer or string), `sequence_start`, `sequence_end` as tritonclient sends them, and `sequence_offset`.
+Both read the chunk and answer it in their protocol's shape; `service.streams` does the rest.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -21,107 +19,53 @@ from service.api.state import app_state
 from service.errors import InvalidInput, StreamingUnsupported, StreamNotFound
 from service.outputs import v2_binary
 from service.registry import ModelVersion
-from service.streams.service import Chunk, ChunkAnswer, StreamModel, offset_of, stream_id_of
+from service.streams.service import Chunk, ChunkAnswer, offset_of, stream_id_of
+from service.streams.serving import apply_chunk, names_a_stream, v2_answer_parameters, v2_chunk, why_not
 from service.validation import describe
-
-SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end", "sequence_offset")
-
-
-class VersionStream(StreamModel):
-    """A served model version as `StreamService.apply` runs it: chunks through its stream batcher."""
-
-    def __init__(self, version: ModelVersion, timeout_seconds: float, gone: asyncio.Future[Any] | None) -> None:
-        spec = version.spec
-        if version.stream_batcher is None or spec is None or spec.streaming is None:
-            raise StreamingUnsupported(_why_not(version))
-        self.name, self.version = version.name, version.version
-        self.state_size = spec.streaming.state_size
-        self.per_step = spec.streaming.per_step or spec.task == "tagging"
-        self._batcher = version.stream_batcher
-        self._timeout_seconds = timeout_seconds
-        self._gone = gone
-
-    async def run(self, steps: np.ndarray, state: np.ndarray, gone: asyncio.Future[Any] | None) -> np.ndarray:
-        outputs = await self._batcher.infer(
-            [steps], timeout_seconds=self._timeout_seconds, gone=gone or self._gone, states=[state]
-        )
-        return outputs[0]
-
-
-def _why_not(version: ModelVersion) -> str:
-    where = f"model {version.name} version {version.version} cannot serve streams"
-    architecture = getattr(version.spec, "architecture", None)
-    if isinstance(architecture, dict) and architecture.get("bidirectional"):
-        return f"{where}: it is bidirectional, and its backward direction needs the whole sequence; send it whole"
-    return f"{where}: its model.json has no `streaming` section (export it again to stream); send sequences whole"
 
 
 def sequence_parameters(body: Body) -> dict[str, Any] | None:
-    """The request's Triton sequence parameters, when it names a stream (`sequence_id` not 0 or "")."""
+    """The request's Triton sequence parameters, when it names a stream."""
     if b"sequence_id" not in body.raw:  # NOTE: most requests: no parse beyond the fast reader's
         return None
     document = body.document
     parameters = document.get("parameters") if isinstance(document, dict) else None
-    if not isinstance(parameters, dict) or parameters.get("sequence_id") in (None, 0, ""):
-        return None
-    return parameters
-
-
-def _flag(parameters: dict[str, Any], name: str, where: str) -> bool:
-    value = parameters.get(name, False)
-    if not isinstance(value, bool):
-        raise InvalidInput(f"{where}.{name}: expected a boolean, got {describe(value)}")
-    return value
-
-
-async def _apply(request: Request, model: ModelVersion, chunk: Chunk, pinned: bool) -> ChunkAnswer:
-    state = app_state(request)
-    timeout = state.settings.request_timeout_seconds
-    registry = state.registry
-
-    def version_of(number: int) -> StreamModel:
-        return VersionStream(registry.resolve(model.name, number), timeout, None)
-
-    return await state.streams.apply(VersionStream(model, timeout, None), chunk, pinned=pinned, version_of=version_of)
+    return parameters if names_a_stream(parameters) else None
 
 
 def _request_id(request: Request) -> str:
     """What identifies a request across retries: X-Request-ID, which nginx sets once per client request and
     sends unchanged on each try (V2's `id` is not used: clients reuse it)."""
-    return request.headers.get("x-request-id", "")[:128]
+    return request.headers.get("x-request-id", "")
 
 
 def _pinned(request: Request) -> bool:
-    return "version" in request.path_params or "/versions/" in request.url.path
+    return "/versions/" in request.url.path
 
 
-async def v2_chunk(request: Request, model: ModelVersion, body: Body, parameters: dict[str, Any]) -> Response:
-    """V2 infer for one chunk of a stream: a batch of exactly one sequence."""
+async def _apply(request: Request, model: ModelVersion, chunk: Chunk) -> ChunkAnswer:
+    state = app_state(request)
+    return await apply_chunk(
+        state.streams,
+        state.registry,
+        model,
+        chunk,
+        pinned=_pinned(request),
+        timeout_seconds=state.settings.request_timeout_seconds,
+    )
+
+
+async def v2_stream_chunk(request: Request, model: ModelVersion, body: Body, parameters: dict[str, Any]) -> Response:
+    """V2 infer for one chunk of a stream."""
     assert model.validator is not None and model.formatter is not None
     if model.stream_batcher is None:
-        raise StreamingUnsupported(_why_not(model))
+        raise StreamingUnsupported(why_not(model))
     parsed = model.validator.v2(body, known_outputs=model.formatter.v2_output_names())
-    if len(parsed.sequences) != 1:
-        raise InvalidInput(f"inputs: a stream chunk is a batch of one sequence, got {len(parsed.sequences)}")
-    chunk = Chunk(
-        stream_id=stream_id_of(parameters["sequence_id"], "parameters.sequence_id"),
-        steps=parsed.sequences[0],
-        start=_flag(parameters, "sequence_start", "parameters"),
-        end=_flag(parameters, "sequence_end", "parameters"),
-        offset=offset_of(parameters.get("sequence_offset"), "parameters.sequence_offset"),
-        request_id=_request_id(request),
-    )
-    answer = await _apply(request, model, chunk, _pinned(request))
+    answer = await _apply(request, model, v2_chunk(parameters, parsed.sequences, _request_id(request)))
     result: dict[str, Any] = {"model_name": model.name, "model_version": str(answer.version)}
     if parsed.id is not None:
         result["id"] = parsed.id
-    result["parameters"] = {
-        "sequence_id": parameters["sequence_id"],
-        "sequence_offset": answer.offset,
-        "sequence_position": answer.position,
-        "sequence_end": answer.ended,
-        "replayed": answer.replayed,
-    }
+    result["parameters"] = v2_answer_parameters(parameters, answer)
     tensors = model.formatter.v2([answer.output], parsed.outputs)
     if not parsed.binary_outputs:
         result["outputs"] = tensors
@@ -130,11 +74,18 @@ async def v2_chunk(request: Request, model: ModelVersion, body: Body, parameters
     return binary_response(result, chunks)
 
 
+def _flag(document: dict[str, Any], name: str) -> bool:
+    value = document.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{name}: expected a boolean, got {describe(value)}")
+    return value
+
+
 async def v1_chunk(request: Request, model: ModelVersion, body: Body) -> Response:
     """POST /v1/models/{name}[/versions/{version}]/streams/{stream}: one chunk of a stream."""
     assert model.validator is not None and model.formatter is not None
     if model.stream_batcher is None:
-        raise StreamingUnsupported(_why_not(model))
+        raise StreamingUnsupported(why_not(model))
     document = body.document
     if not isinstance(document, dict):
         raise InvalidInput(f"body: expected a JSON object with 'steps', got {describe(document)}")
@@ -146,12 +97,12 @@ async def v1_chunk(request: Request, model: ModelVersion, body: Body) -> Respons
     chunk = Chunk(
         stream_id=stream_id_of(request.path_params.get("stream", ""), "stream id"),
         steps=model.validator.sequence(document["steps"], "steps"),
-        start=_flag(document, "start", "body"),
-        end=_flag(document, "end", "body"),
+        start=_flag(document, "start"),
+        end=_flag(document, "end"),
         offset=offset_of(document.get("offset"), "offset"),
-        request_id=_request_id(request),
+        request_id=_request_id(request)[:128],
     )
-    answer = await _apply(request, model, chunk, _pinned(request))
+    answer = await _apply(request, model, chunk)
     [output] = model.formatter.predict([answer.output])
     return json_response(
         {
