@@ -11,9 +11,9 @@
 2. Load. L streams live at once (1, 64, 512), each client sending its next chunk as soon as the last
    is answered (closed loop), for a fixed time: chunks per second and p50/p99 latency per chunk.
 
-Writes docs/bench/streaming.json, and with --readme the table between the README's
-`streaming:start` and `streaming:end` markers. Client and server share the machine's cores: read the
-ratios, not the absolute figures.
+Writes docs/bench/streaming.json; with --readme a summary between the README's `streaming:start` and
+`streaming:end` markers, with --doc the tables between the same markers in docs/streaming.md. Client
+and server share the machine's cores: read the ratios, not the absolute figures.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.client import Connection
 from bench.server import Server
 
 OUTPUT = Path("docs/bench/streaming.json")
@@ -120,33 +121,42 @@ def cost(server: Server, model: str, features: int, n: int, chunks: list[int], r
     return rows
 
 
+def _raw(path: str, body: Any) -> bytes:
+    data = json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    return head.encode() + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+
+
 async def load(port: int, model: str, features: int, live: int, k: int, seconds: float) -> dict[str, Any]:
-    """`live` streams at once, closed loop, chunks of `k` steps, for `seconds`."""
+    """`live` streams at once, closed loop, chunks of `k` steps, for `seconds`; one keep-alive connection each
+    (bench.client's lean HTTP/1.1 client, so that the client costs the shared cores little)."""
     rng = np.random.default_rng(live)
     steps = rng.normal(size=(64, k, features)).round(4).tolist()
     latencies: list[float] = []
     failed = 0
     deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=live, max_keepalive_connections=live)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as client:
 
-        async def one(i: int) -> None:
-            nonlocal failed
-            url, offset = f"/v1/models/{model}/streams/load-{live}-{i}", 0
+    async def one(i: int) -> None:
+        nonlocal failed
+        path, offset = f"/v1/models/{model}/streams/load-{live}-{i}", 0
+        connection = await Connection.open(port)
+        try:
             while time.monotonic() < deadline:
                 body = {"steps": steps[(i + offset) % 64], "start": offset == 0, "offset": offset}
                 started = time.perf_counter()
-                response = await client.post(url, json=body)
-                if response.status_code != 200:
+                status, _ = await connection.request(_raw(path, body))
+                if status != 200:
                     failed += 1
                     return
                 latencies.append(time.perf_counter() - started)
                 offset += k
-            await client.delete(url)
+            await connection.request(_raw(path, {"steps": steps[0], "offset": offset, "end": True}))
+        finally:
+            connection.close()
 
-        started = time.monotonic()
-        await asyncio.gather(*(one(i) for i in range(live)))
-        elapsed = time.monotonic() - started
+    started = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(live)))
+    elapsed = time.monotonic() - started
     values = np.asarray(latencies) * 1000
     return {
         "live_streams": live,
@@ -190,6 +200,32 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summary(results: dict[str, Any]) -> str:
+    """The README's lines: the cost at the middle chunk size, and each load level."""
+    rows = results["cost"]
+    row = rows[len(rows) // 2]
+    load = "; ".join(
+        f"{r['live_streams']} live: {r['chunks_per_second']:,} chunks/s, p99 {r['p99_ms']} ms" for r in results["load"]
+    )
+    return (
+        f"A stream of {row['steps']} steps in chunks of {row['chunk']}: {row['stream_steps_computed']:,} steps "
+        f"computed, against {row['resend_steps_computed']:,} when each chunk resends the sequence so far "
+        f"({row['resend_over_stream_time']}x the time). Chunks of {results['setup']['load_chunk_steps']} steps, "
+        f"closed loop: {load} ({results['setup']['cpu_cores']} cores shared by client and server; "
+        "[docs/streaming.md](docs/streaming.md#cost-and-speed))."
+    )
+
+
+def write_between_markers(path: Path, text: str, *, inline: bool = False) -> None:
+    """Replace what is between the markers with `text`: on lines of their own, or `inline` on the markers' line."""
+    content = path.read_text()
+    if START not in content or END not in content:
+        raise SystemExit(f"{path} has no {START} ... {END} markers")
+    head, rest = content.split(START, 1)
+    middle = text if inline else f"\n{text}\n"
+    path.write_text(f"{head}{START}{middle}{END}{rest.split(END, 1)[1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, help="a repository with a stream-capable model (default: a sample)")
@@ -199,9 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", type=int, nargs="+", default=[1, 64, 512])
     parser.add_argument("--load-chunk", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=8.0, help="per load level")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", type=Path, default=OUTPUT)
-    parser.add_argument("--readme", type=Path, help="rewrite the table between the streaming markers")
+    parser.add_argument("--readme", type=Path, help="rewrite the summary between the README's streaming markers")
+    parser.add_argument("--doc", type=Path, help="rewrite the tables between docs/streaming.md's streaming markers")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="seqserve-bench-streams-"))
     if args.repository is None:
@@ -239,12 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
+    print(summary(results))
     if args.readme is not None:
-        text = args.readme.read_text()
-        if START not in text or END not in text:
-            raise SystemExit(f"{args.readme} has no {START} ... {END} markers")
-        head, rest = text.split(START, 1)
-        args.readme.write_text(f"{head}{START}\n{table(results)}\n{END}{rest.split(END, 1)[1]}")
+        write_between_markers(args.readme, summary(results), inline=True)  # README: one line
+    if args.doc is not None:
+        write_between_markers(args.doc, table(results))
     return 0
 
 

@@ -291,16 +291,22 @@ class LocalCluster:
     def log_mark(self) -> int:
         return self.access_log.stat().st_size if self.access_log.exists() else 0
 
-    def access_records(self, since: int = 0) -> list[dict[str, str]]:
+    def access_records(self, since: int = 0, kind: str = "/predict") -> list[dict[str, str]]:
+        """nginx's records of requests whose path has `kind` (`/predict`, or `/streams/` for stream chunks)."""
         with open(self.access_log, "rb") as f:
             f.seek(since)
             lines = f.read().decode(errors="replace").splitlines()
         records = []
         for line in lines:
             fields = dict(part.split("=", 1) for part in line.split("\t") if "=" in part)
-            if fields.get("uri", "").endswith("/predict"):
+            uri = fields.get("uri", "")
+            if (kind == "/predict" and uri.endswith("/predict")) or (kind != "/predict" and kind in uri):
                 records.append(fields)
         return records
+
+    def stream_retries(self, since: int) -> int:
+        """Stream chunks nginx tried on more than one replica (a replica killed, draining or restarting)."""
+        return sum("," in r["upstream"] for r in self.access_records(since, "/streams/"))
 
 
 # -- bounded load --------------------------------------------------------------
@@ -584,6 +590,7 @@ def phase_stream_kill(
     """Streams under way while one replica is killed with `kill -9`, then started again."""
     from deploy.stream_load import background_stream_load
 
+    mark = cluster.log_mark()
     with background_stream_load(cluster.port, workload, clients=clients, max_seconds=seconds) as finish:
         time.sleep(3)
         code = cluster.kill_replica(index)
@@ -591,7 +598,9 @@ def phase_stream_kill(
         cluster.start_replica(index)
         time.sleep(FAIL_TIMEOUT_SECONDS + 2)
         load = finish()
-    return {**load.figures(), "killed": f"replica-{index}", "exit_code": code}
+    retried = cluster.stream_retries(mark)
+    return {**load.figures(), "retried_on_another_replica_by_nginx": retried, "killed": f"replica-{index}",
+            "exit_code": code}
 
 
 def phase_stream_rolling_restart(cluster: LocalCluster, workload: Any, clients: int = 12) -> dict[str, Any]:
@@ -599,6 +608,7 @@ def phase_stream_rolling_restart(cluster: LocalCluster, workload: Any, clients: 
     from deploy.stream_load import background_stream_load
 
     codes = []
+    mark = cluster.log_mark()
     with background_stream_load(cluster.port, workload, clients=clients, max_seconds=240) as finish:
         time.sleep(2)
         for replica in cluster.replicas:
@@ -606,7 +616,8 @@ def phase_stream_rolling_restart(cluster: LocalCluster, workload: Any, clients: 
             cluster.start_replica(replica.index)
             time.sleep(FAIL_TIMEOUT_SECONDS + 0.5)
         load = finish()
-    return {**load.figures(), "exit_codes_after_sigterm": codes}
+    return {**load.figures(), "retried_on_another_replica_by_nginx": cluster.stream_retries(mark),
+            "exit_codes_after_sigterm": codes}
 
 
 def measure_streams(repository: Path, state_dir: Path, model: str | None = None) -> dict[str, Any]:
