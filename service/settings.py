@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -154,3 +154,10 @@ class Settings(BaseSettings):
     stream_idle_seconds: float = Field(default=300.0, gt=0.0, le=7 * 86400.0)
     """A stream with no chunk for this long expires: its state is dropped, and a later chunk gets 404 saying so.
     An ended or expired stream is remembered as long again, so a retried last chunk is answered."""
+
+    @field_validator("state_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("state_url must be a Redis URL: redis://host:port/db, rediss://... or unix://...")
+        return value

@@ -102,6 +102,9 @@ class ModelMetadata(BaseModel):
     labels: list[str] | None
     output_names: list[str] | None
     padding: Literal["exact", "equal-length"]
+    streaming: bool = Field(
+        default=False, description="Whether this version serves streams (chunks with state kept between them)."
+    )
     versions: list[VersionInfo]
 
 

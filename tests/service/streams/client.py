@@ -45,6 +45,8 @@ def random_sequence(entry: StreamEntry, length: int, rng: np.random.Generator) -
 
 def reference_input(entry: StreamEntry, sequence: Any) -> Any:
     if entry.features is None:
+        if entry.encode is not None:
+            return entry.encode(sequence)
         return np.array([2 + ord(ch) - ord("a") for ch in sequence], dtype=np.int64)
     return np.asarray(sequence, dtype=np.float32)
 
@@ -63,7 +65,8 @@ def random_chunking(length: int, rng: np.random.Generator, largest: int) -> list
 
 
 def raw_output(entry: StreamEntry, answer: dict[str, Any]) -> np.ndarray:
-    """The model's raw answer from a /v1 output object, in the reference's units (softmax undone: none here)."""
+    """The model's answer from a /v1 output object: values, or probabilities (a model whose graph applies
+    softmax needs a reference that does too)."""
     if entry.task == "regression":
         return np.asarray(answer["values"])
     return np.asarray(answer["probabilities"])
@@ -102,3 +105,27 @@ def v1_sender(client: httpx.Client, entry: StreamEntry) -> SendChunk:
         return raw_output(entry, body["output"])
 
     return send
+
+
+def check_random_chunkings(
+    base_url: str,
+    entry: StreamEntry,
+    *,
+    streams: int = 4,
+    longest: int = 40,
+    largest_chunk: int = 16,
+    seed: int = 0,
+) -> float:
+    """Send `streams` random sequences of `entry`'s model (1 to `longest` steps) to the server at `base_url`
+    over /v1, each in a random chunking (one step at a time, all at once, or chunks of up to `largest_chunk`),
+    checking every chunk's answer against `entry.reference` on the sequence so far; the worst difference."""
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        send = v1_sender(client, entry)
+        for i in range(streams):
+            length = int(rng.integers(1, longest + 1))
+            sequence = random_sequence(entry, length, rng)
+            sizes = random_chunking(length, rng, largest=largest_chunk)
+            worst = max(worst, check_stream(entry, send, f"check-{seed}-{i}", sequence, sizes))
+    return worst

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -117,13 +118,17 @@ class WholeGraph(nn.Module):
 
 @dataclass(frozen=True)
 class StreamEntry:
+    """A streamable model as the HTTP checks see it (tests/service/streams/client.py); build one for any
+    repository's model to check it the same way."""
+
     name: str
     path: Path
     features: int | None  # None: text (token ids)
-    vocabulary: int
+    vocabulary: int  # text: random chunks use its first `vocabulary - 2` letters from 'a'
     reference: Any  # one whole sequence (steps, or token ids) -> the user's module's raw output [O] or [T, O]
     per_step: bool
     task: str
+    encode: Callable[[str], np.ndarray] | None = None  # text -> the reference's token ids; None: 'a' is id 2, ...
 
 
 def write_stream_entry(

@@ -14,6 +14,7 @@ import tritonclient.http as triton
 from tests.service.api.conftest import Server, sample_value
 from tests.service.streams.client import (
     TOLERANCE,
+    check_random_chunkings,
     check_stream,
     post_chunk,
     random_chunking,
@@ -51,6 +52,13 @@ def test_random_chunkings_equal_the_module_on_the_whole_sequence(
     chunks = sum(len(job[3]) for job in jobs)
     assert batches < chunks, "no two chunks ever shared a batch"
     assert sample_value(metrics, "seqserve_streams_ended_total") >= len(jobs)
+
+
+def test_every_model_through_the_checking_helper(stream_server: Server, stream_repository: StreamRepository) -> None:
+    """`check_random_chunkings`, as an end-to-end test points it at any repository's model."""
+    for i, name in enumerate(MODELS):
+        entry = stream_repository.entries[name]
+        assert check_random_chunkings(stream_server.url, entry, streams=3, seed=i) <= TOLERANCE
 
 
 def triton_sender(client: triton.InferenceServerClient, entry: StreamEntry) -> Any:

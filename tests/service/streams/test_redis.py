@@ -121,3 +121,22 @@ def test_replicas_share_streams_and_a_killed_replica_loses_none(
         check(send(urls[1], 32, 40, end=True), 40)
         status = httpx.get(f"{two.url}/v1/models/{entry.name}/streams/shared", timeout=10).json()
         assert status["status"] == "ended" and status["position"] == 40
+
+
+def test_an_unreachable_redis_fails_chunks_with_503_and_nothing_else(
+    stream_repository: StreamRepository, tmp_path: Path
+) -> None:
+    from tests.service.api.conftest import free_port
+
+    env = {"SEQSERVE_STATE_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens there
+    with (
+        run_server(stream_repository.path, log_dir=tmp_path, env=env) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        chunk = post_chunk(client, "lstm-last", "s", [[0.1, 0.2, 0.3]], start=True)
+        assert chunk.status_code == 503 and chunk.headers["retry-after"] == "1", chunk.text
+        assert chunk.json()["error"]["code"] == "state_unavailable"
+        whole = client.post("/v1/models/lstm-last/predict", json={"inputs": [[[0.1, 0.2, 0.3]]]})
+        assert whole.status_code == 200
+        assert client.get("/v1/models/lstm-last").json()["streaming"] is True
+        assert client.get("/v1/models/bidi").json()["streaming"] is False
