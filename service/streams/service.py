@@ -61,13 +61,13 @@ class ChunkAnswer:
 
 
 class StreamModel:
-    """What `apply` needs of a model version: its identity, its stream batcher and shapes."""
+    """What `apply` needs of a model version: its identity, its state size, whether it answers per step, and
+    how to run one chunk (`service.streams.serving.VersionStream`: through the version's stream batcher)."""
 
     name: str
     version: int
     state_size: int
     per_step: bool
-    outputs: int
 
     async def run(self, steps: np.ndarray, state: np.ndarray, gone: asyncio.Future[Any] | None) -> np.ndarray:
         """The chunk's packed answer: `state_out [S]` then its output flattened."""
@@ -252,7 +252,7 @@ class StreamService:
                 expected,
             )
         label.labels(model.name, "applied").inc()
-        if chunk.start and expect is None:
+        if chunk.start:
             self._metrics.streams_started.labels(model.name).inc()
         if chunk.end:
             self._metrics.streams_ended.labels(model.name).inc()

@@ -19,7 +19,7 @@ class RunningSum(StreamModel):
     """State [sum]; the answer is the sum so far. `gate` holds every run until it is set."""
 
     def __init__(self, version: int = 1, gate: asyncio.Event | None = None) -> None:
-        self.name, self.version, self.state_size, self.per_step, self.outputs = "m", version, 1, False, 1
+        self.name, self.version, self.state_size, self.per_step = "m", version, 1, False
         self.gate = gate
         self.runs = 0
 
