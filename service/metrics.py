@@ -90,7 +90,12 @@ class Metrics:
             "Live streams in the state store (with Redis: across all replicas), as last seen by this process.",
             registry=r,
         )
-        self.streams_started = Counter("seqserve_streams_started", "Streams started (a start on a live stream restarts it: counted again).", ["model"], registry=r)
+        self.streams_started = Counter(
+            "seqserve_streams_started",
+            "Streams started (a start on a live stream restarts it: counted again).",
+            ["model"],
+            registry=r,
+        )
         self.streams_ended = Counter(
             "seqserve_streams_ended", "Streams ended by their last chunk.", ["model"], registry=r
         )
