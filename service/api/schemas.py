@@ -269,6 +269,15 @@ class StreamChunkResponse(BaseModel):
     )
 
 
+class StreamStatus(BaseModel):
+    model: str
+    version: int = Field(description="The version the stream runs on.")
+    stream: str
+    status: Literal["live", "ended", "expired"]
+    position: int = Field(description="Steps applied so far: the offset of the next chunk.")
+    last_offset: int = Field(description="Where the last applied chunk started.")
+
+
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     PredictRequest,
     V2InferRequest,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from starlette.responses import Response
 
+from service.api import schemas
 from service.api.body import Body
 from service.api.responses import binary_response, json_response
 from service.api.state import app_state
@@ -121,7 +122,12 @@ async def v1_chunk(request: Request, model: ModelVersion, body: Body) -> Respons
 router = APIRouter(tags=["streams"])
 
 
-@router.get("/v1/models/{name}/streams/{stream}", summary="Where a stream stands")
+@router.get(
+    "/v1/models/{name}/streams/{stream}",
+    summary="Where a stream stands",
+    response_model=schemas.StreamStatus,
+    responses=schemas.errors(401, 404, 500),
+)
 async def stream_status(request: Request, name: str, stream: str) -> Response:
     state = app_state(request)
     state.registry.model_versions(name)  # 404 for an unknown model
@@ -140,9 +146,30 @@ async def stream_status(request: Request, name: str, stream: str) -> Response:
     )
 
 
-@router.delete("/v1/models/{name}/streams/{stream}", summary="End a stream without a chunk")
+@router.delete(
+    "/v1/models/{name}/streams/{stream}",
+    summary="End a stream without a chunk",
+    response_model=schemas.StreamStatus,
+    responses=schemas.errors(401, 404, 409, 500, 503),
+)
 async def end_stream(request: Request, name: str, stream: str) -> Response:
     state = app_state(request)
     state.registry.model_versions(name)
     record = await state.streams.end(name, stream_id_of(stream, "stream id"))
-    return json_response({"model": name, "stream": stream, "status": "ended", "position": record.position})
+    return json_response(
+        {
+            "model": name,
+            "version": record.version,
+            "stream": stream,
+            "status": "ended",
+            "position": record.position,
+            "last_offset": record.last_offset,
+        }
+    )
+
+
+@router.api_route("/v1/models/{name}/streams/{stream}", methods=["PUT", "PATCH", "OPTIONS"], include_in_schema=False)
+async def _not_allowed() -> Response:
+    # NOTE: POST (the inference route table), GET and DELETE are routes of their own; without this one, the
+    # 405 for another method would name only the first route's method in `Allow` (as service.api.repository).
+    raise HTTPException(405, headers={"Allow": "DELETE, GET, POST"})
