@@ -165,7 +165,8 @@ class StreamService:
         if chunk.start:
             if chunk.offset not in (None, 0):
                 raise InvalidInput(
-                    f"sequence_offset: a chunk that starts a stream starts at step 0, not {chunk.offset}"
+                    f"offset: a chunk that starts a stream starts at step 0, not {chunk.offset} "
+                    "(offset in /v1, sequence_offset in V2)"
                 )
             if record is not None and _is_retry(record, 0, digest) and record.status != "expired":
                 label.labels(model.name, "replayed").inc()
