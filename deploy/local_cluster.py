@@ -12,6 +12,12 @@ listens on 127.0.0.1 only, and everything started here is stopped by its PID.
 spread over the replicas, a rolling restart under load, `kill -9` of one
 replica under load, and throughput with 3 replicas vs 1, then writes the
 figures as JSON. The load is bounded in count and time and goes to 127.0.0.1 only.
+
+`--redis` keeps stream state in a `redis-server` started here (127.0.0.1, a free port, no
+persistence, stopped by its PID), so any replica serves any stream's next chunk.
+`--measure-streams` runs the streaming scenario on such a cluster: streams sent in chunks
+(deploy/stream_load.py) while one replica is killed with `kill -9`, then while every replica
+is restarted in turn; it counts failed chunks and wrong answers.
 """
 
 from __future__ import annotations
@@ -116,8 +122,10 @@ class LocalCluster:
         nginx: str | None = None,
         port: int | None = None,
         replica_flags: Sequence[str] = REPLICA_FLAGS,
+        state_url: str | None = None,
     ) -> None:
         self.repository = repository.resolve()
+        self.state_url = state_url  # SEQSERVE_STATE_URL of every replica: stream state in Redis
         self.state_dir = state_dir.resolve()
         self.python = python
         self.nginx_binary = nginx or shutil.which("nginx") or "/usr/sbin/nginx"
@@ -177,6 +185,8 @@ class LocalCluster:
             raise RuntimeError(f"replica {index} is already running")
         environment = {k: v for k, v in os.environ.items() if not k.startswith("SEQSERVE_")}
         environment.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+        if self.state_url is not None:
+            environment["SEQSERVE_STATE_URL"] = self.state_url
         command = [self.python, "-m", "service", "--repository", str(self.repository),
                    "--host", HOST, "--port", str(replica.port), "--grpc-port", "0", *self.replica_flags]
         with open(replica.log_path, "ab") as log:
@@ -281,16 +291,22 @@ class LocalCluster:
     def log_mark(self) -> int:
         return self.access_log.stat().st_size if self.access_log.exists() else 0
 
-    def access_records(self, since: int = 0) -> list[dict[str, str]]:
+    def access_records(self, since: int = 0, kind: str = "/predict") -> list[dict[str, str]]:
+        """nginx's records of requests whose path has `kind` (`/predict`, or `/streams/` for stream chunks)."""
         with open(self.access_log, "rb") as f:
             f.seek(since)
             lines = f.read().decode(errors="replace").splitlines()
         records = []
         for line in lines:
             fields = dict(part.split("=", 1) for part in line.split("\t") if "=" in part)
-            if fields.get("uri", "").endswith("/predict"):
+            uri = fields.get("uri", "")
+            if (kind == "/predict" and uri.endswith("/predict")) or (kind != "/predict" and kind in uri):
                 records.append(fields)
         return records
+
+    def stream_retries(self, since: int) -> int:
+        """Stream chunks nginx tried on more than one replica (a replica killed, draining or restarting)."""
+        return sum("," in r["upstream"] for r in self.access_records(since, "/streams/"))
 
 
 # -- bounded load --------------------------------------------------------------
@@ -543,6 +559,80 @@ def measure(repository: Path, state_dir: Path, model: str | None = None) -> dict
         }
 
 
+@contextlib.contextmanager
+def redis_server(state_dir: Path, binary: str | None = None) -> Iterator[str]:
+    """Debian's redis-server on 127.0.0.1 and a free port, without persistence; yields its URL and
+    stops it by its PID, also after a failure."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [binary or shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", HOST,
+               "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(state_dir)]
+    with open(state_dir / f"redis-{port}.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def pong() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {process.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+            return False
+
+        wait_until(pong, 20, "redis-server answers PING")
+        yield f"redis://{HOST}:{port}/0"
+    finally:
+        stop_process(process, timeout=10)
+
+
+def phase_stream_kill(
+    cluster: LocalCluster, workload: Any, index: int = 1, clients: int = 12, seconds: float = 30
+) -> dict[str, Any]:
+    """Streams under way while one replica is killed with `kill -9`, then started again."""
+    from deploy.stream_load import background_stream_load
+
+    mark = cluster.log_mark()
+    with background_stream_load(cluster.port, workload, clients=clients, max_seconds=seconds) as finish:
+        time.sleep(3)
+        code = cluster.kill_replica(index)
+        time.sleep(2)
+        cluster.start_replica(index)
+        time.sleep(FAIL_TIMEOUT_SECONDS + 2)
+        load = finish()
+    retried = cluster.stream_retries(mark)
+    return {**load.figures(), "retried_on_another_replica_by_nginx": retried, "killed": f"replica-{index}",
+            "exit_code": code}
+
+
+def phase_stream_rolling_restart(cluster: LocalCluster, workload: Any, clients: int = 12) -> dict[str, Any]:
+    """Streams under way while each replica in turn gets SIGTERM (drains), exits and starts again."""
+    from deploy.stream_load import background_stream_load
+
+    codes = []
+    mark = cluster.log_mark()
+    with background_stream_load(cluster.port, workload, clients=clients, max_seconds=240) as finish:
+        time.sleep(2)
+        for replica in cluster.replicas:
+            codes.append(cluster.stop_replica(replica.index))
+            cluster.start_replica(replica.index)
+            time.sleep(FAIL_TIMEOUT_SECONDS + 0.5)
+        load = finish()
+    return {**load.figures(), "retried_on_another_replica_by_nginx": cluster.stream_retries(mark),
+            "exit_codes_after_sigterm": codes}
+
+
+def measure_streams(repository: Path, state_dir: Path, model: str | None = None) -> dict[str, Any]:
+    from deploy.stream_load import make_stream_workload
+
+    with redis_server(state_dir / "redis") as url, LocalCluster(repository, state_dir, state_url=url) as cluster:
+        workload = make_stream_workload(repository, model, cluster.replicas[0].port)
+        return {
+            "setup": {"replicas": len(cluster.replicas), "state": "redis-server", "model": workload.model,
+                      "streams_in_workload": len(workload.cases), "chunk_steps": "1-8, with offsets"},
+            "kill_9": phase_stream_kill(cluster, workload),
+            "rolling_restart": phase_stream_rolling_restart(cluster, workload),
+        }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("repository"))
@@ -551,10 +641,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, help="nginx config, logs and replica logs (default: a temp dir)")
     parser.add_argument("--measure", type=Path, metavar="JSON", help="run the scenario, write its figures, exit")
     parser.add_argument("--model", help="feature model to load with --measure (default: the first one)")
+    parser.add_argument("--redis", action="store_true", help="keep stream state in a redis-server started here")
+    parser.add_argument("--measure-streams", type=Path, metavar="JSON",
+                        help="run the streaming scenario (Redis state), write its figures, exit")
     args = parser.parse_args(argv)
     if not args.repository.is_dir():
         parser.error(f"repository {args.repository} is not a directory (make models builds the demo one)")
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="seqserve-cluster-"))
+    if args.measure_streams:
+        results = measure_streams(args.repository, state_dir, args.model)
+        text = json.dumps(results, indent=2)
+        args.measure_streams.write_text(text + "\n")
+        print(text)
+        print(f"wrote {args.measure_streams}; logs in {state_dir}")
+        return 0
     if args.measure:
         results = measure(args.repository, state_dir, args.model)
         text = json.dumps(results, indent=2)
@@ -562,9 +662,14 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         print(f"wrote {args.measure}; logs in {state_dir}")
         return 0
-    with LocalCluster(args.repository, state_dir, replicas=args.replicas, port=args.port) as cluster:
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(redis_server(state_dir / "redis")) if args.redis else None
+        cluster = stack.enter_context(
+            LocalCluster(args.repository, state_dir, replicas=args.replicas, port=args.port, state_url=url)
+        )
         print(f"nginx on {cluster.url} in front of "
-              + ", ".join(f"replica-{r.index} ({r.address})" for r in cluster.replicas))
+              + ", ".join(f"replica-{r.index} ({r.address})" for r in cluster.replicas)
+              + (f"; stream state in {url}" if url else ""))
         print(f"logs and nginx config in {state_dir}; Ctrl-C stops everything")
         stopped = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stopped.set())

@@ -1,6 +1,7 @@
 #!/bin/sh
 # System packages the tests and `make cluster` need, on Debian: nginx (tests/deploy,
-# the local cluster) and strace (tests/service/test_wire.py counts the server's writes).
+# the local cluster), strace (tests/service/test_wire.py counts the server's writes) and
+# redis-server (stream state shared by replicas: tests/service/streams, the local cluster).
 # Installed only when missing, quietly, and without starting Debian's default
 # site (no daemon is left listening on port 80).
 set -eu
@@ -10,6 +11,9 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
 fi
 if ! command -v strace >/dev/null 2>&1; then
     missing="$missing strace"
+fi
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+    missing="$missing redis-server"
 fi
 if [ -z "$missing" ]; then
     exit 0

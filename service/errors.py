@@ -84,6 +84,41 @@ class ServerNotReady(RetryableError):
     code = "not_ready"
 
 
+class StreamingUnsupported(ServiceError):
+    """The model version cannot serve a stream chunk by chunk (a bidirectional model needs the whole sequence)."""
+
+    code = "streaming_unsupported"
+
+
+class StreamNotFound(ServiceError):
+    """A chunk for a stream that is not live: never started, ended, or expired; the message says which."""
+
+    code = "stream_not_found"
+
+
+class StreamConflict(ServiceError):
+    """A chunk that does not start where its stream stands (a duplicate that is not the last chunk, a gap, or a
+    concurrent chunk of the same stream); the message names the stream and the step it expects."""
+
+    code = "stream_conflict"
+
+    def __init__(self, message: str, expected_offset: int | None = None) -> None:
+        super().__init__(message)
+        self.expected_offset = expected_offset
+
+
+class TooManyStreams(RetryableError):
+    """The live-stream limit is reached: a new stream is refused until one ends or expires."""
+
+    code = "too_many_streams"
+
+
+class StateUnavailable(RetryableError):
+    """The stream state store (Redis) could not be reached; nothing was applied."""
+
+    code = "state_unavailable"
+
+
 class RequestTimeout(ServiceError):
     code = "timeout"
 

@@ -102,6 +102,31 @@ class Metrics:
         self._answer_children: dict[tuple[str, str, int], tuple[Counter, Histogram | None]] = {}
         self.ready = Gauge("seqserve_ready", "1 while /readyz answers 200.", registry=r, multiprocess_mode="livemin")
 
+        self.streams_live = Gauge(
+            "seqserve_streams_live",
+            "Live streams in the state store (with Redis: across all replicas), as last seen by this process.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.streams_started = Counter(
+            "seqserve_streams_started",
+            "Streams started (a start on a live stream restarts it: counted again).",
+            ["model"],
+            registry=r,
+        )
+        self.streams_ended = Counter(
+            "seqserve_streams_ended", "Streams ended by their last chunk.", ["model"], registry=r
+        )
+        self.streams_expired = Counter(
+            "seqserve_streams_expired", "Streams expired after stream_idle_seconds without a chunk.", registry=r
+        )
+        self.stream_chunks = Counter(
+            "seqserve_stream_chunks",
+            "Stream chunks: applied, replayed (a retry answered from the cache) or refused (409).",
+            ["model", "outcome"],
+            registry=r,
+        )
+
     def answered(self, model: str, version: str, status: int, seconds: float | None) -> None:
         """Count an HTTP inference answer and observe its latency (None: no model was resolved)."""
         key = (model, version, status)

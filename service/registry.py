@@ -32,12 +32,15 @@ from service.repository import Entry, read_entry, scan_model, scan_repository, s
 from service.runtime import (
     Runtime,
     RuntimeUnavailable,
+    StreamRuntime,
     ThreadSettings,
     lower_thread_priority,
     open_runtime,
+    open_stream,
     zero_batch,
 )
 from service.settings import Settings
+from service.streams.service import StreamService
 from service.validation import InputValidator
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class ModelVersion:
     runtime: Runtime | None = None
     device_reason: str | None = None
     batcher: Batcher | None = field(default=None, repr=False)
+    stream_batcher: Batcher | None = field(default=None, repr=False)
+    """Chunks of streams, through the stream graph (model.json `streaming`); None when it has none."""
     validator: InputValidator | None = field(default=None, repr=False)
     formatter: OutputFormatter | None = field(default=None, repr=False)
     from_start_up: bool = True
@@ -67,6 +72,10 @@ class ModelVersion:
     shown in the index and logged, while the versions already served go on serving."""
     signature: tuple[tuple[str, int, int], ...] = ()
     """Its directory's files when last read: the poll retries a failed version once they change."""
+
+    def batchers(self) -> list[Batcher]:
+        """Its batchers: whole sequences, and stream chunks when it streams."""
+        return [b for b in (self.batcher, self.stream_batcher) if b is not None]
 
     def not_ready(self) -> ServiceError:
         """The error for a request this version can't serve now: loading or failed (503, retry later), or
@@ -104,6 +113,9 @@ class ModelRegistry:
         self.peers: Callable[[], list[str]] | None = None
         """With several HTTP worker processes (`service.workers`): why the other processes are not ready (an empty
         list when they all are); readiness is true only when every process is."""
+        self.streams: StreamService | None = None
+        """The streams of these models and where their state lives; set by the app that serves them (both
+        edges, HTTP and gRPC, reach it here)."""
 
     # -- lifecycle (owned by the app's lifespan) ---------------------------
 
@@ -153,7 +165,11 @@ class ModelRegistry:
             nice = self._settings.compute_nice
             opener = ThreadPoolExecutor(1, "seqserve-open", initializer=lower_thread_priority, initargs=(nice,))
             try:
-                runtime, reason = await asyncio.get_running_loop().run_in_executor(opener, self._open_and_warm, entry)
+                loop = asyncio.get_running_loop()
+                runtime, reason = await loop.run_in_executor(opener, self._open_and_warm, entry)
+                stream = None
+                if spec.streaming is not None:
+                    stream = await loop.run_in_executor(opener, self._open_stream, entry, runtime.name)
             finally:
                 opener.shutdown(wait=False)
         except Exception as exc:
@@ -183,6 +199,20 @@ class ModelRegistry:
             workers=runtime.concurrency,
         )
         batcher.start()
+        if stream is not None:
+            version.stream_batcher = Batcher(
+                stream,
+                policy,
+                pad_value=tokenizer.padding_id if tokenizer is not None else 0.0,
+                dtype=np.int64 if spec.input.kind == "text" else np.float32,
+                uses_lengths=True,
+                observer=self._metrics.observer(spec.name, spec.version),
+                name=f"{spec.name}/{spec.version}/streams",
+                compute_nice=self._settings.compute_nice,
+                workers=stream.concurrency,
+                stream=True,
+            )
+            version.stream_batcher.start()
         version.runtime, version.device_reason, version.batcher = runtime, reason, batcher
         # NOTE: a request larger than the queue could never be queued: refuse it as too large.
         max_sequences = min(self._settings.max_sequences_per_request, self._settings.max_queue)
@@ -235,7 +265,41 @@ class ModelRegistry:
             return runtime, reason
         raise RuntimeError("; ".join(problems) or "no usable model file")
 
-    def _warmup_shapes(self, spec: ModelJson, runtime: Runtime) -> list[tuple[int, int]]:
+    def _open_stream(self, entry: Entry, preferred: RuntimeKind) -> StreamRuntime:
+        """Blocking: open the entry's stream graph, with the runtime of its whole graph when it has that file,
+        warm it up and check its outputs."""
+        assert entry.spec is not None and entry.spec.streaming is not None
+        spec, formats = entry.spec, entry.spec.streaming.formats
+        named: tuple[tuple[RuntimeKind, str | None], ...] = (
+            ("onnx", formats.onnx),
+            ("torchscript", formats.torchscript),
+        )
+        files = {kind: name for kind, name in named if name}
+        order: list[RuntimeKind] = [preferred] + [kind for kind in files if kind != preferred]
+        threads = ThreadSettings(
+            self._settings.onnx_threads, self._settings.torch_threads, self._settings.batch_workers
+        )
+        problems: list[str] = []
+        for kind in order:
+            if kind not in files:
+                continue
+
+            def prepare(runtime: StreamRuntime) -> None:
+                runtime.warmup(self._warmup_shapes(spec, runtime))
+                _check_stream_outputs(spec, runtime)
+
+            try:
+                stream, _ = open_runtime(
+                    kind, entry.path / files[kind], spec, self._settings.device, threads, prepare, opener=open_stream
+                )
+            except Exception as exc:
+                log.warning("%s/%s: stream graph %s failed: %s", spec.name, spec.version, kind, exc)
+                problems.append(f"stream graph {kind}: {exc}")
+                continue
+            return stream
+        raise RuntimeError("; ".join(problems) or "no usable stream graph file")
+
+    def _warmup_shapes(self, spec: ModelJson, runtime: Runtime | StreamRuntime) -> list[tuple[int, int]]:
         """Typical (batch, time) shapes: short, medium and longest sequences, alone and batched."""
         max_length = runtime.fixed_length or spec.input.max_length
         lengths = sorted({max_length} if runtime.fixed_length else {1, min(16, max_length), max_length})
@@ -257,8 +321,8 @@ class ModelRegistry:
         self._draining = True
         self._update_ready_metric()
         for version in self.versions():
-            if version.batcher is not None:
-                version.batcher.begin_drain()
+            for batcher in version.batchers():
+                batcher.begin_drain()
 
     async def drain(self) -> bool:
         """Wait until every queued and in-flight request is answered, or the grace period
@@ -266,7 +330,7 @@ class ModelRegistry:
         self.begin_drain()
         assert self._drain_deadline is not None
         remaining = max(0.0, self._drain_deadline - asyncio.get_running_loop().time())
-        waits = [v.batcher.drain() for v in self.versions() if v.batcher is not None]
+        waits = [batcher.drain() for v in self.versions() for batcher in v.batchers()]
         try:
             await asyncio.wait_for(asyncio.gather(*waits), remaining)
         except TimeoutError:
@@ -280,7 +344,7 @@ class ModelRegistry:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):  # logged, or answered to its caller
                     await task
-        await asyncio.gather(*(v.batcher.stop() for v in self.versions() if v.batcher is not None))
+        await asyncio.gather(*(batcher.stop() for v in self.versions() for batcher in v.batchers()))
 
     # -- the repository while serving (load, unload, poll) -------------------
 
@@ -453,12 +517,13 @@ class ModelRegistry:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self._settings.grace_period_seconds
             # NOTE: polled, not `batcher.drain()`: a request still reading its body is not queued yet.
-            while batcher.busy and loop.time() < deadline:
+            while any(b.busy for b in version.batchers()) and loop.time() < deadline:
                 await asyncio.sleep(0.01)
-            if batcher.busy:
+            if any(b.busy for b in version.batchers()):
                 log.warning("%s/%s: grace period over with requests left: they get 503", version.name, version.version)
-            await batcher.stop()
-            version.batcher = version.runtime = None
+            for each in version.batchers():
+                await each.stop()
+            version.batcher = version.runtime = version.stream_batcher = None
             with contextlib.suppress(KeyError):
                 labels = (version.name, str(version.version), runtime.device, runtime.name)
                 self._metrics.model_info.remove(*labels)
@@ -517,9 +582,7 @@ class ModelRegistry:
             blocking.append("no model version loaded")
         if not self._draining:
             blocking += [
-                f"{v.name}/{v.version}: batcher stopped"
-                for v in versions
-                if v.batcher is not None and not v.batcher.running
+                f"{v.name}/{v.version}: batcher stopped" for v in versions if any(not b.running for b in v.batchers())
             ]
         if self._settings.strict_readiness:
             return not blocking, blocking
@@ -597,3 +660,24 @@ def _check_outputs(spec: ModelJson, runtime: Runtime) -> None:
         outputs = 1 if out.ndim == 1 else int(np.prod(out.shape[1:]))
         if out.ndim > 2 or (spec.output_names is not None and outputs != len(spec.output_names)):
             raise ValueError(f"{where}: expected [{rows}, {len(spec.output_names or ())}]")
+
+
+def _check_stream_outputs(spec: ModelJson, runtime: StreamRuntime) -> None:
+    """The stream graph's outputs must fit model.json: `[B, O]` (or `[B, T, O]` per step) as the whole graph
+    answers, and a state `[B, S]` of `streaming.state_size`."""
+    assert spec.streaming is not None
+    time, rows = min(3, spec.input.max_length), 2
+    batch, lengths = zero_batch(spec, rows, time)
+    state = np.zeros((rows, runtime.state_size), dtype=np.float32)
+    out, state_out = (np.asarray(a) for a in runtime.predict_stream(batch, lengths, state))
+    where = f"stream graph output '{spec.streaming.output}' has shape {list(out.shape)} for a batch of {rows} x {time}"
+    wanted = (rows, time) if spec.streaming.per_step or spec.task == "tagging" else (rows,)
+    if out.shape[: len(wanted)] != wanted or out.ndim != len(wanted) + 1:
+        raise ValueError(f"{where}: expected [{', '.join(map(str, wanted))}, outputs]")
+    if spec.labels is not None and out.shape[-1] != len(spec.labels):
+        raise ValueError(f"{where}: expected {len(spec.labels)} outputs ({len(spec.labels)} labels)")
+    if state_out.shape != state.shape:
+        raise ValueError(
+            f"stream graph output '{spec.streaming.state_out}' has shape {list(state_out.shape)}, "
+            f"expected {list(state.shape)} (streaming.state_size {runtime.state_size})"
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -150,6 +150,25 @@ class Settings(BaseSettings):
     loaded and warmed, so a broken entry keeps the server out of a load balancer (and a rolling update waits).
     Off: 200 once loading has finished and at least one version is ready; the versions that failed to load get
     503 and stay named in `/v1/models`. Either way, not while loading or draining."""
+
+    state_url: SecretStr | None = None
+    """Where stream state lives between chunks: `redis://host:port/db` (or `rediss://`) keeps it in Redis, so
+    any replica serves a stream's next chunk and a replica that dies loses no stream. Unset: in this process
+    (one process only: a stream's chunks must reach the replica that holds it)."""
+
+    max_streams: int = Field(default=10_000, ge=1, le=1 << 24)
+    """Most live streams (in Redis: across all replicas); a chunk starting one more gets 429 with Retry-After."""
+
+    stream_idle_seconds: float = Field(default=300.0, gt=0.0, le=7 * 86400.0)
+    """A stream with no chunk for this long expires: its state is dropped, and a later chunk gets 404 saying so.
+    An ended or expired stream is remembered as long again, so a retried last chunk is answered."""
+
+    @field_validator("state_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("state_url must be a Redis URL: redis://host:port/db, rediss://... or unix://...")
+        return value
 
     @model_validator(mode="after")
     def _one_process_for_the_repository_api(self) -> Settings:

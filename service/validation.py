@@ -111,6 +111,12 @@ class InputValidator:
             return [self._text(seq, f"inputs[{i}]") for i, seq in enumerate(inputs)]
         return [self._feature_sequence(seq, f"inputs[{i}]") for i, seq in enumerate(inputs)]
 
+    def sequence(self, value: Any, where: str) -> np.ndarray:
+        """One sequence from parsed JSON, checked as one element of /predict's `inputs` (a stream chunk's steps)."""
+        if self._tokenizer is not None:
+            return self._text(value, where)
+        return self._feature_sequence(value, where)
+
     def _check_count(self, count: int, where: str) -> None:
         if count == 0:
             raise InvalidInput(f"{where}: no sequences")

@@ -86,3 +86,43 @@ class RecordingObserver:
 
     def dropped(self, reason: str, sequences: int) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + sequences
+
+
+class FakeStreamRuntime:
+    """A stream graph that keeps a running sum: state [S=2] is (sum of every step so far, steps so far), the
+    output of a row is its new state, or per step the running sum at each valid step [B, T, 1]. Exact padding
+    and state carried per row show in the answers; `fail_if(batch)` fails a batch."""
+
+    name: RuntimeKind = "onnx"
+    device: DeviceKind = "cpu"
+    concurrency: int = 1
+    fixed_batch: int | None = None
+    fixed_length: int | None = None
+    state_size: int = 2
+
+    def __init__(self, *, per_step: bool = False, fail_if: Callable[[np.ndarray], bool] | None = None) -> None:
+        self.per_step = per_step
+        self.fail_if = fail_if
+        self.calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def predict_stream(
+        self, batch: np.ndarray, lengths: np.ndarray, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        self.calls.append((batch.copy(), lengths.copy(), state.copy()))
+        if self.fail_if is not None and self.fail_if(batch):
+            raise RuntimeError("fake stream failure")
+        rows, time = batch.shape[0], batch.shape[1]
+        mask = np.arange(time)[None, :] < lengths[:, None]
+        values = batch.reshape(rows, time, -1).sum(axis=2) * mask
+        new_state = np.stack([state[:, 0] + values.sum(axis=1), state[:, 1] + lengths], axis=1).astype(np.float32)
+        if self.per_step:
+            running = (state[:, :1] + np.cumsum(values, axis=1)) * mask
+            return running[:, :, None].astype(np.float32), new_state
+        return new_state.copy(), new_state
+
+    def predict(self, batch: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        assert lengths is not None
+        return self.predict_stream(batch, lengths, np.zeros((len(batch), 2), dtype=np.float32))[0]
+
+    def warmup(self, shapes: Sequence[tuple[int, int]]) -> None:
+        pass

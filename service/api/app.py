@@ -11,13 +11,15 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
-from service.api import health, repository, schemas, v1, v2
+from service.api import health, repository, schemas, streams, v1, v2
+from service.api.auth import API_KEY
 from service.api.errors import install_handlers
-from service.api.routes import INFER, PREDICT, inference_router
+from service.api.routes import INFER, PREDICT, STREAM, inference_router
 from service.api.state import AppState
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
+from service.streams.service import StreamService
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +27,14 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI:
     metrics = metrics if metrics is not None else Metrics()
     registry = ModelRegistry(settings, metrics)
+    stream_service = StreamService.from_settings(settings, metrics)
+    registry.streams = stream_service
     api_key = settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry.start()
+        stream_service.start()
         try:
             yield
         finally:
@@ -37,6 +42,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
             # counted twice); this covers other shutdowns.
             await registry.drain()
             await registry.stop()
+            await stream_service.stop()
 
     app = FastAPI(
         title="seqserve",
@@ -44,7 +50,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
         description="Exact dynamic micro-batching for LSTM, BiLSTM and GRU sequence models.",
         lifespan=lifespan,
     )
-    app.state.seqserve = AppState(settings=settings, registry=registry, metrics=metrics, api_key=api_key)
+    app.state.seqserve = AppState(
+        settings=settings, registry=registry, metrics=metrics, api_key=api_key, streams=stream_service
+    )
     install_handlers(app)
     app.add_middleware(HeadAsGet)
     app.include_router(health.router)
@@ -53,6 +61,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(inference_router(INFER))
+    app.include_router(inference_router(STREAM))
+    app.include_router(streams.router, dependencies=[API_KEY])
     app.include_router(repository.router(settings))
     _describe_request_bodies(app, api_key_required=api_key is not None)
     return app

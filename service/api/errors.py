@@ -24,18 +24,23 @@ log = logging.getLogger(__name__)
 
 STATUS: dict[type[errors.ServiceError], int] = {
     errors.InvalidJSON: 400,
+    errors.StreamingUnsupported: 400,
     errors.LoadFailed: 400,
     errors.Unauthorized: 401,
     errors.ModelNotFound: 404,
     errors.VersionNotFound: 404,
+    errors.StreamNotFound: 404,
+    errors.StreamConflict: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.InvalidInput: 422,
+    errors.TooManyStreams: 429,
     errors.InferenceFailed: 500,
     errors.ModelNotReady: 503,
     errors.ServerNotReady: 503,
     errors.Overloaded: 503,
     errors.Draining: 503,
+    errors.StateUnavailable: 503,
     errors.RequestTimeout: 504,
 }
 

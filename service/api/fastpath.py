@@ -40,6 +40,7 @@ class InferenceFastPath:
                     scope["app"] = self.app  # as FastAPI sets it
                     scope[STATE_KEY] = self.state  # handlers find the app's state here
                     params = match.groupdict()
+                    scope["path_params"] = params  # as Starlette sets it: a stream route's handler reads its id
                     request = Request(scope, receive, send)
                     response = await serve(
                         request, operation.handler, params.get("name"), params.get("version"), v2=operation.v2

@@ -24,6 +24,7 @@ from service.api.body import Body, read_body
 from service.api.errors import error_answer
 from service.api.responses import binary_response, json_response
 from service.api.state import app_state
+from service.api.streams import sequence_parameters, v2_stream_chunk
 from service.errors import Draining, Unauthorized
 from service.outputs import v2_binary
 from service.registry import ModelVersion
@@ -72,6 +73,9 @@ async def predict(request: Request, model: ModelVersion, body: Body) -> Response
 async def infer(request: Request, model: ModelVersion, body: Body) -> Response:
     """POST /v2/models/{name}[/versions/{version}]/infer: Open Inference Protocol inference."""
     assert model.validator is not None and model.formatter is not None
+    sequence = sequence_parameters(body)
+    if sequence is not None:
+        return await v2_stream_chunk(request, model, body, sequence)
     parsed = model.validator.v2(body, known_outputs=model.formatter.v2_output_names())
     outputs = await run_model(request, model, parsed.sequences)
     answer: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from service.api import schemas
 from service.api.auth import API_KEY_SCHEMA
 from service.api.inference import Handler, infer, predict, serve
+from service.api.streams import v1_chunk
 
 _PARAMETER = re.compile(r"\{(\w+)\}")
 _REQUEST = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)
@@ -109,6 +110,16 @@ INFER = Operation(
         "tags": ["v2"],
     },
 )
+STREAM = Operation(
+    v1_chunk,
+    v2=False,
+    openapi={
+        "response_model": schemas.StreamChunkResponse,
+        "openapi_extra": schemas.request_body(schemas.StreamChunkRequest),
+        "responses": schemas.errors(*schemas.INFERENCE_ERRORS, *schemas.STREAM_ERRORS),
+        "tags": ["streams"],
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -120,8 +131,11 @@ class InferenceRoute:
     """FastAPI's name of the route, the start of its OpenAPI operation id."""
     summary: str
 
-    async def endpoint(self, request: Request, name: str | None = None, version: str | None = None) -> Response:
-        """The route's FastAPI endpoint; the fast path calls `serve` itself."""
+    async def endpoint(
+        self, request: Request, name: str | None = None, version: str | None = None, **_: str
+    ) -> Response:
+        """The route's FastAPI endpoint; the fast path calls `serve` itself. Other path parameters (a stream
+        id) are read by the handler from `request.path_params`."""
         return await serve(request, self.operation.handler, name, version, v2=self.operation.v2)
 
 
@@ -134,6 +148,13 @@ INFERENCE_ROUTES: tuple[InferenceRoute, ...] = (
     InferenceRoute("/v2/models/{name}/infer", INFER, "infer", "V2 inference"),
     InferenceRoute(
         "/v2/models/{name}/versions/{version}/infer", INFER, "infer_version", "V2 inference, pinned version"
+    ),
+    InferenceRoute("/v1/models/{name}/streams/{stream}", STREAM, "stream_chunk", "One chunk of a stream"),
+    InferenceRoute(
+        "/v1/models/{name}/versions/{version}/streams/{stream}",
+        STREAM,
+        "stream_chunk_version",
+        "One chunk of a stream, pinned version",
     ),
 )
 """Every inference route (POST); the fast path answers them all."""

@@ -102,6 +102,9 @@ class ModelMetadata(BaseModel):
     labels: list[str] | None
     output_names: list[str] | None
     padding: Literal["exact", "equal-length"]
+    streaming: bool = Field(
+        default=False, description="Whether this version serves streams (chunks with state kept between them)."
+    )
     versions: list[VersionInfo]
 
 
@@ -238,7 +241,49 @@ class V2InferResponse(BaseModel):
     outputs: list[V2InferOutput]
 
 
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (PredictRequest, V2InferRequest, V2RepositoryIndexRequest)
+class StreamChunkRequest(BaseModel):
+    steps: list[list[float]] | str = Field(
+        description="The chunk's time steps (each a list of `features` numbers), or its text for text models.",
+        examples=[[[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]],
+    )
+    start: bool = Field(default=False, description="This chunk starts the stream (from a zero state).")
+    end: bool = Field(default=False, description="This chunk ends the stream; its state is dropped.")
+    offset: int | None = Field(
+        default=None,
+        ge=0,
+        description="The stream step this chunk starts at. With it a retried chunk is never applied twice: "
+        "answered again if it was, refused with 409 if the stream stands elsewhere. Absent: where the stream stands.",
+    )
+
+
+class StreamChunkResponse(BaseModel):
+    model: str
+    version: int
+    stream: str
+    offset: int = Field(description="The step this chunk started at.")
+    position: int = Field(description="Steps applied so far: the offset of the next chunk.")
+    ended: bool
+    replayed: bool = Field(description="This chunk had been applied already: its answer is the one cached then.")
+    output: ClassificationOutput | TaggingOutput | RegressionOutput = Field(
+        description="The answer as if the stream ended at the chunk's last step (per-step models: every step's)."
+    )
+
+
+class StreamStatus(BaseModel):
+    model: str
+    version: int = Field(description="The version the stream runs on.")
+    stream: str
+    status: Literal["live", "ended", "expired"]
+    position: int = Field(description="Steps applied so far: the offset of the next chunk.")
+    last_offset: int = Field(description="Where the last applied chunk started.")
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    PredictRequest,
+    V2InferRequest,
+    V2RepositoryIndexRequest,
+    StreamChunkRequest,
+)
 
 
 def request_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -299,9 +344,13 @@ _ERROR_DESCRIPTIONS: dict[int, str] = {
     500: "Internal error; the message holds an error id found in the logs",
     503: "Overloaded, draining or model not ready; see Retry-After",
     504: "No answer within the request timeout",
+    409: "The chunk does not start where the stream stands; the message names the step it expects",
+    429: "The live-stream limit is reached; see Retry-After",
 }
 INFERENCE_ERRORS = (400, 401, 404, 413, 415, 422, 500, 503, 504)
 """What a predict or infer request can be answered with besides 200."""
+STREAM_ERRORS = (409, 429)
+"""What a stream chunk can be answered with besides INFERENCE_ERRORS."""
 MODEL_ERRORS = (401, 404, 500, 503)
 """What a read of one model's metadata or readiness can be answered with besides 200."""
 

@@ -9,6 +9,7 @@ from fastapi import Request
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
+from service.streams.service import StreamService
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class AppState:
     registry: ModelRegistry
     metrics: Metrics
     api_key: bytes | None
+    streams: StreamService
 
 
 STATE_KEY = "seqserve.state"

@@ -68,6 +68,7 @@ async def metadata(request: Request, name: str, version: str | None = None) -> R
             "labels": spec.labels,
             "output_names": spec.output_names,
             "padding": spec.padding,
+            "streaming": spec.can_stream,
             "versions": [_version_info(v) for _, v in sorted(registry.model_versions(name).items())],
         }
     )

@@ -31,7 +31,7 @@ from service.batching.pending import Item, PendingQueue, PendingRequest, ended_b
 from service.batching.planner import BatchPolicy, batch_cost, capacity, plan_batch
 from service.batching.worker import BatchWorker, Outcome
 from service.errors import Abandoned, Draining, InferenceFailed, RequestTimeout
-from service.runtime import Runtime, lower_thread_priority
+from service.runtime import Runtime, StreamRuntime, lower_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class _Batch:
 class Batcher:
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: Runtime | StreamRuntime,
         policy: BatchPolicy,
         *,
         pad_value: float | int,
@@ -91,7 +91,10 @@ class Batcher:
         name: str = "model",
         compute_nice: int = 0,
         workers: int = 1,
+        stream: bool = False,
     ) -> None:
+        """`stream`: `runtime` is a stream graph; requests carry each chunk's state (`submit(states=...)`)
+        and each answer is packed as `service.batching.worker.unpack_stream` reads it."""
         if workers < 1:
             raise ValueError("a batcher needs at least one worker")
         self._policy = policy
@@ -99,7 +102,10 @@ class Batcher:
         self._name = name
         self._queue = PendingQueue()
         self._admission = Admission(policy, self._queue, name=name)
-        self._worker = BatchWorker(runtime, pad_value=pad_value, dtype=dtype, uses_lengths=uses_lengths, name=name)
+        self._worker = BatchWorker(
+            runtime, pad_value=pad_value, dtype=dtype, uses_lengths=uses_lengths, name=name, stream=stream
+        )
+        self._stream = stream
         self._ended_early = False  # a request ended (cancelled, failed) with sequences still queued
         self._workers = workers
         self._inflight: list[_Batch] = []  # at most workers + 1: those computing, the next queued behind them
@@ -167,8 +173,13 @@ class Batcher:
         (see `Admission.reading`)."""
         return self._admission.reading()
 
-    def submit(self, sequences: Sequence[np.ndarray], *, timeout_seconds: float) -> PendingRequest:
-        """Queue a request at once, or raise `Overloaded` / `Draining` / `PayloadTooLarge` at once; never waits."""
+    def submit(
+        self, sequences: Sequence[np.ndarray], *, timeout_seconds: float, states: Sequence[np.ndarray] | None = None
+    ) -> PendingRequest:
+        """Queue a request at once, or raise `Overloaded` / `Draining` / `PayloadTooLarge` at once; never waits.
+        `states`: one recurrent state per sequence, required by (and only for) a stream batcher."""
+        if (states is not None) != self._stream or (states is not None and len(states) != len(sequences)):
+            raise ValueError("a stream batcher takes one state per sequence; a whole-sequence batcher none")
         self._admission.admit(len(sequences), sum(map(len, sequences)))
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -178,6 +189,7 @@ class Batcher:
             enqueued_at=now,
             deadline=now + timeout_seconds,
             arrived_idle=len(self._inflight) < self._workers and not self._queue.sequences,
+            states=states,
         )
         request.future.add_done_callback(lambda _: self._on_request_done(request))
         self._queue.add(request)
@@ -186,11 +198,16 @@ class Batcher:
         return request
 
     async def infer(
-        self, sequences: Sequence[np.ndarray], *, timeout_seconds: float, gone: asyncio.Future[Any] | None = None
+        self,
+        sequences: Sequence[np.ndarray],
+        *,
+        timeout_seconds: float,
+        gone: asyncio.Future[Any] | None = None,
+        states: Sequence[np.ndarray] | None = None,
     ) -> list[np.ndarray]:
         """Submit and wait. If `gone` completes first (the client left) or the caller is cancelled,
         the request's queued sequences are dropped; `gone` first raises `Abandoned`."""
-        request = self.submit(sequences, timeout_seconds=timeout_seconds)
+        request = self.submit(sequences, timeout_seconds=timeout_seconds, states=states)
         waits: tuple[asyncio.Future[Any], ...] = (request.future,) if gone is None else (request.future, gone)
         try:
             await asyncio.wait(waits, timeout=timeout_seconds, return_when=asyncio.FIRST_COMPLETED)

@@ -25,6 +25,8 @@ class PendingRequest:
     enqueued_at: float
     deadline: float
     arrived_idle: bool
+    states: Sequence[np.ndarray] | None = None
+    """Stream chunks: each sequence's recurrent state `[S]` float32, carried into its batch row."""
     _results: list[np.ndarray | None] = field(default_factory=list)
     _remaining: int = 0
 
@@ -67,6 +69,12 @@ class Item:
     @property
     def sequence(self) -> np.ndarray:
         return self.request.sequences[self.index]
+
+    @property
+    def state(self) -> np.ndarray | None:
+        """A stream chunk's state in; None for a whole sequence."""
+        states = self.request.states
+        return None if states is None else states[self.index]
 
     def ended(self) -> bool:
         """Whether its request has ended (answered, cancelled, timed out, failed).

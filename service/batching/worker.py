@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.runtime import Runtime
+from service.runtime import Runtime, StreamRuntime
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,11 @@ class Work(Protocol):
 
     @property
     def sequence(self) -> np.ndarray: ...
+
+    @property
+    def state(self) -> np.ndarray | None:
+        """A stream chunk's recurrent state in, `[S]`; None for a whole sequence."""
+        ...
 
     def ended(self) -> bool:
         """Whether its request ended meanwhile (then it is not computed)."""
@@ -41,10 +46,22 @@ class Outcome:
 
 
 class BatchWorker:
+    """Runs batches of whole sequences through `runtime`, or, with `stream`, batches of stream chunks
+    through the stream graph: each row's state goes in beside its chunk, and each row's output comes
+    back packed as `state_out [S]` followed by its output, flattened (see `unpack_stream`)."""
+
     def __init__(
-        self, runtime: Runtime, *, pad_value: float | int, dtype: type[np.generic], uses_lengths: bool, name: str
+        self,
+        runtime: Runtime | StreamRuntime,
+        *,
+        pad_value: float | int,
+        dtype: type[np.generic],
+        uses_lengths: bool,
+        name: str,
+        stream: bool = False,
     ) -> None:
         self._runtime = runtime
+        self._stream: StreamRuntime | None = runtime if stream else None  # type: ignore[assignment]
         self._pad_value = pad_value
         self._dtype = dtype
         self._uses_lengths = uses_lengths
@@ -55,36 +72,38 @@ class BatchWorker:
         """Run a batch, skipping the sequences whose requests ended while it waited for a worker."""
         live = [i for i, work in enumerate(batch) if not work.ended()]
         if len(live) < len(batch):
-            outcome = self._timed([batch[i].sequence for i in live]) if live else Outcome([], 0.0)
+            outcome = self._timed([batch[i] for i in live]) if live else Outcome([], 0.0)
             outputs: list[Output | None] = [None] * len(batch)
             for i, output in zip(live, outcome.outputs, strict=True):
                 outputs[i] = output
             return Outcome(outputs, outcome.compute_seconds)
-        return self._timed([work.sequence for work in batch])
+        return self._timed(batch)
 
-    def _timed(self, sequences: list[np.ndarray]) -> Outcome:
+    def _timed(self, batch: Sequence[Work]) -> Outcome:
         started = time.perf_counter()
-        outputs = self.run(sequences)
+        states = [work.state for work in batch] if self._stream is not None else None
+        outputs = self.run([work.sequence for work in batch], states)  # type: ignore[arg-type]
         return Outcome(outputs, time.perf_counter() - started)
 
-    def run(self, sequences: list[np.ndarray]) -> list[Output]:
+    def run(self, sequences: list[np.ndarray], states: list[np.ndarray] | None = None) -> list[Output]:
         """One output per sequence, or the exception that failed it. If the batch fails, find who
         fails: a batch out of memory is split in halves and retried (down to one sequence), any
         other failure is retried one by one, so that one bad sequence fails only its own request."""
         try:
-            return list(self._run_batch(sequences))
+            return list(self._run_batch(sequences, states))
         except Exception as exc:
             if len(sequences) == 1:
                 return [exc]
             if _out_of_memory(exc):
                 half = len(sequences) // 2
                 log.warning("model %s ran out of memory on a batch of %d; splitting it", self._name, len(sequences))
-                return self.run(sequences[:half]) + self.run(sequences[half:])
+                first, second = (None, None) if states is None else (states[:half], states[half:])
+                return self.run(sequences[:half], first) + self.run(sequences[half:], second)
             log.warning("model %s failed on a batch of %d; retrying one by one", self._name, len(sequences))
             outputs: list[Output] = []
-            for seq in sequences:
+            for i, seq in enumerate(sequences):
                 try:
-                    outputs.extend(self._run_batch([seq]))
+                    outputs.extend(self._run_batch([seq], None if states is None else [states[i]]))
                 except Exception as single:
                     outputs.append(single)
             return outputs
@@ -99,7 +118,7 @@ class BatchWorker:
             self._buffers.padded = buffer
         return buffer[:size].reshape(shape)
 
-    def _run_batch(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+    def _run_batch(self, sequences: list[np.ndarray], states: list[np.ndarray] | None) -> list[np.ndarray]:
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         rows, longest = len(sequences), int(lengths.max())
         fixed_batch = self._runtime.fixed_batch
@@ -113,6 +132,9 @@ class BatchWorker:
         if self._uses_lengths:
             feed_lengths = np.full(padded_rows, longest, dtype=np.int64)
             feed_lengths[:rows] = lengths
+        if self._stream is not None:
+            assert states is not None and feed_lengths is not None
+            return self._run_stream(padded, feed_lengths, np.stack(states), rows)
         out = np.asarray(self._runtime.predict(padded, feed_lengths))
         if out.shape[0] != padded_rows:
             raise ValueError(f"runtime returned {out.shape[0]} rows for a batch of {padded_rows}")
@@ -121,6 +143,24 @@ class BatchWorker:
                 raise ValueError(f"runtime returned {out.shape[1]} steps for a batch of {longest}")
             return [out[row, : lengths[row]] for row in range(rows)]
         return [out[row] for row in range(rows)]
+
+    def _run_stream(self, padded: np.ndarray, lengths: np.ndarray, states: np.ndarray, rows: int) -> list[np.ndarray]:
+        assert self._stream is not None
+        out, state_out = self._stream.predict_stream(padded, lengths, states.astype(np.float32, copy=False))
+        out, state_out = np.asarray(out, dtype=np.float32), np.asarray(state_out, dtype=np.float32)
+        if out.shape[0] != rows or state_out.shape != states.shape:
+            raise ValueError(
+                f"stream graph returned output {list(out.shape)} and state {list(state_out.shape)} "
+                f"for {rows} rows of state {list(states.shape)}"
+            )
+        if out.ndim >= 3:  # per-step output [B, T, C]: drop the padded steps
+            return [np.concatenate([state_out[row], out[row, : lengths[row]].ravel()]) for row in range(rows)]
+        return [np.concatenate([state_out[row], out[row].ravel()]) for row in range(rows)]
+
+
+def unpack_stream(packed: np.ndarray, state_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stream chunk's packed result: `(state_out [S], output flattened)`."""
+    return packed[:state_size], packed[state_size:]
 
 
 _OUT_OF_MEMORY = ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation")

@@ -18,13 +18,15 @@ import grpc
 from grpc import aio
 
 from service import __version__
-from service.errors import Draining, InvalidInput, ModelNotReady, ServiceError, Unauthorized
+from service.errors import Draining, InvalidInput, ModelNotReady, ServiceError, StreamingUnsupported, Unauthorized
 from service.grpc import tensors
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.status import failure_for
 from service.metrics import Metrics
-from service.registry import ModelRegistry
+from service.registry import ModelRegistry, ModelVersion
+from service.streams.serving import apply_chunk, names_a_stream, v2_answer_parameters, v2_chunk, why_not
 from service.v2_metadata import PLATFORMS
+from service.validation import V2Request
 
 SERVICE = "inference.GRPCInferenceService"
 """The service's full name in KServe's and Triton's protos; method paths are `/<SERVICE>/<rpc>`."""
@@ -119,14 +121,18 @@ class InferenceServicer:
                 with model.batcher.reading():  # sheds before the request is converted and validated
                     document, binary = tensors.infer_document(request)
                 parsed = model.validator.v2_document(document, known_outputs=known, binary=binary)
-                outputs = await model.batcher.infer(parsed.sequences, timeout_seconds=self._timeout)
-                answer = tensors.infer_response(
-                    model.name,
-                    model.version,
-                    parsed.id,
-                    model.formatter.v2(outputs, parsed.outputs),
-                    raw=bool(request.raw_input_contents),
-                )
+                sequence = tensors.infer_parameters(request)
+                if names_a_stream(sequence):
+                    answer = await self._stream_chunk(model, parsed, sequence, request, context)
+                else:
+                    outputs = await model.batcher.infer(parsed.sequences, timeout_seconds=self._timeout)
+                    answer = tensors.infer_response(
+                        model.name,
+                        model.version,
+                        parsed.id,
+                        model.formatter.v2(outputs, parsed.outputs),
+                        raw=bool(request.raw_input_contents),
+                    )
             except Exception as exc:
                 failure = failure_for(exc)
                 code = failure.code
@@ -137,6 +143,35 @@ class InferenceServicer:
             self._metrics.grpc_requests.labels(*labels, code.name).inc()
             if labels[0]:
                 self._metrics.grpc_request_latency.labels(*labels).observe(time.perf_counter() - started)
+
+    async def _stream_chunk(
+        self,
+        model: ModelVersion,
+        parsed: V2Request,
+        parameters: dict[str, Any],
+        request: pb.ModelInferRequest,
+        context: Context,
+    ) -> pb.ModelInferResponse:
+        """One chunk of a stream (Triton's sequence parameters), as the HTTP edge's V2 stream chunk."""
+        assert model.formatter is not None
+        streams = self._registry.streams
+        if model.stream_batcher is None or streams is None:
+            raise StreamingUnsupported(why_not(model))
+        metadata = {key.lower(): value for key, value in context.invocation_metadata() or ()}
+        request_id = metadata.get("x-request-id", "")
+        chunk = v2_chunk(parameters, parsed.sequences, request_id if isinstance(request_id, str) else "")
+        answer = await apply_chunk(
+            streams, self._registry, model, chunk, pinned=bool(request.model_version), timeout_seconds=self._timeout
+        )
+        response = tensors.infer_response(
+            model.name,
+            answer.version,
+            parsed.id,
+            model.formatter.v2([answer.output], parsed.outputs),
+            raw=bool(request.raw_input_contents),
+        )
+        tensors.set_parameters(response.parameters, v2_answer_parameters(parameters, answer))
+        return response
 
     # -- the model repository extension ---------------------------------------
 

@@ -22,7 +22,11 @@ STATUS: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.VersionNotFound: grpc.StatusCode.NOT_FOUND,
     errors.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.InferenceFailed: grpc.StatusCode.INTERNAL,
-    # Overloaded, Draining, ModelNotReady, ServerNotReady: the client may retry (after `retry-after`).
+    errors.StreamingUnsupported: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.StreamNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.StreamConflict: grpc.StatusCode.FAILED_PRECONDITION,  # HTTP's 409: the stream stands elsewhere
+    # Overloaded, Draining, ModelNotReady, ServerNotReady, TooManyStreams, StateUnavailable: the client may
+    # retry (after `retry-after`).
     errors.RetryableError: grpc.StatusCode.UNAVAILABLE,
     errors.RequestTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
 }

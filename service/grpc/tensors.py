@@ -107,3 +107,24 @@ def model_metadata(name: str, versions: list[str], platform: str, spec: ModelJso
         inputs=[Tensor(**tensor) for tensor in inputs],
         outputs=[Tensor(**tensor) for tensor in outputs],
     )
+
+
+def infer_parameters(request: pb.ModelInferRequest) -> dict[str, Any]:
+    """The request's parameters as plain values (Triton's sequence parameters among them)."""
+    values: dict[str, Any] = {}
+    for name, parameter in request.parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            values[name] = getattr(parameter, choice)
+    return values
+
+
+def set_parameters(target: Any, values: dict[str, Any]) -> None:
+    """Set an answer's `parameters` map from plain values: booleans, integers and strings."""
+    for name, value in values.items():
+        if isinstance(value, bool):
+            target[name].bool_param = value
+        elif isinstance(value, int):
+            target[name].int64_param = value
+        else:
+            target[name].string_param = str(value)

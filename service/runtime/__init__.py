@@ -6,9 +6,16 @@ decision and `open_runtime`, which falls back to the CPU), `cpu` (cores and comp
 thread priority), `onnx` and `torchscript` (one runtime each, imported on demand).
 """
 
-from service.runtime.base import DeviceKind, DeviceUnavailable, Runtime, RuntimeUnavailable, zero_batch
+from service.runtime.base import DeviceKind, DeviceUnavailable, Runtime, RuntimeUnavailable, StreamRuntime, zero_batch
 from service.runtime.cpu import cpu_cores, lower_thread_priority
-from service.runtime.device import DeviceChoice, RequestedDevice, ThreadSettings, open_runtime, select_device
+from service.runtime.device import (
+    DeviceChoice,
+    RequestedDevice,
+    ThreadSettings,
+    open_runtime,
+    open_stream,
+    select_device,
+)
 
 __all__ = [
     "DeviceChoice",
@@ -17,10 +24,12 @@ __all__ = [
     "RequestedDevice",
     "Runtime",
     "RuntimeUnavailable",
+    "StreamRuntime",
     "ThreadSettings",
     "cpu_cores",
     "lower_thread_priority",
     "open_runtime",
+    "open_stream",
     "select_device",
     "zero_batch",
 ]

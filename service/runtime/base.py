@@ -32,6 +32,29 @@ class Runtime(Protocol):
         ...
 
 
+class StreamRuntime(Protocol):
+    """Runs a model's stream graph (model.json `streaming`): one chunk per row, each row's recurrent
+    state in and out. `predict` runs rows from the start of their streams (all-zero state)."""
+
+    name: RuntimeKind
+    device: DeviceKind
+    concurrency: int
+    fixed_batch: int | None
+    fixed_length: int | None
+    state_size: int
+
+    def predict(self, batch: np.ndarray, lengths: np.ndarray | None) -> np.ndarray: ...
+
+    def predict_stream(
+        self, batch: np.ndarray, lengths: np.ndarray, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Blocking: `(output [B, O] or [B, T, O], state_out [B, S])` for chunks `[B, T, ...]` with
+        `lengths [B]` and `state [B, S]` float32."""
+        ...
+
+    def warmup(self, shapes: Sequence[tuple[int, int]]) -> None: ...
+
+
 class RuntimeUnavailable(Exception):
     """The runtime's package is not installed; another format may still serve the entry."""
 

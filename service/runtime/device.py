@@ -13,10 +13,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from service.model_json import ModelJson, RuntimeKind
-from service.runtime.base import DeviceKind, DeviceUnavailable, Runtime, RuntimeUnavailable
+from service.runtime.base import DeviceKind, DeviceUnavailable, Runtime, RuntimeUnavailable, StreamRuntime
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +62,31 @@ def _cuda_usable(runtime: RuntimeKind) -> tuple[bool, str]:
     return torchscript.cuda_available()
 
 
+R = TypeVar("R", Runtime, StreamRuntime)
+
+
 def open_runtime(
     kind: RuntimeKind,
     path: Path,
     spec: ModelJson,
     requested_device: RequestedDevice,
     threads: ThreadSettings,
-    prepare: Callable[[Runtime], None] | None = None,
-) -> tuple[Runtime, str]:
+    prepare: Callable[[R], None] | None = None,
+    *,
+    opener: Callable[[RuntimeKind, Path, ModelJson, DeviceKind, ThreadSettings], R] | None = None,
+) -> tuple[R, str]:
     """Open `path` with runtime `kind`, then `prepare` it (warm-up, checks); returns the
     runtime and why it got its device. A failure on the GPU, opening or preparing, is
     retried on the CPU.
 
     Raises RuntimeUnavailable when the runtime's package is missing, and any
-    other exception when the file can't be served.
+    other exception when the file can't be served. `opener` opens another kind of graph
+    (`open_stream`: the stream graph).
     """
+    open_file: Callable[[RuntimeKind, Path, ModelJson, DeviceKind, ThreadSettings], Any] = opener or _open
 
-    def opened(device: DeviceKind) -> Runtime:
-        runtime = _open(kind, path, spec, device, threads)
+    def opened(device: DeviceKind) -> R:
+        runtime: R = open_file(kind, path, spec, device, threads)
         if prepare is not None:
             prepare(runtime)
         return runtime
@@ -110,5 +117,24 @@ def _open(kind: RuntimeKind, path: Path, spec: ModelJson, device: DeviceKind, th
     except ImportError as exc:
         raise RuntimeUnavailable(f"torch is not installed ({exc})") from exc
     return TorchScriptRuntime(
+        path, spec, device=device, threads=threads.torch_threads, concurrency=threads.batch_workers or 1
+    )
+
+
+def open_stream(
+    kind: RuntimeKind, path: Path, spec: ModelJson, device: DeviceKind, threads: ThreadSettings
+) -> StreamRuntime:
+    """Open the stream graph (model.json `streaming`) with runtime `kind`: `open_runtime`'s `opener`."""
+    if kind == "onnx":
+        from service.runtime.onnx import OnnxStreamRuntime
+
+        return OnnxStreamRuntime(
+            path, spec, device=device, threads=threads.onnx_threads, concurrency=threads.batch_workers
+        )
+    try:
+        from service.runtime.torchscript import TorchScriptStreamRuntime
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"torch is not installed ({exc})") from exc
+    return TorchScriptStreamRuntime(
         path, spec, device=device, threads=threads.torch_threads, concurrency=threads.batch_workers or 1
     )

@@ -97,3 +97,74 @@ class OnnxRuntime:
     def warmup(self, shapes: Sequence[tuple[int, int]]) -> None:
         for batch, time in shapes:
             self.predict(*zero_batch(self._spec, batch, time))
+
+
+class OnnxStreamRuntime:
+    """The stream graph of a version (model.json `streaming`): chunks in, each row's state in and out."""
+
+    name: RuntimeKind = "onnx"
+    fixed_batch: int | None = None
+    fixed_length: int | None = None
+
+    def __init__(
+        self, path: Path, spec: ModelJson, *, device: DeviceKind, threads: int = 0, concurrency: int = 0
+    ) -> None:
+        assert spec.streaming is not None
+        stream = spec.streaming
+        self._spec = spec
+        cores = cpu_cores()
+        self.concurrency = concurrency or (cores if device == "cpu" else 1)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = threads or max(1, cores // self.concurrency)
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OnnxRuntime
+        options.log_severity_level = 3
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        self._session = ort.InferenceSession(str(path), options, providers=providers)
+        if device == "cuda" and "CUDAExecutionProvider" not in self._session.get_providers():
+            raise DeviceUnavailable("ONNX Runtime could not enable CUDAExecutionProvider")
+        self.device: DeviceKind = device
+
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = [o.name for o in self._session.get_outputs()]
+        wanted = {
+            stream.input: _ORT_DTYPES[spec.graph.input_dtype],
+            stream.lengths: "tensor(int64)",
+            stream.state_in: "tensor(float)",
+        }
+        problems = [f"stream graph has no input '{name}'" for name in wanted if name not in inputs]
+        problems += [f"stream graph input '{name}' is not named in model.json" for name in inputs if name not in wanted]
+        problems += [
+            f"stream graph input '{name}' is {inputs[name].type}, expected {dtype}"
+            for name, dtype in wanted.items()
+            if name in inputs and inputs[name].type != dtype
+        ]
+        problems += [
+            f"stream graph has no output '{name}' (it has {outputs})"
+            for name in (stream.output, stream.state_out)
+            if name not in outputs
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.state_size = stream.state_size
+        self._names = (stream.input, stream.lengths, stream.state_in)
+        self._outputs = [stream.output, stream.state_out]
+
+    def predict_stream(
+        self, batch: np.ndarray, lengths: np.ndarray, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        feeds = dict(zip(self._names, (batch, lengths, state), strict=True))
+        output, state_out = self._session.run(self._outputs, feeds)
+        return output, state_out
+
+    def predict(self, batch: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        if lengths is None:
+            lengths = np.full(batch.shape[0], batch.shape[1], dtype=np.int64)
+        state = np.zeros((batch.shape[0], self.state_size), dtype=np.float32)
+        return self.predict_stream(batch, lengths, state)[0]
+
+    def warmup(self, shapes: Sequence[tuple[int, int]]) -> None:
+        for batch, time in shapes:
+            self.predict(*zero_batch(self._spec, batch, time))

@@ -57,3 +57,47 @@ class TorchScriptRuntime:
         for batch, time in shapes:
             for _ in range(2):
                 self.predict(*zero_batch(self._spec, batch, time))
+
+
+class TorchScriptStreamRuntime:
+    """The stream graph of a version (model.json `streaming`) as TorchScript:
+    `forward(input, lengths, state_in) -> (output, state_out)`."""
+
+    name: RuntimeKind = "torchscript"
+    fixed_batch: int | None = None
+    fixed_length: int | None = None
+
+    def __init__(self, path: Path, spec: ModelJson, *, device: DeviceKind, threads: int, concurrency: int = 1) -> None:
+        assert spec.streaming is not None
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self._spec = spec
+        self._device = torch.device(device)
+        self.device: DeviceKind = device
+        self.concurrency = concurrency
+        self.state_size = spec.streaming.state_size
+        self._module = torch.jit.load(str(path), map_location=self._device)  # type: ignore[no-untyped-call]
+        self._module.eval()
+
+    def predict_stream(
+        self, batch: np.ndarray, lengths: np.ndarray, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            device = self._device
+            output, state_out = self._module(
+                torch.from_numpy(batch).to(device),
+                torch.from_numpy(lengths).to(device),
+                torch.from_numpy(state).to(device),
+            )
+            return output.detach().to("cpu").numpy(), state_out.detach().to("cpu").numpy()
+
+    def predict(self, batch: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        if lengths is None:
+            lengths = np.full(batch.shape[0], batch.shape[1], dtype=np.int64)
+        state = np.zeros((batch.shape[0], self.state_size), dtype=np.float32)
+        return self.predict_stream(batch, lengths, state)[0]
+
+    def warmup(self, shapes: Sequence[tuple[int, int]]) -> None:
+        for batch, time in shapes:  # twice each: see TorchScriptRuntime.warmup
+            for _ in range(2):
+                self.predict(*zero_batch(self._spec, batch, time))

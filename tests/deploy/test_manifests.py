@@ -249,3 +249,33 @@ def image_port(name: str = "SEQSERVE_PORT") -> int:
 def grpc_container_port(c: dict[str, Any]) -> int:
     [port] = [p["containerPort"] for p in c["ports"] if p["name"] in ("grpc", "h2c")]
     return int(port)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_streams_overlay_points_every_replica_at_its_redis(version: str) -> None:
+    """overlays/streams: the base plus Redis for stream state; SEQSERVE_STATE_URL names Redis's Service and port."""
+    docs = render("streams")
+    for doc in docs:
+        validate(doc, version)
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    url = env(container(deployments["seqserve"]))["SEQSERVE_STATE_URL"]
+    match = re.fullmatch(r"redis://([a-z0-9-]+):(\d+)/\d+", url)
+    assert match, url
+    redis_service = services[match.group(1)]
+    assert int(match.group(2)) in [p["port"] for p in redis_service["spec"]["ports"]]
+    redis = deployments[match.group(1)]
+    assert redis_service["spec"]["selector"].items() <= redis["spec"]["template"]["metadata"]["labels"].items()
+    args = container(redis)["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"  # an evicted stream would be a lost one
+    base = {d["kind"]: d for d in render("cpu") if d["kind"] != "Deployment"}
+    assert {k: d for k, d in ((d["kind"], d) for d in docs if d["metadata"]["name"] == "seqserve"
+                                and d["kind"] != "Deployment")} == base
+
+
+def test_compose_replicas_share_stream_state_in_redis() -> None:
+    [compose] = load(ROOT / "deploy" / "compose" / "compose.yaml")
+    server, redis = compose["services"]["seqserve"], compose["services"]["redis"]
+    assert server["environment"]["SEQSERVE_STATE_URL"] == "redis://redis:6379/0"
+    assert server["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "6379" in redis["expose"] and "noeviction" in redis["command"]

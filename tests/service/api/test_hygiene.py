@@ -97,18 +97,19 @@ def guarded_server(test_repository: BuiltRepository, tmp_path_factory: pytest.Te
 
 
 def get_paths(server: Server) -> list[str]:
-    """Every GET route the server documents, with a model and version that exist."""
+    """Every GET route the server documents, with a model and version that exist (and a stream that does not)."""
     schema = httpx.get(f"{server.url}/openapi.json", timeout=SOCKET_TIMEOUT_SECONDS).json()
     paths = [path for path, operations in schema["paths"].items() if "get" in operations]
-    return [path.replace("{name}", "feat").replace("{version}", "1") for path in paths]
+    return [path.replace("{name}", "feat").replace("{version}", "1").replace("{stream}", "s1") for path in paths]
 
 
 def test_head_is_answered_at_once_like_get_without_a_body_on_a_kept_connection(guarded_server: Server) -> None:
     paths = get_paths(guarded_server)
     assert {"/healthz", "/readyz", "/metrics", "/v1/models", "/v2/health/live", "/v2/health/ready"} <= set(paths)
     assert "/v2/repository/index" in paths
-    assert len(paths) == 14, paths  # every GET route, so a new one is probed with HEAD too
+    assert len(paths) == 15, paths  # every GET route, so a new one is probed with HEAD too
     expected = dict.fromkeys(paths, 200) | {"/openapi.json": 200, "/no/such/route": 404, "/predict": 405}
+    expected["/v1/models/feat/streams/s1"] = 404  # no such stream
     connection = Connection(port_of(guarded_server))
     slowest = 0.0
     try:

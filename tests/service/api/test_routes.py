@@ -15,7 +15,7 @@ from service.api import InferenceFastPath, create_app
 from service.api.routes import INFERENCE_ROUTES, path_pattern
 from service.settings import Settings
 
-PATHS = [route.path.format(name="nope", version="1") for route in INFERENCE_ROUTES]
+PATHS = [route.path.format(name="nope", version="1", stream="s1") for route in INFERENCE_ROUTES]
 
 
 def app(repository: Path, **settings: str) -> FastAPI:

@@ -1,0 +1,131 @@
+"""A stream client for tests, as a user writes one: send a long sequence in chunks, each naming where it
+starts, retry a chunk whose answer was lost; and the check that every answer equals the user's module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+
+from tests.service.streams.graphs import StreamEntry
+
+TOLERANCE = 1e-4
+
+
+def chunk_body(steps: Any, *, start: bool = False, end: bool = False, offset: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"steps": steps, "start": start, "end": end}
+    if offset is not None:
+        body["offset"] = offset
+    return body
+
+
+def post_chunk(
+    client: httpx.Client,
+    model: str,
+    stream: str,
+    steps: Any,
+    *,
+    start: bool = False,
+    end: bool = False,
+    offset: int | None = None,
+) -> httpx.Response:
+    return client.post(
+        f"/v1/models/{model}/streams/{stream}", json=chunk_body(steps, start=start, end=end, offset=offset)
+    )
+
+
+def random_sequence(entry: StreamEntry, length: int, rng: np.random.Generator) -> Any:
+    """A sequence as the client sends it (steps of features, or text) and as the reference takes it."""
+    if entry.features is None:
+        return "".join(chr(ord("a") + int(i)) for i in rng.integers(0, entry.vocabulary - 2, length))
+    return rng.normal(size=(length, entry.features)).round(4).tolist()
+
+
+def reference_input(entry: StreamEntry, sequence: Any) -> Any:
+    if entry.features is None:
+        if entry.encode is not None:
+            return entry.encode(sequence)
+        return np.array([2 + ord(ch) - ord("a") for ch in sequence], dtype=np.int64)
+    return np.asarray(sequence, dtype=np.float32)
+
+
+def random_chunking(length: int, rng: np.random.Generator, largest: int) -> list[int]:
+    """Chunk sizes summing to `length`: sometimes one step at a time, sometimes everything at once."""
+    kind = rng.integers(0, 4)
+    if kind == 0:
+        return [1] * length
+    if kind == 1 and length <= largest:
+        return [length]
+    sizes: list[int] = []
+    while sum(sizes) < length:
+        sizes.append(int(min(rng.integers(1, largest + 1), length - sum(sizes))))
+    return sizes
+
+
+def raw_output(entry: StreamEntry, answer: dict[str, Any]) -> np.ndarray:
+    """The model's answer from a /v1 output object: values, or probabilities (a model whose graph applies
+    softmax needs a reference that does too)."""
+    if entry.task == "regression":
+        return np.asarray(answer["values"])
+    return np.asarray(answer["probabilities"])
+
+
+def expected_after(entry: StreamEntry, sequence: Any, stop: int, start: int) -> np.ndarray:
+    """What the answer to the chunk covering steps [start, stop) must equal: the user's module on the
+    sequence so far (last/pooled), or its outputs at those steps (per step)."""
+    whole = entry.reference(reference_input(entry, sequence[:stop]))
+    return whole[start:stop] if entry.per_step else whole
+
+
+SendChunk = Callable[[str, Any, bool, bool, int], np.ndarray]
+"""(stream id, steps, start, end, offset) -> the raw answer; raises on an error status."""
+
+
+def check_stream(entry: StreamEntry, send: SendChunk, stream: str, sequence: Any, sizes: Sequence[int]) -> float:
+    """Send `sequence` in chunks of `sizes`, check each answer against the user's module; the worst difference."""
+    worst, offset = 0.0, 0
+    for i, size in enumerate(sizes):
+        steps = sequence[offset : offset + size]
+        got = send(stream, steps, i == 0, i == len(sizes) - 1, offset)
+        want = expected_after(entry, sequence, offset + size, offset)
+        assert got.shape == want.shape, (entry.name, got.shape, want.shape)
+        worst = max(worst, float(np.abs(got - want).max()))
+        offset += size
+    return worst
+
+
+def v1_sender(client: httpx.Client, entry: StreamEntry) -> SendChunk:
+    def send(stream: str, steps: Any, start: bool, end: bool, offset: int) -> np.ndarray:
+        response = post_chunk(client, entry.name, stream, steps, start=start, end=end, offset=offset)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["offset"], body["position"], body["ended"]) == (offset, offset + len(steps), end), body
+        return raw_output(entry, body["output"])
+
+    return send
+
+
+def check_random_chunkings(
+    base_url: str,
+    entry: StreamEntry,
+    *,
+    streams: int = 4,
+    longest: int = 40,
+    largest_chunk: int = 16,
+    seed: int = 0,
+) -> float:
+    """Send `streams` random sequences of `entry`'s model (1 to `longest` steps) to the server at `base_url`
+    over /v1, each in a random chunking (one step at a time, all at once, or chunks of up to `largest_chunk`),
+    checking every chunk's answer against `entry.reference` on the sequence so far; the worst difference."""
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        send = v1_sender(client, entry)
+        for i in range(streams):
+            length = int(rng.integers(1, longest + 1))
+            sequence = random_sequence(entry, length, rng)
+            sizes = random_chunking(length, rng, largest=largest_chunk)
+            worst = max(worst, check_stream(entry, send, f"check-{seed}-{i}", sequence, sizes))
+    return worst
