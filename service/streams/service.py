@@ -96,9 +96,7 @@ def offset_of(value: Any, where: str) -> int | None:
 
 
 class StreamService:
-    def __init__(
-        self, store: StateStore, metrics: Metrics, *, idle_seconds: float, refusal: str | None = None
-    ) -> None:
+    def __init__(self, store: StateStore, metrics: Metrics, *, idle_seconds: float, refusal: str | None = None) -> None:
         self.store = store
         self._metrics = metrics
         self._idle_seconds = idle_seconds
