@@ -79,7 +79,7 @@ def export_parser() -> Parser:
     p.add_argument("--module-kwargs", metavar="JSON", help="constructor arguments for --module, a JSON object")
     p.add_argument(
         "--module-inputs",
-        choices=["batch", "batch_and_lengths", "sequence"],
+        choices=["batch", "batch_and_lengths", "sequence", "time_major", "time_major_and_lengths"],
         help="how --module is called on one sequence x: module(x[None]), module(x[None], lengths) "
         "or module(x) (default: the spec's, else batch)",
     )
