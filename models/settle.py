@@ -527,7 +527,7 @@ def _wire_one(
         readout, pre_act = _match_readout(readouts, head_in, post[0].name)
         chain_start = readouts[readout]
         head_calls = post
-        head_layers, head_renames, y, notes = _chain(head_calls, chain_start, "after the readout", "head")
+        head_layers, head_renames, y, notes = _chain(head_calls, chain_start, "after the recurrent layer", "head")
         del pre_act  # _chain finds it again and puts it first
         if head_layers[-1] == "sigmoid" and final_activation is None:
             head_layers.pop()  # served as the output activation, the same computation

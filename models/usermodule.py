@@ -93,9 +93,12 @@ def instantiate(user: UserModule, base: Path, state: Mapping[str, Tensor]) -> An
     return obj
 
 
-def user_reference(user: UserModule, base: Path, state: Mapping[str, Tensor], spec: ModelSpec) -> Reference:
+def user_reference(
+    user: UserModule, base: Path, state: Mapping[str, Tensor], spec: ModelSpec, strict_shape: bool = True
+) -> Reference:
     """``(one unpadded sequence [T, ...]) -> output`` shaped as the graph's row:
-    ``[O]``, or ``[T, O]`` for a tagger."""
+    ``[O]``, or ``[T, O]`` for a tagger; without ``strict_shape``, the module's
+    answer less its batch axis."""
     obj = instantiate(user, base, state)
     is_torch = isinstance(obj, torch.nn.Module)
     call = obj if callable(obj) else getattr(obj, "forward", None)
@@ -115,6 +118,8 @@ def user_reference(user: UserModule, base: Path, state: Mapping[str, Tensor], sp
         if isinstance(out, (tuple, list)):
             out = out[0]
         array = out.detach().numpy() if isinstance(out, Tensor) else np.asarray(out)
+        if not strict_shape:
+            return array.astype(np.float64)[0] if user.inputs != "sequence" else array.astype(np.float64)
         return _as_row(array.astype(np.float64), user, spec, len(seq))
 
     return run
@@ -130,7 +135,7 @@ def call_args(inputs: str, x: Any, steps: int, is_torch: bool = True) -> tuple[A
 
 
 def _as_row(out: np.ndarray, user: UserModule, spec: ModelSpec, steps: int) -> np.ndarray:
-    want = (steps, spec.num_outputs) if spec.task == "tagging" else (spec.num_outputs,)
+    want = (steps, spec.num_outputs) if spec.readout == "all" else (spec.num_outputs,)
     got = out.shape
     if user.inputs != "sequence":
         if not got or got[0] != 1:
