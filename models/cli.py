@@ -297,6 +297,9 @@ def export_zero_spec(args: argparse.Namespace, given: dict[str, Any]) -> int:
             f"note: served by batching equal lengths only; padded batching needs a recognised shape, "
             f"and {result.settled.reason}"
         )
+        meta = json.loads((result.path / "model.json").read_text())
+        for problem in meta["provenance"].get("not_exported", []):
+            print(f"note: not written: {problem}")
     else:
         print(f"spec: {result.path / 'spec.json'} (export again with --spec to repeat it; edit it to change it)")
     print(
