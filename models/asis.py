@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.export import INPUT_NAME, ONNX_OPSET, ExportError, next_version, sha256
+from models.export import INPUT_NAME, ONNX_OPSET, ExportError, _jit_load, _jit_trace, next_version, sha256
 from models.parity import TOLERANCE, Failure, ParityError, Reference
 from models.spec import Tokenizer
 from service.model_json import (
@@ -98,15 +98,37 @@ def check_equal_length(
             try:
                 got = np.asarray(run(x))
             except Exception as exc:  # a graph traced at one length may refuse another
-                failures.append(Failure(name, b, len(x), 0, x.shape[1], x.shape[1], float("inf"), tolerance,
-                                        f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"))
+                failures.append(
+                    Failure(
+                        name,
+                        b,
+                        len(x),
+                        0,
+                        x.shape[1],
+                        x.shape[1],
+                        float("inf"),
+                        tolerance,
+                        f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                    )
+                )
                 continue
             for i in range(len(x)):
                 want = expected[i]
                 row = got[i] if i < len(got) else np.array([])
                 if row.size != want.size:
-                    failures.append(Failure(name, b, len(x), i, x.shape[1], x.shape[1], float("inf"), tolerance,
-                                            f"answer shape {list(row.shape)}, the module's {list(want.shape)}"))
+                    failures.append(
+                        Failure(
+                            name,
+                            b,
+                            len(x),
+                            i,
+                            x.shape[1],
+                            x.shape[1],
+                            float("inf"),
+                            tolerance,
+                            f"answer shape {list(row.shape)}, the module's {list(want.shape)}",
+                        )
+                    )
                     break
                 diff = float(np.max(np.abs(row.reshape(want.shape).astype(np.float64) - want)))
                 if not np.isfinite(diff) or diff > tolerance:
@@ -153,15 +175,25 @@ def export_as_is(
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repository))
     try:
         graphs: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
-        written: dict[str, str] = {}
         problems: list[str] = []
         onnx_path, ts_path = staging / "model.onnx", staging / "model.pt"
         try:
-            dynamic = {INPUT_NAME: {0: "batch", 1: "time"}, OUTPUT_NAME: {0: "batch", **({1: "time"} if per_step else {})}}
+            dynamic = {
+                INPUT_NAME: {0: "batch", 1: "time"},
+                OUTPUT_NAME: {0: "batch", **({1: "time"} if per_step else {})},
+            }
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(wrapper, (example,), str(onnx_path), dynamo=False, opset_version=ONNX_OPSET,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic)
+                torch.onnx.export(
+                    wrapper,
+                    (example,),
+                    str(onnx_path),
+                    dynamo=False,
+                    opset_version=ONNX_OPSET,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes=dynamic,
+                )
             graphs["onnx"] = _no_lengths_onnx(str(onnx_path))
         except Exception as exc:  # torch cannot export every module; TorchScript may still do
             problems.append(f"ONNX: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
@@ -169,9 +201,9 @@ def export_as_is(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+                traced = _jit_trace(wrapper, (example,), check_trace=False)
                 traced.save(str(ts_path))
-                loaded = torch.jit.load(str(ts_path))
+                loaded = _jit_load(str(ts_path))
             graphs["torchscript"] = _torch_runner(loaded)
         except Exception as exc:
             problems.append(f"TorchScript: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
@@ -195,29 +227,25 @@ def export_as_is(
         )
         tok_json = None
         if tokenizer is not None:
-            tok_json = TokenizerJson(type=tokenizer.type, lowercase=tokenizer.lowercase, vocabulary=tokenizer.vocabulary,
-                                     padding_id=tokenizer.padding_id, unknown_id=tokenizer.unknown_id,
-                                     pattern=tokenizer.pattern)
+            tok_json = TokenizerJson(
+                type=tokenizer.type,
+                lowercase=tokenizer.lowercase,
+                vocabulary=tokenizer.vocabulary,
+                padding_id=tokenizer.padding_id,
+                unknown_id=tokenizer.unknown_id,
+                pattern=tokenizer.pattern,
+            )
         files = [p for p in (onnx_path, ts_path) if p.exists()]
-        meta = ModelJson(
-            schema_version=SCHEMA_VERSION,
-            name=name,
-            version=version,
-            task=task,
-            description=str(given.get("description", "")),
-            input=InputJson(kind="text" if text else "features", features=None if text else input_size,
-                            max_length=max_length, tokenizer=tok_json),
-            labels=labels,
-            output_names=given.get("output_names"),
-            graph=GraphJson(input=INPUT_NAME, lengths=None, output=OUTPUT_NAME,
-                            input_dtype="int64" if text else "float32", output_activation=activation),
-            padding="equal-length",
-            formats=formats,
-            architecture={"as_is": True, "why": reason, "outputs": out_width},
-            family="F10",
-            parity={"tolerance": tolerance, "max_abs_diff": worst, "reference": reference_name,
-                    "batching": "equal lengths only"},
-            provenance={
+        informational: dict[str, Any] = {
+            "architecture": {"as_is": True, "why": reason, "outputs": out_width},
+            "family": "F10",
+            "parity": {
+                "tolerance": tolerance,
+                "max_abs_diff": worst,
+                "reference": reference_name,
+                "batching": "equal lengths only",
+            },
+            "provenance": {
                 "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "exporter": "seqserve export (as is)",
                 "torch": torch.__version__,
@@ -225,11 +253,43 @@ def export_as_is(
                 "not_exported": problems,
                 **(source or {}),
             },
+        }
+        meta = ModelJson(
+            schema_version=SCHEMA_VERSION,
+            name=name,
+            version=version,
+            task=task,
+            description=str(given.get("description", "")),
+            input=InputJson(
+                kind="text" if text else "features",
+                features=None if text else input_size,
+                max_length=max_length,
+                tokenizer=tok_json,
+            ),
+            labels=labels,
+            output_names=given.get("output_names"),
+            graph=GraphJson(
+                input=INPUT_NAME,
+                lengths=None,
+                output=OUTPUT_NAME,
+                input_dtype="int64" if text else "float32",
+                output_activation=activation,
+            ),
+            padding="equal-length",
+            formats=formats,
+            **informational,
         )
         (staging / "model.json").write_text(meta.to_json())
-        report = {"tolerance": tolerance, "reference": f"{reference_name}, run on each sequence alone",
-                  "batching": "equal lengths only", "batches": len(data), "sequences": sum(len(x) for x in data),
-                  "min_length": 1, "max_length": max_length, "max_abs_diff": worst}
+        report = {
+            "tolerance": tolerance,
+            "reference": f"{reference_name}, run on each sequence alone",
+            "batching": "equal lengths only",
+            "batches": len(data),
+            "sequences": sum(len(x) for x in data),
+            "min_length": 1,
+            "max_length": max_length,
+            "max_abs_diff": worst,
+        }
         (staging / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
         os.chmod(staging, 0o755)
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -19,7 +19,7 @@ from models.export import export_model, sha256
 from models.parity import TOLERANCE
 from models.reference import SEQSERVE_REFERENCE
 from models.settle import Settled, complete_spec, settle
-from models.spec import ModelSpec, SpecError, Tokenizer, UserModule
+from models.spec import ModelSpec, ReferenceInputs, SpecError, Tokenizer, UserModule
 from models.usermodule import UserModuleError, instantiate, user_reference
 
 
@@ -114,11 +114,17 @@ def export_module(
     if settled.text and tokenizer is None:
         raise SpecError(
             f"{module.describe()} embeds tokens ({settled.vocabulary_size} rows): pass its vocabulary with "
-            "--vocab FILE (a JSON mapping of token to id, or one token per line) and --tokenizer char|word|regex:PATTERN"
+            "--vocab FILE (a JSON mapping of token to id, or one token per line) and "
+            "--tokenizer char|word|regex:PATTERN"
         )
-    if tokenizer is not None and settled.vocabulary_size is not None and len(tokenizer.vocabulary) > settled.vocabulary_size:
+    if (
+        tokenizer is not None
+        and settled.vocabulary_size is not None
+        and len(tokenizer.vocabulary) > settled.vocabulary_size
+    ):
         raise SpecError(
-            f"the vocabulary has {len(tokenizer.vocabulary)} tokens, the module's embedding {settled.vocabulary_size} rows"
+            f"the vocabulary has {len(tokenizer.vocabulary)} tokens, "
+            f"the module's embedding {settled.vocabulary_size} rows"
         )
     source = {
         "checkpoint": checkpoint.name,
@@ -130,21 +136,35 @@ def export_module(
     if settled.spec is None:
         if settled.inputs is None:
             raise UserModuleError(f"{module.describe()}: {settled.reason}")
-        user = replace(module, inputs=settled.inputs)
+        user = replace(module, inputs=cast(ReferenceInputs, settled.inputs))
         obj = instantiate(user, base, state)
         if not isinstance(obj, torch.nn.Module):
-            raise UserModuleError(f"{module.describe()}: {settled.reason}; only a torch module can be exported as it is")
+            raise UserModuleError(
+                f"{module.describe()}: {settled.reason}; only a torch module can be exported as it is"
+            )
         spec_for_rows = _rows_spec(settled, tokenizer, max_length)
         reference = user_reference(user, base, state, spec_for_rows, strict_shape=False)
         path = export_as_is(
-            obj, settled.inputs, reference, repository, name=name, reason=settled.reason or "", input_size=settled.input_size,
-            tokenizer=tokenizer, max_length=max_length, given=given, version=version, batches=min(batches, 20),
-            seed=seed, tolerance=tolerance, source={**source, "reference": user.describe()},
+            obj,
+            settled.inputs,
+            reference,
+            repository,
+            name=name,
+            reason=settled.reason or "",
+            input_size=settled.input_size,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            given=given,
+            version=version,
+            batches=min(batches, 20),
+            seed=seed,
+            tolerance=tolerance,
+            source={**source, "reference": user.describe()},
             reference_name=user.describe(),
         )
         return ModuleExport(path, settled, None)
     spec = complete_spec(settled, name, max_length, tokenizer, given)
-    user = replace(module, inputs=settled.inputs or module.inputs)
+    user = replace(module, inputs=cast(ReferenceInputs, settled.inputs or module.inputs))
     spec = replace(spec, reference=user)
     model = build_model(spec, state, source=str(checkpoint))
     reference = user_reference(user, base, state, spec)
@@ -170,8 +190,9 @@ def _rows_spec(settled: Settled, tokenizer: Tokenizer | None, max_length: int) -
         if tokenizer is not None
         else {"input_size": settled.input_size or 1}
     )
-    return ModelSpec(name="as-is", task="regression", cell="lstm", hidden_size=1, num_outputs=1, max_length=max_length,
-                     **kind)
+    return ModelSpec(
+        name="as-is", task="regression", cell="lstm", hidden_size=1, num_outputs=1, max_length=max_length, **kind
+    )
 
 
 def _slug(name: str) -> str:

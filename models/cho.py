@@ -21,6 +21,7 @@ in]`` for ``array_layout="w_x"`` (``W @ x``), ``[in, out]`` for ``"x_w"``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -131,7 +132,8 @@ def write_onnx(
     last = "h" if not model.has_head else "y"
     activation = {"softmax": "Softmax", "log_softmax": "LogSoftmax", "sigmoid": "Sigmoid"}.get(spec.output_activation)
     if activation is not None:
-        tail.append(helper.make_node(activation, [last], [output_name], **({} if activation == "Sigmoid" else {"axis": -1})))
+        axis: dict[str, Any] = {} if activation == "Sigmoid" else {"axis": -1}
+        tail.append(helper.make_node(activation, [last], [output_name], **axis))
     else:
         tail.append(helper.make_node("Identity", [last], [output_name]))
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 if TYPE_CHECKING:
     from models.spec import Tokenizer, UserModule
@@ -118,7 +118,11 @@ def add_settle_arguments(p: Parser) -> None:
         "(default: %(default)s)",
     )
     p.add_argument("--lowercase", action="store_true", help="your tokenizer lowercases text first (default: case kept)")
-    p.add_argument("--unknown-token", metavar="TOKEN", help="the vocabulary's token for text outside it (default: <unk>, [UNK], ...)")
+    p.add_argument(
+        "--unknown-token",
+        metavar="TOKEN",
+        help="the vocabulary's token for text outside it (default: <unk>, [UNK], ...)",
+    )
 
 
 def inspect_parser() -> Parser:
@@ -329,6 +333,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def inspect_module(args: argparse.Namespace, state: Any, name: str) -> int:
     from models.settle import complete_spec, describe, settle
+    from models.spec import ReferenceInputs
     from models.vocab import describe_tokenizer
 
     user = user_module(args, None)
@@ -349,7 +354,7 @@ def inspect_module(args: argparse.Namespace, state: Any, name: str) -> int:
             return 0
         print(describe_tokenizer(tokenizer))
     spec = complete_spec(settled, args.name or name, args.max_length or 256, tokenizer)
-    spec = replace(spec, reference=replace(user, inputs=settled.inputs or user.inputs))
+    spec = replace(spec, reference=replace(user, inputs=cast(ReferenceInputs, settled.inputs or user.inputs)))
     text = json.dumps(spec.to_dict(), indent=2)
     print(text)
     if args.write_spec is not None:

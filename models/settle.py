@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from models.spec import ModelSpec, SpecError, Tokenizer, UserModule
-from models.usermodule import UserModuleError, call_args, instantiate
+from models.usermodule import call_args, instantiate
 
 MATCH = 1e-5
 """Max abs difference at which a candidate counts as the module's own computation."""
@@ -94,7 +94,8 @@ class NotSettled(Exception):
 @dataclass
 class Call:
     name: str
-    module: nn.Module
+    module: Any
+    """The ``nn.Module`` called (typed ``Any``: its sizes are read by attribute)."""
     inputs: tuple[Any, ...]
     output: Any
 
@@ -151,7 +152,9 @@ def _first(out: Any) -> Tensor:
 
 
 def _close(a: Tensor, b: Tensor) -> bool:
-    return a.shape == b.shape and bool((a.double() - b.double()).abs().max() <= MATCH) if a.numel() else a.shape == b.shape
+    return (
+        a.shape == b.shape and bool((a.double() - b.double()).abs().max() <= MATCH) if a.numel() else a.shape == b.shape
+    )
 
 
 def _activation_between(before: Tensor, after: Tensor) -> str | None:
@@ -169,11 +172,7 @@ def _forward_params(module: nn.Module) -> int:
         params = pyinspect.signature(module.forward).parameters.values()
     except (TypeError, ValueError):
         return 1
-    return sum(
-        1
-        for p in params
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    )
+    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty)
 
 
 def _widths(module: nn.Module) -> list[int]:
@@ -223,7 +222,12 @@ def _settle_module(
                 reasons.append(str(exc))
                 continue
             result = Settled(
-                spec, mode, settled, input_size=width or None, text=text, vocabulary_size=vocabulary,
+                spec,
+                mode,
+                settled,
+                input_size=width or None,
+                text=text,
+                vocabulary_size=vocabulary,
                 padding_idx=padding_idx,
             )
             problem = _verify(result, module, state, width, vocabulary, tokenizer)
@@ -233,12 +237,14 @@ def _settle_module(
     if ran is None:
         return Settled(None, None, reason=f"could not call the module on one sequence: {reasons[0] if reasons else ''}")
     mode, width = ran
-    if not rnns:
-        reason = "no nn.LSTM, nn.GRU, nn.LSTMCell or nn.GRUCell in the module"
-    else:
-        reason = _best_reason(reasons)
+    reason = _best_reason(reasons) if rnns else "no nn.LSTM, nn.GRU, nn.LSTMCell or nn.GRUCell in the module"
     return Settled(
-        None, mode, reason=reason, input_size=width or None, text=text, vocabulary_size=vocabulary,
+        None,
+        mode,
+        reason=reason,
+        input_size=width or None,
+        text=text,
+        vocabulary_size=vocabulary,
         padding_idx=padding_idx,
     )
 
@@ -291,14 +297,16 @@ def _rnn_input(call: Call) -> Tensor:
     x = call.inputs[0]
     m = call.module
     if isinstance(m, (nn.LSTMCell, nn.GRUCell)):
-        return x
+        cell_input: Tensor = x
+        return cell_input
     if isinstance(x, PackedSequence):
         x, _ = pad_packed_sequence(x, batch_first=True)
     elif not getattr(m, "batch_first", False):
         x = x.transpose(0, 1)
     if x.shape[0] != 1:
         raise NotSettled(f"'{call.name}' ran over a batch of {x.shape[0]}, not one sequence")
-    return x[0]
+    one: Tensor = x[0]
+    return one
 
 
 LAYER_NAMES = "Linear, LayerNorm, Dropout, Identity or an activation"
@@ -334,8 +342,10 @@ def _chain(
         given = call.inputs[0]
         between = _activation_between(current, given) if isinstance(given, Tensor) else None
         if between is None:
-            raise NotSettled(f"'{call.name}' ({type(call.module).__name__}) {where} reads something other than the "
-                             "layer before it gives")
+            raise NotSettled(
+                f"'{call.name}' ({type(call.module).__name__}) {where} reads something other than the "
+                "layer before it gives"
+            )
         if between:
             layers.append(between)
             notes.append(f"{between} applied as a function before '{call.name}'")
@@ -372,7 +382,9 @@ def _wire(
     state: Mapping[str, Tensor],
     text: bool,
 ) -> tuple[dict[str, Any], list[str]]:
-    answers = [_wire_one(module, probe, answer, calls, text) for probe, (answer, calls) in zip(probes, outputs)]
+    answers = [
+        _wire_one(module, probe, answer, calls, text) for probe, (answer, calls) in zip(probes, outputs, strict=True)
+    ]
     spec, settled = answers[0]
     for other, _ in answers[1:]:
         if other != spec:
@@ -445,8 +457,10 @@ def _wire_one(
     modules = list(dict.fromkeys(id(c.module) for c in rnn_calls))
     by_id = {id(c.module): c for c in rnn_calls}
     if len(modules) > 2:
-        raise NotSettled(f"{len(modules)} recurrent layers ('{', '.join(by_id[m].name for m in modules)}'); "
-                         "seqserve takes one stack, or two for a hand-made BiLSTM")
+        raise NotSettled(
+            f"{len(modules)} recurrent layers ('{', '.join(by_id[m].name for m in modules)}'); "
+            "seqserve takes one stack, or two for a hand-made BiLSTM"
+        )
     main = by_id[modules[0]]
     m = main.module
     cell_form = isinstance(m, (nn.LSTMCell, nn.GRUCell))
@@ -482,7 +496,11 @@ def _wire_one(
         if len(modules) == 2:
             back = by_id[modules[1]]
             b = back.module
-            if bidirectional or not isinstance(b, type(m)) or (b.hidden_size, b.num_layers) != (m.hidden_size, m.num_layers):
+            if (
+                bidirectional
+                or not isinstance(b, type(m))
+                or (b.hidden_size, b.num_layers) != (m.hidden_size, m.num_layers)
+            ):
                 raise NotSettled(f"'{main.name}' and '{back.name}' are not two halves of one BiLSTM")
             b_in = _rnn_input(back)
             forward, reverse = main, back
@@ -567,10 +585,14 @@ def _wire_one(
     if spec["task"] in ("classification", "tagging"):
         spec["labels"] = [f"class_{i}" for i in range(width)]
     settled.append(
-        {"classification": f"task: classification over {width} labels (softmax of the answer unless it is "
-                           "one already)", "tagging": f"task: a tag per step over {width} labels",
-         "regression": f"answer: {width} value(s)" + (" per step" if base_readout == "all" else "")
-         + ("" if head_layers else " (no head: the recurrent features themselves)")}[spec["task"]]
+        {
+            "classification": f"task: classification over {width} labels (softmax of the answer unless it is "
+            "one already)",
+            "tagging": f"task: a tag per step over {width} labels",
+            "regression": f"answer: {width} value(s)"
+            + (" per step" if base_readout == "all" else "")
+            + ("" if head_layers else " (no head: the recurrent features themselves)"),
+        }[spec["task"]]
     )
     spec["names"] = {"prefixes": prefixes, "renames": renames, "backward": backward_prefix, "ignore": []}
     if "family" not in spec:
@@ -651,9 +673,8 @@ def _match_answer_readout(readouts: dict[str, Tensor], answer: Tensor) -> tuple[
 def _output_activation(y: Tensor, answer: Tensor, module_activation: str | None) -> str:
     if answer.shape != y.shape and answer.numel() == y.numel():
         answer = answer.reshape(y.shape)
-    if module_activation is not None:
-        if _close(OUTPUTS[module_activation](y), answer):
-            return module_activation
+    if module_activation is not None and _close(OUTPUTS[module_activation](y), answer):
+        return module_activation
     for act, fn in OUTPUTS.items():
         if answer.shape == y.shape and _close(fn(y), answer):
             return act
@@ -691,8 +712,13 @@ def complete_spec(
 def _placeholder_tokenizer(settled: Settled) -> Tokenizer:
     """Only for checking the wiring: ids are ids. Text models are exported with the user's vocabulary."""
     size = settled.vocabulary_size or 2
-    return Tokenizer(vocabulary=tuple(f"<{i}>" for i in range(size)), lowercase=False,
-                     padding_id=settled.padding_idx or 0, unknown_id=1 if size > 1 else 0, type="word")
+    return Tokenizer(
+        vocabulary=tuple(f"<{i}>" for i in range(size)),
+        lowercase=False,
+        padding_id=settled.padding_idx or 0,
+        unknown_id=1 if size > 1 else 0,
+        type="word",
+    )
 
 
 def _tokenizer_dict(tokenizer: Tokenizer) -> dict[str, Any]:
@@ -707,7 +733,11 @@ def _tokenizer_dict(tokenizer: Tokenizer) -> dict[str, Any]:
 
 
 def _verify(
-    settled: Settled, module: nn.Module, state: Mapping[str, Tensor], width: int, vocabulary: int | None,
+    settled: Settled,
+    module: nn.Module,
+    state: Mapping[str, Tensor],
+    width: int,
+    vocabulary: int | None,
     tokenizer: Tokenizer | None,
 ) -> str | None:
     """``None`` when the settled spec's model answers as the module on sequences of other lengths."""
@@ -747,8 +777,9 @@ def _settle_arrays(obj: Any, user: UserModule, state: Mapping[str, Tensor]) -> S
             found[f"{m['kind'].upper() if m['kind'] != 'b' else 'b'}_{m['gate'].lower()}"] = key
     call = obj if callable(obj) else getattr(obj, "forward", None)
     if call is None or not all(f"{k}_{g}" in found for k in "Wb" for g in "zrh"):
-        return Settled(None, None, reason="arrays without Cho GRU gates (W_z, W_r, W_h, b_z, b_r, b_h): "
-                       f"found {sorted(arrays)}")
+        return Settled(
+            None, None, reason=f"arrays without Cho GRU gates (W_z, W_r, W_h, b_z, b_r, b_h): found {sorted(arrays)}"
+        )
     w_z = arrays[found["W_z"]]
     hidden = int(arrays[found["b_z"]].shape[0])
     renames = {key: f"rnn.{canonical}" for canonical, key in found.items()}
@@ -771,14 +802,21 @@ def _settle_arrays(obj: Any, user: UserModule, state: Mapping[str, Tensor]) -> S
     outputs = int(arrays[matrix].shape[0 if layout != "x_w" else 1]) if matrix is not None else hidden
     ignore = [k for k in arrays if k not in renames]
     base: dict[str, Any] = {
-        "family": "F9", "cell": "gru", "hidden_size": hidden, "input_size": features, "readout": "last",
-        "array_layout": layout, "num_outputs": outputs,
+        "family": "F9",
+        "cell": "gru",
+        "hidden_size": hidden,
+        "input_size": features,
+        "readout": "last",
+        "array_layout": layout,
+        "num_outputs": outputs,
         "names": {"prefixes": {}, "renames": renames, "backward": None, "ignore": ignore},
     }
     if not head:
         base["head_layers"] = []
-    settled = [f"arrays {', '.join(sorted(found.values()))}: a GRU in Cho et al.'s form ({how}), hidden {hidden}",
-               f"head: {matrix} [{outputs}]" if head else "no head: the answer is the final state h"]
+    settled = [
+        f"arrays {', '.join(sorted(found.values()))}: a GRU in Cho et al.'s form ({how}), hidden {hidden}",
+        f"head: {matrix} [{outputs}]" if head else "no head: the answer is the final state h",
+    ]
     reasons = []
     for mode in ("sequence", "batch"):
         for act in OUTPUTS:
@@ -825,6 +863,3 @@ def describe(settled: Settled) -> str:
     if settled.reason:
         lines.append(f"not settled: {settled.reason}")
     return "\n".join(lines)
-
-
-__all__ = ["Settled", "settle", "complete_spec", "describe", "UserModuleError"]

@@ -25,8 +25,22 @@ ReferenceInputs = Literal["batch", "batch_and_lengths", "sequence", "time_major"
 ArrayLayout = Literal["w_x", "x_w", "concat"]
 OutputActivation = Literal["none", "softmax", "log_softmax", "sigmoid"]
 TokenizerType = Literal["char", "word", "regex"]
-LAYER_KINDS = ("linear", "layernorm", "dropout", "identity", "relu", "gelu", "tanh", "silu", "sigmoid", "elu", "leaky_relu",
-               "softplus", "mish", "hardtanh")
+LAYER_KINDS = (
+    "linear",
+    "layernorm",
+    "dropout",
+    "identity",
+    "relu",
+    "gelu",
+    "tanh",
+    "silu",
+    "sigmoid",
+    "elu",
+    "leaky_relu",
+    "softplus",
+    "mish",
+    "hardtanh",
+)
 """What an ``input_layers``/``head_layers`` entry may name: ``linear:N`` (``linear:N:nobias``),
 ``layernorm`` (``layernorm:EPS``), ``dropout``, ``identity``, an activation (``leaky_relu:SLOPE``)."""
 

@@ -185,11 +185,12 @@ class SequenceModel(nn.Module):
         self.norm = nn.LayerNorm(self.rnn.output_size, eps=spec.layer_norm_eps) if spec.layer_norm else None
         self.concat_input_mean = spec.concat_input_mean
         width = spec.step_size if spec.readout == "all" else spec.pooled_size
+        self.head: nn.Module
         if spec.head_layers is not None:
             # The module's own output activation ends the head, so every graph and reference applies it.
             self.head = build_layers(spec.head_layers, width, spec.output_activation)
         elif spec.head_hidden:
-            self.head: nn.Module = nn.Sequential(
+            self.head = nn.Sequential(
                 nn.Linear(width, spec.head_hidden),
                 activation(spec.activation),
                 nn.Linear(spec.head_hidden, spec.num_outputs),

@@ -61,9 +61,7 @@ def load_tokenizer(
     if len(vocabulary) < 2:
         raise SpecError(f"{path}: a vocabulary needs at least 2 entries, has {len(vocabulary)}")
     if embedding_rows is not None and len(vocabulary) > embedding_rows:
-        raise SpecError(
-            f"{path}: {len(vocabulary)} tokens, but the module's embedding has {embedding_rows} rows"
-        )
+        raise SpecError(f"{path}: {len(vocabulary)} tokens, but the module's embedding has {embedding_rows} rows")
     type_, _, pattern = kind.partition(":")
     if type_ not in ("char", "word", "regex") or (type_ == "regex") != bool(pattern):
         raise SpecError(f"--tokenizer {kind!r}: char, word or regex:PATTERN")
