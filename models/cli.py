@@ -241,9 +241,11 @@ def run_export(args: argparse.Namespace) -> int:
             complete = False
     if not complete:
         if args.module is None:
-            reason = f"{spec_path} does not describe a whole model" if given is not None else "no spec"
+            if given is not None:
+                load_spec(spec_path)  # raises, naming the field
             raise UserError(
-                f"{reason}: pass --module FILE.py:CLASS (your model class) and seqserve settles the spec from it"
+                f"no spec ({spec_path} is not there): pass --module FILE.py:CLASS (your model class) and seqserve "
+                "settles the spec from it, or --spec"
             )
         return export_zero_spec(args, given or {})
     user = user_module(args, load_spec(spec_path).reference)

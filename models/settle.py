@@ -697,6 +697,10 @@ def complete_spec(
     data.setdefault("max_length", max_length)
     if data.get("input_kind") == "text":
         data["tokenizer"] = _tokenizer_dict(tokenizer or _placeholder_tokenizer(settled))
+        rows = settled.vocabulary_size or 0
+        vocabulary = data["tokenizer"]["vocabulary"]
+        # NOTE: embedding rows past the vocabulary get "", a token no text produces.
+        data["tokenizer"]["vocabulary"] = vocabulary + [""] * (rows - len(vocabulary))
     for key, value in (given or {}).items():
         data[key] = value
     if data.get("task") in ("classification", "tagging") and data.get("labels") is None:

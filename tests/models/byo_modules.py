@@ -129,3 +129,19 @@ class AttentionLSTM(nn.Module):
         out, _ = self.lstm(x)
         attended, _ = self.attn(out, out, out)
         return self.fc(attended.mean(dim=1))
+
+
+class Forecaster(nn.Module):
+    """A forecaster as the blog posts write it: states built on a module-level `device`."""
+
+    def __init__(self, input_size: int = 2, hidden_size: int = 6, num_layers: int = 2) -> None:
+        super().__init__()
+        self.hidden_size, self.num_layers = hidden_size, num_layers
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)
+        self.fc = nn.Linear(hidden_size, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size).to(device)
+        c0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size).to(device)
+        out, _ = self.lstm(x, (h0, c0))
+        return self.fc(out[:, -1, :])

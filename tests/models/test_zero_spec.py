@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from models.checkpoint_export import ModuleExport, export_module
+from models.usermodule import UserModuleError
 from models.parity import TOLERANCE
 from models.spec import UserModule
 from models.vocab import load_tokenizer
@@ -72,7 +73,7 @@ class Case:
 
 
 CASES: dict[str, Case] = {
-    "text-gelu-layernorm": Case(BYO, "TextClassifier", {"vocab_size": 10}, "batch_and_lengths", text="word",
+    "text-gelu-layernorm": Case(BYO, "TextClassifier", {"vocab_size": 12}, "batch_and_lengths", text="word",
                                 settled=("input layers ['linear:12', 'gelu', 'linear:6']",
                                          "head ['linear:7', 'gelu', 'layernorm', 'linear:3']", "mean over time")),
     "flip-no-head": Case(BYO, "FlipBiLSTMFeatures", {}, features=4,
@@ -80,6 +81,7 @@ CASES: dict[str, Case] = {
     "cho-concat": Case(BYO, "ChoGRUConcat", {}, "sequence", settled=("concat([x, h])", "final state h")),
     "time-major-cell": Case(BYO, "TimeMajorCell", {}, "time_major", features=4, settled=("time first", "LSTMCell")),
     "log-softmax": Case(BYO, "LogSoftmaxGRU", {}, settled=("log_softmax", "relu applied as a function")),
+    "device-global": Case(BYO, "Forecaster", {}, features=2, settled=("answer: 1 value(s)",)),
     "attention": Case(BYO, "AttentionLSTM", {}, equal_length=True, settled=()),
 }
 for family_id, family in FAMILY_CASES.items():
@@ -260,6 +262,20 @@ def test_the_server_answers_as_the_users_module(exported: dict[str, Exported], t
                 key, want = served_expectation(meta, alone(case, entry.module, seq))
                 got = np.asarray(output[key], dtype=np.float64)
                 assert np.abs(got - want.reshape(got.shape)).max() <= TOLERANCE, (case_id, len(seq))
+            if meta["task"] == "regression" and not case.text and not case.equal_length:  # values over V2 too
+                x, n = padded(case, LENGTHS, seed=11)
+                body = {"inputs": [
+                    {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()},
+                    {"name": "lengths", "shape": [len(n)], "datatype": "INT64", "data": n.tolist()},
+                ]}
+                v2 = httpx.post(f"{server.url}/v2/models/{meta['name']}/infer", json=body, timeout=60)
+                assert v2.status_code == 200, (case_id, v2.text)
+                tensor = v2.json()["outputs"][0]
+                values = np.asarray(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
+                for i, length in enumerate(n):
+                    want = alone(case, entry.module, x[i, :length])
+                    got = values[i, :length] if values.ndim == 3 else values[i]
+                    assert np.abs(got - want.reshape(got.shape)).max() <= TOLERANCE, (case_id, "v2", length)
 
 
 def test_server_token_ids_equal_the_users_tokenizer(exported: dict[str, Exported]) -> None:
@@ -305,8 +321,19 @@ def test_cli_says_why_when_no_family_fits_and_what_a_text_model_needs(tmp_path: 
     text = save("text", make_module("text-gelu-layernorm"), tmp_path)
     refused = subprocess.run(
         [sys.executable, "-m", "seqserve", "export", str(text), "--module", f"{BYO}:TextClassifier",
-         "--module-kwargs", '{"vocab_size": 10}', "--repository", str(tmp_path / "repo")],
+         "--module-kwargs", '{"vocab_size": 12}', "--repository", str(tmp_path / "repo")],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
     )
     assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1
     assert "--vocab FILE" in refused.stderr
+
+
+def test_a_wrong_checkpoint_is_one_line_naming_the_tensor(tmp_path: Path) -> None:
+    state = make_module("time-major-cell").state_dict()
+    del state["rnn.weight_hh"]
+    torch.save(state, tmp_path / "broken.pt")
+    with pytest.raises(UserModuleError) as refused:
+        export_module(tmp_path / "broken.pt", UserModule(BYO, "TimeMajorCell", {}), tmp_path / "repo")
+    message = str(refused.value)
+    assert "\n" not in message and "missing rnn.weight_hh [24, 6]" in message
+    assert not (tmp_path / "repo").exists()
