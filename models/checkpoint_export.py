@@ -100,17 +100,19 @@ def export_module(
     seed: int = 0,
     tolerance: float = TOLERANCE,
     base: Path | None = None,
+    inputs: str | None = None,
 ) -> ModuleExport:
     """Export with no spec: settle the wiring from the user's module (the fields in ``given``
     kept over what is settled), export and check it against the module; when no family
-    fits, export the module as it is for equal-length batching."""
+    fits, export the module as it is for equal-length batching. ``inputs``: how the
+    module is called, when the user said so (``--module-inputs``); else it is probed."""
     base = base or Path.cwd()
     given = dict(given or {})
     state = load_state_dict(checkpoint)
     name = given.pop("name", None) or name or _slug(checkpoint.name.split(".")[0])
     max_length = int(given.pop("max_length", max_length))
     given.pop("reference", None)
-    settled = settle(module, base, state, tokenizer)
+    settled = settle(module, base, state, tokenizer, inputs)
     if settled.text and tokenizer is None:
         raise SpecError(
             f"{module.describe()} embeds tokens ({settled.vocabulary_size} rows): pass its vocabulary with "

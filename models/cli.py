@@ -86,8 +86,8 @@ def export_parser() -> Parser:
     p.add_argument(
         "--module-inputs",
         choices=["batch", "batch_and_lengths", "sequence", "time_major", "time_major_and_lengths"],
-        help="how --module is called on one sequence x: module(x[None]), module(x[None], lengths) "
-        "or module(x) (default: the spec's, else batch)",
+        help="how --module is called on one sequence x: module(x[None]), module(x[None], lengths), module(x), "
+        "module(x[:, None]) time first (default: the spec's; with no spec, settled by probing)",
     )
     add_settle_arguments(p)
     p.add_argument(
@@ -291,6 +291,7 @@ def export_zero_spec(args: argparse.Namespace, given: dict[str, Any]) -> int:
         version=args.version,
         batches=args.parity_batches,
         seed=args.seed,
+        inputs=args.module_inputs,
     )
     for line in result.settled.settled:
         print(f"settled: {line}")
@@ -341,7 +342,7 @@ def inspect_module(args: argparse.Namespace, state: Any, name: str) -> int:
     user = user_module(args, None)
     assert user is not None
     tokenizer = tokenizer_from_args(args)
-    settled = settle(user, Path.cwd(), state, tokenizer)
+    settled = settle(user, Path.cwd(), state, tokenizer, args.module_inputs)
     print(describe(settled))
     if settled.spec is None:
         print("export would serve it as it is, batching equal lengths only")

@@ -100,11 +100,18 @@ class Call:
     output: Any
 
 
-def settle(user: UserModule, base: Path, state: Mapping[str, Tensor], tokenizer: Tokenizer | None = None) -> Settled:
+def settle(
+    user: UserModule,
+    base: Path,
+    state: Mapping[str, Tensor],
+    tokenizer: Tokenizer | None = None,
+    inputs: str | None = None,
+) -> Settled:
+    """``inputs``: how the module is called, when the user said so; else it is probed."""
     obj = instantiate(user, base, state)
     if not isinstance(obj, nn.Module):
-        return _settle_arrays(obj, user, state)
-    return _settle_module(obj, user, base, state, tokenizer)
+        return _settle_arrays(obj, user, state, inputs)
+    return _settle_module(obj, user, base, state, tokenizer, inputs)
 
 
 # --- torch modules ------------------------------------------------------------------------------
@@ -190,7 +197,12 @@ def _widths(module: nn.Module) -> list[int]:
 
 
 def _settle_module(
-    module: nn.Module, user: UserModule, base: Path, state: Mapping[str, Tensor], tokenizer: Tokenizer | None
+    module: nn.Module,
+    user: UserModule,
+    base: Path,
+    state: Mapping[str, Tensor],
+    tokenizer: Tokenizer | None,
+    inputs: str | None = None,
 ) -> Settled:
     rnns = [(n, m) for n, m in module.named_modules() if isinstance(m, RNN_TYPES)]
     embeddings = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Embedding)]
@@ -198,6 +210,8 @@ def _settle_module(
     modes = ["batch", "time_major"]
     if takes_lengths:
         modes = [m + "_and_lengths" for m in modes]
+    if inputs is not None:
+        modes = [inputs]
     text = bool(embeddings)
     widths = [0] if text else _widths(module)
     vocabulary = int(embeddings[0][1].num_embeddings) if text else None
@@ -772,7 +786,7 @@ def _verify(
 CHO = re.compile(r"^(?P<kind>[WUb])_?(?P<gate>[zrh])$", re.IGNORECASE)
 
 
-def _settle_arrays(obj: Any, user: UserModule, state: Mapping[str, Tensor]) -> Settled:
+def _settle_arrays(obj: Any, user: UserModule, state: Mapping[str, Tensor], inputs: str | None = None) -> Settled:
     arrays = {k: v for k, v in vars(obj).items() if isinstance(v, np.ndarray)}
     found: dict[str, str] = {}
     for key in arrays:
@@ -822,7 +836,7 @@ def _settle_arrays(obj: Any, user: UserModule, state: Mapping[str, Tensor]) -> S
         f"head: {matrix} [{outputs}]" if head else "no head: the answer is the final state h",
     ]
     reasons = []
-    for mode in ("sequence", "batch"):
+    for mode in [inputs] if inputs is not None else ["sequence", "batch"]:
         for act in OUTPUTS:
             spec = {**base, "output_activation": act}
             if head and outputs > 1:
