@@ -64,6 +64,8 @@ class AsIs(nn.Module):
         while isinstance(out, (tuple, list)):
             out = out[0]
         result: Tensor = out
+        if self.time_major and result.ndim >= 3:
+            result = result.transpose(0, 1)  # a per-step answer [T, B, O]
         return result
 
 

@@ -210,6 +210,8 @@ def _settle_module(
     modes = ["batch", "time_major"]
     if takes_lengths:
         modes = [m + "_and_lengths" for m in modes]
+    else:
+        modes.append("sequence")  # module(x) on one unbatched sequence, as the PyTorch tagging tutorial
     if inputs is not None:
         modes = [inputs]
     text = bool(embeddings)
@@ -283,10 +285,19 @@ def _run(module: nn.Module, mode: str, x: Tensor) -> tuple[Tensor, list[Call]]:
         out, calls = _record(module, call_args(mode, x, len(x)))
     except Exception as exc:  # their module, any error: it means this way of calling it is not theirs
         raise NotSettled(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    y = _first(out)
+    return one_answer(_first(out), mode), calls
+
+
+def one_answer(y: Tensor, mode: str) -> Tensor:
+    """The module's answer for its one sequence: the batch axis dropped (a time-major
+    per-step answer ``[T, 1, O]`` is read as ``[1, T, O]``)."""
+    if mode == "sequence":
+        return y
+    if mode.startswith("time_major") and y.ndim >= 3 and y.shape[1] == 1:
+        y = y.transpose(0, 1)
     if y.ndim == 0 or y.shape[0] != 1:
         raise NotSettled(f"answered shape {list(y.shape)} for a batch of one")
-    return y[0], calls
+    return y[0]
 
 
 def _rnn_output(call: Call) -> tuple[Tensor, Tensor | None]:
@@ -420,7 +431,7 @@ _MODES = {
     "batch_and_lengths": "module(x, lengths) with x [1, T, ...] (batch first)",
     "time_major": "module(x) with x [T, 1, F] (time first)",
     "time_major_and_lengths": "module(x, lengths) with x [T, 1, ...] (time first)",
-    "sequence": "module(x) with x [T, F]",
+    "sequence": "module(x) with one unbatched sequence x ([T, F], or [T] token ids)",
 }
 
 
@@ -448,7 +459,7 @@ def _wire_one(
         emb = pre[0]
         renames[f"{emb.name}.weight"] = "embedding.weight"
         spec.update(input_kind="text", embedding_dim=int(emb.module.embedding_dim))
-        start = emb.output[0]
+        start = _squeeze(emb.output)
         pre = pre[1:]
         settled.append(f"'{emb.name}': embedding of {emb.module.num_embeddings} tokens x {emb.module.embedding_dim}")
     else:
@@ -771,7 +782,10 @@ def _verify(
     for seed, length in enumerate(CHECK_LENGTHS):
         x = _probe(length, width, vocabulary, 50 + seed)
         with torch.no_grad():
-            want = _first(module(*call_args(settled.inputs, x, length)))[0]
+            try:
+                want = one_answer(_first(module(*call_args(settled.inputs, x, length))), settled.inputs)
+            except NotSettled as exc:
+                return f"on a sequence of length {length} the module {exc}"
             got = model(x[None], torch.tensor([length]))[0]
         if want.numel() != got.numel():
             return f"the settled graph answers {list(got.shape)}, the module {list(want.shape)}"

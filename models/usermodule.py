@@ -118,6 +118,8 @@ def user_reference(
         if isinstance(out, (tuple, list)):
             out = out[0]
         array = out.detach().numpy() if isinstance(out, Tensor) else np.asarray(out)
+        if user.inputs.startswith("time_major") and array.ndim >= 3 and array.shape[1] == 1:
+            array = array.swapaxes(0, 1)  # a per-step answer [T, 1, O] of the one sequence
         if not strict_shape:
             return array.astype(np.float64)[0] if user.inputs != "sequence" else array.astype(np.float64)
         return _as_row(array.astype(np.float64), user, spec, len(seq))

@@ -145,3 +145,22 @@ class Forecaster(nn.Module):
         c0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size).to(device)
         out, _ = self.lstm(x, (h0, c0))
         return self.fc(out[:, -1, :])
+
+
+class LSTMTagger(nn.Module):
+    """The PyTorch sequence-models tutorial's tagger: one unbatched sentence of token ids,
+    a time-major ``nn.LSTM``, a tag score per word through ``log_softmax``."""
+
+    def __init__(self, embedding_dim: int = 6, hidden_dim: int = 6, vocab_size: int = 12, tagset_size: int = 3) -> None:
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.word_embeddings = nn.Embedding(vocab_size, embedding_dim)
+        self.lstm = nn.LSTM(embedding_dim, hidden_dim)
+        self.hidden2tag = nn.Linear(hidden_dim, tagset_size)
+
+    def forward(self, sentence: Tensor) -> Tensor:
+        embeds = self.word_embeddings(sentence)
+        lstm_out, _ = self.lstm(embeds.view(len(sentence), 1, -1))
+        tag_space = self.hidden2tag(lstm_out.view(len(sentence), -1))
+        tag_scores = F.log_softmax(tag_space, dim=1)
+        return tag_scores

@@ -81,6 +81,8 @@ CASES: dict[str, Case] = {
     "cho-concat": Case(BYO, "ChoGRUConcat", {}, "sequence", settled=("concat([x, h])", "final state h")),
     "time-major-cell": Case(BYO, "TimeMajorCell", {}, "time_major", features=4, settled=("time first", "LSTMCell")),
     "log-softmax": Case(BYO, "LogSoftmaxGRU", {}, settled=("log_softmax", "relu applied as a function")),
+    "tutorial-tagger": Case(BYO, "LSTMTagger", {}, "sequence", text="word",
+                            settled=("unbatched", "every step", "applies log_softmax")),
     "device-global": Case(BYO, "Forecaster", {}, features=2, settled=("answer: 1 value(s)",)),
     "attention": Case(BYO, "AttentionLSTM", {}, equal_length=True, settled=()),
 }
@@ -127,6 +129,8 @@ def alone(case: Case, obj: Any, seq: np.ndarray) -> np.ndarray:
             out = obj(x[:, None])
         elif case.inputs == "batch_and_lengths":
             out = obj(x[None], torch.tensor([len(seq)]))
+        elif case.inputs == "sequence":
+            return obj(x).numpy().astype(np.float64)
         else:
             out = obj(x[None])
     return out[0].numpy().astype(np.float64)
