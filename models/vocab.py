@@ -94,7 +94,11 @@ def describe_tokenizer(tokenizer: Tokenizer) -> str:
         tokenizer.type, f"matches of {tokenizer.pattern!r}"
     )
     case = "lowercased first" if tokenizer.lowercase else "case kept"
-    return (
+    line = (
         f"tokenizer: {how}, {case}, {len(tokenizer.vocabulary)} tokens, padding id {tokenizer.padding_id}, "
         f"unknown id {tokenizer.unknown_id}"
     )
+    words = [t for t in tokenizer.vocabulary if t not in PAD_TOKENS + UNK_TOKENS]
+    if not tokenizer.lowercase and any(t != t.upper() for t in words) and all(t == t.lower() for t in words):
+        line += " (the vocabulary has no uppercase tokens: if your tokenizer lowercases text, pass --lowercase)"
+    return line

@@ -300,10 +300,14 @@ def test_cli_zero_spec_prints_what_it_settled_and_repeats_from_its_spec(tmp_path
         return subprocess.run([sys.executable, "-m", "seqserve", *args], capture_output=True, text=True, cwd=ROOT,
                               timeout=300)
 
-    first = seqserve("export", str(checkpoint), "--module", f"{BYO}:LogSoftmaxGRU", "--repository",
-                     str(tmp_path / "repo"), "--max-length", "8", "--parity-batches", "4")
+    given = tmp_path / "mine.json"  # only what settling cannot know; the rest is settled
+    given.write_text(json.dumps({"name": "gru", "labels": ["verb", "noun", "adj", "adv"], "max_length": 8}))
+    first = seqserve("export", str(checkpoint), "--spec", str(given), "--module", f"{BYO}:LogSoftmaxGRU",
+                     "--repository", str(tmp_path / "repo"), "--parity-batches", "4")
     assert first.returncode == 0, first.stderr
     assert "settled: the module applies log_softmax to its answer" in first.stdout
+    meta = json.loads((tmp_path / "repo" / "gru" / "1" / "model.json").read_text())
+    assert meta["labels"] == ["verb", "noun", "adj", "adv"] and meta["input"]["max_length"] == 8
     spec = tmp_path / "repo" / "gru" / "1" / "spec.json"
     again = seqserve("export", str(checkpoint), "--spec", str(spec), "--repository", str(tmp_path / "repo"),
                      "--parity-batches", "4")
