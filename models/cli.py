@@ -102,13 +102,16 @@ def export_parser() -> Parser:
 
 
 def add_settle_arguments(p: Parser) -> None:
-    p.add_argument("--name", help="model name in the repository (default: the checkpoint's file name)")
-    p.add_argument("--max-length", type=int, help="longest sequence served (default: the spec's, else 256)")
+    p.add_argument(
+        "--name", help="model name in the repository, with no spec (default: the checkpoint's file name)"
+    )
+    p.add_argument("--max-length", type=int, help="longest sequence served, with no spec (default: 256)")
     p.add_argument(
         "--vocab",
         type=Path,
         metavar="FILE",
-        help="text models: your vocabulary, a JSON mapping of token to id (or a list), or one token per line",
+        help="text models with no spec: your vocabulary, a JSON mapping of token to id (or a list), or one token "
+        "per line",
     )
     p.add_argument(
         "--tokenizer",
