@@ -102,9 +102,7 @@ def export_parser() -> Parser:
 
 
 def add_settle_arguments(p: Parser) -> None:
-    p.add_argument(
-        "--name", help="model name in the repository, with no spec (default: the checkpoint's file name)"
-    )
+    p.add_argument("--name", help="model name in the repository, with no spec (default: the checkpoint's file name)")
     p.add_argument("--max-length", type=int, help="longest sequence served, with no spec (default: 256)")
     p.add_argument(
         "--vocab",
