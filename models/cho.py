@@ -21,6 +21,7 @@ in]`` for ``array_layout="w_x"`` (``W @ x``), ``[in, out]`` for ``"x_w"``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -48,30 +49,47 @@ def cho_gru_final(x: Tensor, lengths: Tensor, w: Tensor, u_z: Tensor, u_r: Tenso
 
 
 class ChoGRUModel(nn.Module):
-    """``forward(x [B, T, F], lengths [B]) -> [B, O]``; exact on padded batches."""
+    """``forward(x [B, T, F], lengths [B]) -> [B, O]``; exact on padded batches.
+
+    With ``array_layout="concat"`` each gate has one matrix over ``[x, h]``
+    (``rnn.W_z [H, F+H]``, no ``U``); with ``head_layers=[]`` there is no head
+    and the answer is the final state ``[B, H]``."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         assert spec.input_size is not None
         self.spec = spec
         self.transposed = spec.array_layout == "x_w"
+        self.concat = spec.array_layout == "concat"
+        self.has_head = spec.head_layers != ()
         hidden, features = spec.hidden_size, spec.input_size
+        self.features = features
         self.rnn = nn.Module()
         for gate in GATES:
-            self.rnn.register_parameter(f"W_{gate}", nn.Parameter(self._empty(hidden, features)))
-            self.rnn.register_parameter(f"U_{gate}", nn.Parameter(self._empty(hidden, hidden)))
+            if self.concat:
+                self.rnn.register_parameter(f"W_{gate}", nn.Parameter(self._empty(hidden, features + hidden)))
+            else:
+                self.rnn.register_parameter(f"W_{gate}", nn.Parameter(self._empty(hidden, features)))
+                self.rnn.register_parameter(f"U_{gate}", nn.Parameter(self._empty(hidden, hidden)))
             self.rnn.register_parameter(f"b_{gate}", nn.Parameter(torch.zeros(hidden)))
         self.head = nn.Module()
-        self.head.register_parameter("weight", nn.Parameter(self._empty(spec.num_outputs, hidden)))
-        self.head.register_parameter("bias", nn.Parameter(torch.zeros(spec.num_outputs)))
+        if self.has_head:
+            self.head.register_parameter("weight", nn.Parameter(self._empty(spec.num_outputs, hidden)))
+            self.head.register_parameter("bias", nn.Parameter(torch.zeros(spec.num_outputs)))
 
     def _empty(self, rows: int, cols: int) -> Tensor:
         shape = (cols, rows) if self.transposed else (rows, cols)
         return nn.init.uniform_(torch.empty(shape), -0.3, 0.3)
 
     def _x_w(self, name: str) -> Tensor:
-        """The named matrix (``rnn.W_z``, ``head.weight``) as used in ``x @ W``,
-        whatever its stored layout."""
+        """The named matrix (``rnn.W_z``, ``rnn.U_z``, ``head.weight``) as used in
+        ``x @ W``, whatever its stored layout; ``concat`` splits ``W`` into its
+        ``x`` and ``h`` columns."""
+        if self.concat and name.startswith("rnn."):
+            kind, gate = name[len("rnn.") :].split("_")
+            whole = self.get_parameter(f"rnn.W_{gate}")
+            part = whole[:, : self.features] if kind == "W" else whole[:, self.features :]
+            return part.t()
         weight = self.get_parameter(name)
         return weight if self.transposed else weight.t()
 
@@ -79,7 +97,19 @@ class ChoGRUModel(nn.Module):
         w = torch.cat([self._x_w(f"rnn.W_{g}") for g in GATES], dim=1)
         b = torch.cat([self.get_parameter(f"rnn.b_{g}") for g in GATES])
         h: Tensor = cho_gru_final(x, lengths, w, self._x_w("rnn.U_z"), self._x_w("rnn.U_r"), self._x_w("rnn.U_h"), b)
-        return h @ self._x_w("head.weight") + self.get_parameter("head.bias")
+        if self.has_head:
+            h = h @ self._x_w("head.weight") + self.get_parameter("head.bias")
+        return apply_output_activation(h, self.spec.output_activation)
+
+
+def apply_output_activation(y: Tensor, name: str) -> Tensor:
+    if name == "softmax":
+        return torch.softmax(y, dim=-1)
+    if name == "log_softmax":
+        return torch.log_softmax(y, dim=-1)
+    if name == "sigmoid":
+        return torch.sigmoid(y)
+    return y
 
 
 def write_onnx(
@@ -97,13 +127,21 @@ def write_onnx(
         return model.get_parameter(name).detach().numpy()
 
     spec = model.spec
+    out_width = spec.num_outputs if model.has_head else spec.hidden_size
+    tail: list[onnx.NodeProto] = []
+    last = "h" if not model.has_head else "y"
+    activation = {"softmax": "Softmax", "log_softmax": "LogSoftmax", "sigmoid": "Sigmoid"}.get(spec.output_activation)
+    if activation is not None:
+        axis: dict[str, Any] = {} if activation == "Sigmoid" else {"axis": -1}
+        tail.append(helper.make_node(activation, [last], [output_name], **axis))
+    else:
+        tail.append(helper.make_node("Identity", [last], [output_name]))
+
     # ONNX GRU: W [1, 3H, F], R [1, 3H, H] in gate order z, r, h; B [1, 6H] = Wb then Rb.
     w = np.concatenate([-row_major("rnn.W_z"), row_major("rnn.W_r"), row_major("rnn.W_h")])[None]
     r = np.concatenate([-row_major("rnn.U_z"), row_major("rnn.U_r"), row_major("rnn.U_h")])[None]
     wb = np.concatenate([-vector("rnn.b_z"), vector("rnn.b_r"), vector("rnn.b_h")])
     b = np.concatenate([wb, np.zeros_like(wb)]).astype(np.float32)[None]
-    head_w = row_major("head.weight")  # [O, H]
-    head_b = vector("head.bias").astype(np.float32)
     nodes = [
         helper.make_node("Transpose", [input_name], ["x_tbf"], perm=[1, 0, 2]),
         helper.make_node("Cast", [lengths_name], ["lengths_i32"], to=TensorProto.INT32),
@@ -116,16 +154,19 @@ def write_onnx(
             linear_before_reset=0,
         ),
         helper.make_node("Squeeze", ["y_h", "axis0"], ["h"]),
-        helper.make_node("Gemm", ["h", "head_w", "head_b"], [output_name], transB=1),
     ]
+    if model.has_head:
+        nodes.append(helper.make_node("Gemm", ["h", "head_w", "head_b"], ["y"], transB=1))
+    nodes += tail
     initializers = [
         numpy_helper.from_array(w.astype(np.float32), "W"),
         numpy_helper.from_array(r.astype(np.float32), "R"),
         numpy_helper.from_array(b, "B"),
         numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
-        numpy_helper.from_array(head_w, "head_w"),
-        numpy_helper.from_array(head_b, "head_b"),
     ]
+    if model.has_head:
+        initializers.append(numpy_helper.from_array(row_major("head.weight"), "head_w"))  # [O, H]
+        initializers.append(numpy_helper.from_array(vector("head.bias").astype(np.float32), "head_b"))
     assert spec.input_size is not None
     graph = helper.make_graph(
         nodes,
@@ -134,7 +175,7 @@ def write_onnx(
             helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", "time", spec.input_size]),
             helper.make_tensor_value_info(lengths_name, TensorProto.INT64, ["batch"]),
         ],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", spec.num_outputs])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", out_width])],
         initializers,
     )
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="seqserve")

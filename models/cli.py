@@ -11,11 +11,12 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 if TYPE_CHECKING:
-    from models.spec import UserModule
+    from models.spec import Tokenizer, UserModule
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -69,20 +70,26 @@ def export_parser() -> Parser:
         type=Path,
         help="a state_dict saved with torch.save (read with weights_only=True), or an .npz of arrays",
     )
-    p.add_argument("--spec", type=Path, help="model spec, JSON or YAML (default: <checkpoint>.spec.json beside it)")
+    p.add_argument(
+        "--spec",
+        type=Path,
+        help="model spec, JSON or YAML (default: <checkpoint>.spec.json beside it, if there); with --module it may "
+        "give only some fields (name, labels, task, max_length, ...), the rest is settled from the module",
+    )
     p.add_argument(
         "--module",
         metavar="FILE.py:CLASS",
-        help="your own model class to check parity against (default: the spec's reference, else "
-        "seqserve's plain module); built with the spec's reference.kwargs",
+        help="your own model class: with no spec, seqserve reads it and settles the spec by running it; "
+        "parity is always checked against it",
     )
     p.add_argument("--module-kwargs", metavar="JSON", help="constructor arguments for --module, a JSON object")
     p.add_argument(
         "--module-inputs",
-        choices=["batch", "batch_and_lengths", "sequence"],
-        help="how --module is called on one sequence x: module(x[None]), module(x[None], lengths) "
-        "or module(x) (default: the spec's, else batch)",
+        choices=["batch", "batch_and_lengths", "sequence", "time_major", "time_major_and_lengths"],
+        help="how --module is called on one sequence x: module(x[None]), module(x[None], lengths), module(x), "
+        "module(x[:, None]) time first (default: the spec's; with no spec, settled by probing)",
     )
+    add_settle_arguments(p)
     p.add_argument(
         "--repository", type=Path, default=Path("repository"), help="model repository (default: %(default)s)"
     )
@@ -94,12 +101,43 @@ def export_parser() -> Parser:
     return p
 
 
+def add_settle_arguments(p: Parser) -> None:
+    p.add_argument("--name", help="model name in the repository, with no spec (default: the checkpoint's file name)")
+    p.add_argument("--max-length", type=int, help="longest sequence served, with no spec (default: 256)")
+    p.add_argument(
+        "--vocab",
+        type=Path,
+        metavar="FILE",
+        help="text models with no spec: your vocabulary, a JSON mapping of token to id (or a list), or one token "
+        "per line",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default="char",
+        metavar="char|word|regex:PATTERN",
+        help="how your tokenizer splits text: characters, whitespace-separated words, or re.findall(PATTERN) "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--lowercase", action="store_true", help="your tokenizer lowercases text first (default: case kept)")
+    p.add_argument(
+        "--unknown-token",
+        metavar="TOKEN",
+        help="the vocabulary's token for text outside it (default: <unk>, [UNK], ...)",
+    )
+
+
 def inspect_parser() -> Parser:
     p = Parser(
         prog="seqserve inspect",
-        description="List a checkpoint's tensors, suggest its family (F1-F9) and a spec to export it with.",
+        description="List a checkpoint's tensors and what it looks like; with --module, settle the spec from your "
+        "module as export would, and say what could not be settled and why.",
     )
     p.add_argument("checkpoint", type=Path, help="a state_dict (.pt) or an .npz of arrays")
+    p.add_argument("--module", metavar="FILE.py:CLASS", help="your own model class, to settle the spec from")
+    p.add_argument("--module-kwargs", metavar="JSON", help="constructor arguments for --module, a JSON object")
+    p.add_argument("--module-inputs", help=argparse.SUPPRESS)
+    p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    add_settle_arguments(p)
     p.add_argument("--write-spec", type=Path, metavar="PATH", help="also write the suggested spec to PATH (JSON)")
     return p
 
@@ -160,10 +198,57 @@ def user_module(args: argparse.Namespace, spec_reference: UserModule | None) -> 
     return UserModule(source, class_name, kwargs, inputs)
 
 
+def given_fields(path: Path | None) -> dict[str, Any] | None:
+    """A spec file's fields as written, or ``None`` without one."""
+    if path is None or not path.is_file():
+        return None
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"{path}: not JSON or YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a spec is a mapping of fields")
+    return data
+
+
+def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer | None:
+    from models.vocab import load_tokenizer
+
+    if args.vocab is None:
+        return None
+    return load_tokenizer(args.vocab, args.tokenizer, lowercase=args.lowercase, unknown_token=args.unknown_token)
+
+
 def run_export(args: argparse.Namespace) -> int:
     from models.checkpoint_export import export_checkpoint, load_spec
+    from models.spec import ModelSpec
 
     spec_path = args.spec or default_spec_path(args.checkpoint)
+    given = given_fields(spec_path)
+    if args.spec is not None and given is None:
+        raise UserError(f"{args.spec}: no such spec file")
+    complete = False
+    if given is not None:
+        try:
+            ModelSpec.from_dict(given)
+            complete = True
+        except (ValueError, TypeError, KeyError):
+            complete = False
+    if not complete:
+        if args.module is None:
+            if given is not None:
+                load_spec(spec_path)  # raises, naming the field
+            raise UserError(
+                f"no spec ({spec_path} is not there): pass --module FILE.py:CLASS (your model class) and seqserve "
+                "settles the spec from it, or --spec"
+            )
+        return export_zero_spec(args, given or {})
     user = user_module(args, load_spec(spec_path).reference)
     path = export_checkpoint(
         args.checkpoint,
@@ -184,18 +269,100 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_zero_spec(args: argparse.Namespace, given: dict[str, Any]) -> int:
+    import time
+
+    from models.checkpoint_export import export_module
+    from models.vocab import describe_tokenizer
+
+    user = user_module(args, None)
+    assert user is not None
+    if args.name:
+        given["name"] = args.name
+    if args.max_length:
+        given["max_length"] = args.max_length
+    tokenizer = tokenizer_from_args(args)
+    started = time.monotonic()
+    result = export_module(
+        args.checkpoint,
+        user,
+        args.repository,
+        given=given,
+        tokenizer=tokenizer,
+        version=args.version,
+        batches=args.parity_batches,
+        seed=args.seed,
+        inputs=args.module_inputs,
+    )
+    for line in result.settled.settled:
+        print(f"settled: {line}")
+    if tokenizer is not None:
+        print(describe_tokenizer(tokenizer))
+    parity = json.loads((result.path / "parity.json").read_text())
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in parity["max_abs_diff"].items())
+    if result.spec is None:
+        print(
+            f"note: served by batching equal lengths only; padded batching needs a recognised shape, "
+            f"and {result.settled.reason}"
+        )
+        meta = json.loads((result.path / "model.json").read_text())
+        for problem in meta["provenance"].get("not_exported", []):
+            print(f"note: not written: {problem}")
+    else:
+        print(f"spec: {result.path / 'spec.json'} (export again with --spec to repeat it; edit it to change it)")
+    print(
+        f"wrote {result.path} in {time.monotonic() - started:.1f} s (parity against {user.describe()} over "
+        f"{parity['sequences']} sequences in {parity['batches']} batches: {diffs})"
+    )
+    return 0
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     from models.checkpoint import load_state_dict
     from models.inspect import describe, guess_family
 
     state = load_state_dict(args.checkpoint)
     name = args.checkpoint.name.split(".")[0]
+    if args.module is not None:
+        return inspect_module(args, state, name)
     print(describe(state, name))
     if args.write_spec is not None:
         guess = guess_family(state, name)
         if guess is None:
             raise UserError(f"{args.checkpoint}: no family recognised, so no spec to write")
         args.write_spec.write_text(json.dumps(guess.spec, indent=2) + "\n")
+        print(f"wrote {args.write_spec}")
+    return 0
+
+
+def inspect_module(args: argparse.Namespace, state: Any, name: str) -> int:
+    from models.settle import complete_spec, describe, settle
+    from models.spec import ReferenceInputs
+    from models.vocab import describe_tokenizer
+
+    user = user_module(args, None)
+    assert user is not None
+    tokenizer = tokenizer_from_args(args)
+    settled = settle(user, Path.cwd(), state, tokenizer, args.module_inputs)
+    print(describe(settled))
+    if settled.spec is None:
+        print("export would serve it as it is, batching equal lengths only")
+        return 0
+    if settled.text:
+        if tokenizer is None:
+            print(
+                f"not settled: the tokenizer. The embedding has {settled.vocabulary_size} rows; pass --vocab FILE "
+                "(JSON mapping or one token per line) and --tokenizer char|word|regex:PATTERN, --lowercase if "
+                "your tokenizer lowercases"
+            )
+            return 0
+        print(describe_tokenizer(tokenizer))
+    spec = complete_spec(settled, args.name or name, args.max_length or 256, tokenizer)
+    spec = replace(spec, reference=replace(user, inputs=cast(ReferenceInputs, settled.inputs or user.inputs)))
+    text = json.dumps(spec.to_dict(), indent=2)
+    print(text)
+    if args.write_spec is not None:
+        args.write_spec.write_text(text + "\n")
         print(f"wrote {args.write_spec}")
     return 0
 

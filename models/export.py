@@ -21,7 +21,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -101,7 +101,7 @@ def write_onnx(model: ExportableModel, path: Path) -> None:
     x, lengths = example_inputs(spec)
     out = output_name(spec)
     dynamic = {INPUT_NAME: {0: "batch", 1: "time"}, LENGTHS_NAME: {0: "batch"}, out: {0: "batch"}}
-    if spec.task == "tagging":
+    if spec.readout == "all":  # a tag or values per step
         dynamic[out][1] = "time"
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter is deprecated in 2.13 and says so at length
@@ -173,6 +173,7 @@ def model_json(
             vocabulary=t.vocabulary,
             padding_id=t.padding_id,
             unknown_id=t.unknown_id,
+            pattern=t.pattern,
         )
     informational: dict[str, Any] = {
         "architecture": {
@@ -189,6 +190,9 @@ def model_json(
                 "output_normalization": "in graph" if spec.output_normalization else None,
             },
             "input_mlp": list(spec.input_mlp),
+            "input_layers": list(spec.input_layers),
+            "head_layers": None if spec.head_layers is None else list(spec.head_layers),
+            "output_activation": spec.output_activation,
             "activation": spec.activation,
             "layer_norm": spec.layer_norm,
             "concat_input_mean": spec.concat_input_mean,
@@ -219,12 +223,20 @@ def model_json(
             lengths=LENGTHS_NAME,
             output=output_name(spec),
             input_dtype="int64" if spec.input_kind == "text" else "float32",
-            output_activation="none" if spec.task == "regression" else "softmax",
+            output_activation=served_activation(spec),
         ),
         padding="exact",
         formats=formats,
         **informational,
     )
+
+
+def served_activation(spec: ModelSpec) -> Literal["softmax", "none", "exp"]:
+    """What the server applies to the graph's answer for probabilities: softmax of logits, nothing
+    when the module answers probabilities itself (softmax, sigmoid), exp of log-probabilities."""
+    if spec.task == "regression" or spec.output_activation in ("softmax", "sigmoid"):
+        return "none"
+    return "exp" if spec.output_activation == "log_softmax" else "softmax"
 
 
 def sha256(path: Path) -> str:
@@ -260,8 +272,11 @@ def export_model(
     source: dict[str, Any] | None = None,
     reference: Reference | None = None,
     reference_name: str = SEQSERVE_REFERENCE,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write ``<repository>/<name>/<version>/`` or raise with nothing written.
+
+    ``extra_files`` (name -> text) are written beside the graphs (the settled spec).
 
     ``reference`` answers for one unpadded sequence (the user's own module);
     without it, seqserve's plain module does, and ``model.json`` says which.
@@ -317,6 +332,8 @@ def export_model(
             raise ExportError(f"model.json would be refused by the server: {validation_problems(exc)}") from exc
         (staging / "model.json").write_text(meta.to_json())
         (staging / "parity.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        for file_name, text in (extra_files or {}).items():
+            (staging / file_name).write_text(text)
         os.chmod(staging, 0o755)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging, final)

@@ -304,15 +304,17 @@ def describe(state: Mapping[str, Tensor], name: str = "model") -> str:
     if guess is None:
         lines.append(
             "no recurrent weights recognised (nn.LSTM/nn.GRU weight_ih_l0, nn.LSTMCell weight_ih, "
-            "or Cho GRU arrays W_z, U_z, b_z, ...)"
+            "or Cho GRU arrays W_z, U_z, b_z, ...); with --module FILE.py:CLASS seqserve settles it from your "
+            "module, or exports it as it is"
         )
         return "\n".join(lines)
     lines.append(f"family: {guess.family} ({FAMILIES[guess.family]})")
     lines.append(f"because: {guess.reason}")
     lines += [f"note: {note}" for note in guess.notes]
     lines.append(
-        "suggested spec (check labels, max_length and readout; to check against your own module, "
-        "export with --module FILE.py:CLASS):"
+        "read off the names only; to settle the wiring from your module (layers, readout, activations, "
+        "how it is called) and export with no spec: seqserve inspect|export CHECKPOINT --module FILE.py:CLASS"
     )
+    lines.append("suggested spec (check labels, max_length and readout):")
     lines.append(json.dumps(guess.spec, indent=2))
     return "\n".join(lines)

@@ -93,17 +93,20 @@ class ReferenceModel(nn.Module):
 
 
 def cho_gru_reference(model: ChoGRUModel) -> NumpyChoGRU:
-    p = {name: t.detach().numpy().astype(np.float64) for name, t in model.state_dict().items()}
-    if model.transposed:
-        p = {name: a.T if a.ndim == 2 else a for name, a in p.items()}
-    return NumpyChoGRU(p)
+    """The paper's form of the model's arrays ([out, in], split ``W``/``U``), whatever their stored layout."""
+    names = [f"rnn.{kind}_{gate}" for kind in "WU" for gate in "zrh"] + (["head.weight"] if model.has_head else [])
+    p = {name: model._x_w(name).detach().t().numpy().astype(np.float64) for name in names}
+    for name in ["rnn.b_z", "rnn.b_r", "rnn.b_h"] + (["head.bias"] if model.has_head else []):
+        p[name] = model.get_parameter(name).detach().numpy().astype(np.float64)
+    return NumpyChoGRU(p, model.spec.output_activation)
 
 
 class NumpyChoGRU:
     """Cho et al.'s GRU as the paper writes it, one step at a time in float64."""
 
-    def __init__(self, params: dict[str, np.ndarray]) -> None:
+    def __init__(self, params: dict[str, np.ndarray], output_activation: str = "none") -> None:
         self.p = params
+        self.output_activation = output_activation
 
     def __call__(self, xs: np.ndarray) -> np.ndarray:
         p = self.p
@@ -113,7 +116,13 @@ class NumpyChoGRU:
             r = _sigmoid(p["rnn.W_r"] @ x + p["rnn.U_r"] @ h + p["rnn.b_r"])
             h_hat = np.tanh(p["rnn.W_h"] @ x + p["rnn.U_h"] @ (r * h) + p["rnn.b_h"])
             h = (1 - z) * h + z * h_hat
-        y: np.ndarray = p["head.weight"] @ h + p["head.bias"]
+        y: np.ndarray = p["head.weight"] @ h + p["head.bias"] if "head.weight" in p else h
+        if self.output_activation == "sigmoid":
+            return _sigmoid(y)
+        if self.output_activation in ("softmax", "log_softmax"):
+            e = np.exp(y - y.max())
+            soft: np.ndarray = e / e.sum()
+            return soft if self.output_activation == "softmax" else np.log(soft)
         return y
 
 

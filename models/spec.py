@@ -8,6 +8,7 @@ checkpoints.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
@@ -20,8 +21,28 @@ InputKind = Literal["features", "text"]
 Family = Literal["F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8", "F9"]
 """The tutorial-style model families a user's checkpoint can come from, described in ``FAMILIES``."""
 Activation = Literal["relu", "tanh", "gelu"]
-ReferenceInputs = Literal["batch", "batch_and_lengths", "sequence"]
-ArrayLayout = Literal["w_x", "x_w"]
+ReferenceInputs = Literal["batch", "batch_and_lengths", "sequence", "time_major", "time_major_and_lengths"]
+ArrayLayout = Literal["w_x", "x_w", "concat"]
+OutputActivation = Literal["none", "softmax", "log_softmax", "sigmoid"]
+TokenizerType = Literal["char", "word", "regex"]
+LAYER_KINDS = (
+    "linear",
+    "layernorm",
+    "dropout",
+    "identity",
+    "relu",
+    "gelu",
+    "tanh",
+    "silu",
+    "sigmoid",
+    "elu",
+    "leaky_relu",
+    "softplus",
+    "mish",
+    "hardtanh",
+)
+"""What an ``input_layers``/``head_layers`` entry may name: ``linear:N`` (``linear:N:nobias``),
+``layernorm`` (``layernorm:EPS``), ``dropout``, ``identity``, an activation (``leaky_relu:SLOPE``)."""
 
 FAMILIES: dict[str, str] = {
     "F1": "BiLSTM classifier: nn.LSTM(bidirectional=True), fc(out[:, -1, :])",
@@ -45,21 +66,34 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class Tokenizer:
-    """Character tokenizer: id = position in ``vocabulary``; 0 pads, 1 is unknown."""
+    """Text to ids: id = position in ``vocabulary``. ``char`` takes one token per
+    character (multi-character entries such as ``<pad>`` are specials no text
+    matches), ``word`` splits on whitespace (``str.split()``), ``regex`` takes
+    every match of ``pattern`` (``re.findall``). Lowercases first only when
+    ``lowercase`` (the user's own tokenizer did)."""
 
     vocabulary: tuple[str, ...]
     lowercase: bool = True
-    type: Literal["char"] = "char"
+    type: TokenizerType = "char"
     padding_id: int = 0
     unknown_id: int = 1
+    pattern: str | None = None
 
     @cached_property
     def _index(self) -> dict[str, int]:
-        return {token: i for i, token in enumerate(self.vocabulary)}
+        single = self.type == "char"
+        return {token: i for i, token in enumerate(self.vocabulary) if not single or len(token) == 1}
+
+    def tokens(self, text: str) -> list[str]:
+        source = text.lower() if self.lowercase else text
+        if self.type == "word":
+            return source.split()
+        if self.type == "regex":
+            return re.findall(self.pattern or r"\w+", source)
+        return list(source)
 
     def encode(self, text: str) -> list[int]:
-        source = text.lower() if self.lowercase else text
-        return [self._index.get(ch, self.unknown_id) for ch in source]
+        return [self._index.get(token, self.unknown_id) for token in self.tokens(text)]
 
     @classmethod
     def build(cls, texts: list[str], lowercase: bool = True, min_count: int = 1) -> Tokenizer:
@@ -217,7 +251,18 @@ class ModelSpec:
     output) after the pooled RNN output (F4)."""
     array_layout: ArrayLayout = "w_x"
     """F9: ``w_x`` when the arrays are used as ``W @ x`` ([out, in], the paper's
-    form), ``x_w`` when as ``x @ W`` ([in, out])."""
+    form), ``x_w`` when as ``x @ W`` ([in, out]), ``concat`` for one matrix per
+    gate over ``[x, h]`` (``W_z [H, I+H]``, no ``U``)."""
+    input_layers: tuple[str, ...] = ()
+    """Per-step layers between input and RNN, any of ``LAYER_KINDS`` in order
+    (``["linear:64", "gelu", "linear:32"]``); replaces ``input_mlp``."""
+    head_layers: tuple[str, ...] | None = None
+    """The head as layers after the readout (``["linear:32", "gelu", "layernorm",
+    "linear:2"]``); ``[]``: no head, the answer is the readout itself; ``None``:
+    ``head_hidden``'s one or two Linears."""
+    output_activation: OutputActivation = "none"
+    """What the module applies to its output itself; the graph applies it too."""
+    layer_norm_eps: float = 1e-5
     max_length: int = 256
     labels: tuple[str, ...] | None = None
     output_names: tuple[str, ...] | None = None
@@ -253,8 +298,8 @@ class ModelSpec:
                 yield "embedding_dim: text models need an embedding width"
         if self.task == "tagging" and self.readout != "all":
             yield "readout: a tagging model reads every step (readout 'all')"
-        if self.task != "tagging" and self.readout == "all":
-            yield "readout: 'all' is only for tagging models"
+        if self.task == "classification" and self.readout == "all":
+            yield "readout: 'all' is for tagging models, or regression models answering values per step"
         if self.task in ("classification", "tagging"):
             if self.labels is None or len(self.labels) != self.num_outputs:
                 yield f"labels: need one label per output ({self.num_outputs})"
@@ -265,6 +310,23 @@ class ModelSpec:
                 yield f"{name}: {getattr(self, name)!r} is not one of {list(get_args(allowed))}"
         if not all(isinstance(w, int) and w > 0 for w in self.input_mlp):
             yield f"input_mlp: widths must be positive integers, got {list(self.input_mlp)}"
+        if self.input_mlp and self.input_layers:
+            yield "input_layers: replaces input_mlp; give one of them"
+        for where, layers in (("input_layers", self.input_layers), ("head_layers", self.head_layers or ())):
+            for i, layer in enumerate(layers):
+                problem = layer_problem(layer)
+                if problem:
+                    yield f"{where}[{i}]: {problem}"
+        if self.head_layers is not None and self.head_hidden:
+            yield "head_layers: replaces head_hidden; give one of them"
+        if self.output_activation != "none" and self.head_layers is None and self.family != "F9":
+            yield "output_activation: needs head_layers (the activation ends the head)"
+        if self.output_activation not in get_args(OutputActivation):
+            yield f"output_activation: {self.output_activation!r} is not one of {list(get_args(OutputActivation))}"
+        if self.head_layers is not None and self.task != "tagging":
+            width = self.head_out_width
+            if width != self.num_outputs:
+                yield f"num_outputs: the head answers {width} values, num_outputs says {self.num_outputs}"
         if self.family is not None:
             yield from self._family_problems()
         if self.input_normalization and self.input_size is not None:
@@ -294,12 +356,15 @@ class ModelSpec:
         if family == "F6" and not self.proj_size:
             yield f"proj_size: family F6 ({FAMILIES['F6']}) needs proj_size > 0"
         if family == "F9":
+            if self.head_layers not in (None, ()):
+                yield "head_layers: family F9 has one Linear head (W_y, b_y) or none ([])"
             if self.readout not in ("last", "final"):
                 yield f"readout: family F9 reads the final state ('last' or 'final'), got {self.readout!r}"
             odd = [
                 n
                 for n in (
                     "input_mlp",
+                    "input_layers",
                     "layer_norm",
                     "concat_input_mean",
                     "head_hidden",
@@ -322,7 +387,19 @@ class ModelSpec:
     @property
     def rnn_input_width(self) -> int:
         """Width of what the RNN reads: the input MLP's output, else the input."""
+        if self.input_layers:
+            return layers_width(self.input_layers, self.rnn_input_size)
         return self.input_mlp[-1] if self.input_mlp else self.rnn_input_size
+
+    @property
+    def head_out_width(self) -> int:
+        """What the head answers: ``num_outputs``, or with ``head_layers`` their last width."""
+        if self.head_layers is None:
+            return self.num_outputs
+        width = self.step_size if self.readout == "all" else self.pooled_size
+        if self.family == "F9":
+            width = self.hidden_size if not self.head_layers else self.num_outputs
+        return layers_width(self.head_layers, width)
 
     @property
     def pooled_size(self) -> int:
@@ -348,6 +425,8 @@ class ModelSpec:
         data["names"] = self.names.to_dict()
         data["reference"] = self.reference.to_dict() if self.reference else None
         data["input_mlp"] = list(self.input_mlp)
+        data["input_layers"] = list(self.input_layers)
+        data["head_layers"] = None if self.head_layers is None else list(self.head_layers)
         return data
 
     @classmethod
@@ -370,6 +449,11 @@ class ModelSpec:
             values.pop("names", None)
         if values.get("reference") is not None:
             values["reference"] = UserModule.from_dict(values["reference"])
+        for key in ("input_layers", "head_layers"):
+            if values.get(key) is not None:
+                if not isinstance(values[key], (list, tuple)) or not all(isinstance(v, str) for v in values[key]):
+                    raise SpecError(f"{key}: a list of layers such as ['linear:64', 'gelu', 'linear:2']")
+                values[key] = tuple(values[key])
         if values.get("input_mlp") is not None:
             if not isinstance(values["input_mlp"], (list, tuple)):
                 raise SpecError("input_mlp: a list of layer widths")
@@ -394,3 +478,29 @@ class ModelSpec:
         if not isinstance(data, dict):
             raise SpecError(f"{path}: a spec is a mapping of fields")
         return cls.from_dict(data)
+
+
+def layer_problem(layer: str) -> str | None:
+    """What is wrong with one ``input_layers``/``head_layers`` entry, or ``None``."""
+    kind, _, rest = layer.partition(":")
+    if kind not in LAYER_KINDS:
+        return f"{layer!r}: not one of {list(LAYER_KINDS)}"
+    if kind == "linear":
+        width, _, bias = rest.partition(":")
+        if not width.isdigit() or int(width) < 1 or bias not in ("", "nobias"):
+            return f"{layer!r}: write linear:WIDTH or linear:WIDTH:nobias"
+    elif rest:
+        try:
+            float(rest)
+        except ValueError:
+            return f"{layer!r}: the part after ':' is a number (eps, slope)"
+    return None
+
+
+def layers_width(layers: tuple[str, ...], width: int) -> int:
+    """The width a stack of layers answers, given the width it reads."""
+    for layer in layers:
+        kind, _, rest = layer.partition(":")
+        if kind == "linear":
+            width = int(rest.partition(":")[0])
+    return width

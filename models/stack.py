@@ -164,7 +164,9 @@ class SequenceModel(nn.Module):
                 len(spec.tokenizer.vocabulary), spec.embedding_dim, padding_idx=spec.tokenizer.padding_id
             )
         self.input_mlp: nn.Sequential | None = None
-        if spec.input_mlp:
+        if spec.input_layers:
+            self.input_mlp = build_layers(spec.input_layers, spec.rnn_input_size)
+        elif spec.input_mlp:
             widths = (spec.rnn_input_size, *spec.input_mlp)
             layers: list[nn.Module] = []
             for width_in, width_out in itertools.pairwise(widths):
@@ -180,11 +182,15 @@ class SequenceModel(nn.Module):
             spec.proj_size,
             spec.separate_directions,
         )
-        self.norm = nn.LayerNorm(self.rnn.output_size) if spec.layer_norm else None
+        self.norm = nn.LayerNorm(self.rnn.output_size, eps=spec.layer_norm_eps) if spec.layer_norm else None
         self.concat_input_mean = spec.concat_input_mean
-        width = spec.pooled_size
-        if spec.head_hidden:
-            self.head: nn.Module = nn.Sequential(
+        width = spec.step_size if spec.readout == "all" else spec.pooled_size
+        self.head: nn.Module
+        if spec.head_layers is not None:
+            # The module's own output activation ends the head, so every graph and reference applies it.
+            self.head = build_layers(spec.head_layers, width, spec.output_activation)
+        elif spec.head_hidden:
+            self.head = nn.Sequential(
                 nn.Linear(width, spec.head_hidden),
                 activation(spec.activation),
                 nn.Linear(spec.head_hidden, spec.num_outputs),
@@ -247,11 +253,49 @@ def masked_mean(x: Tensor, lengths: Tensor) -> Tensor:
     return total / lengths.unsqueeze(1).to(x.dtype)
 
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+    "mish": nn.Mish,
+    "hardtanh": nn.Hardtanh,
+    "identity": nn.Identity,
+    "dropout": nn.Dropout,
+}
 
 
 def activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
+
+
+def build_layers(layers: tuple[str, ...], width: int, output_activation: str = "none") -> nn.Sequential:
+    """``nn.Sequential`` of ``layers`` (``models.spec.LAYER_KINDS``) reading ``width``;
+    indices follow the list, so a user's ``nn.Sequential`` of the same layers
+    keeps its parameter names. ``output_activation`` is appended last."""
+    modules: list[nn.Module] = []
+    for layer in layers:
+        kind, _, rest = layer.partition(":")
+        if kind == "linear":
+            size, _, bias = rest.partition(":")
+            modules.append(nn.Linear(width, int(size), bias=bias != "nobias"))
+            width = int(size)
+        elif kind == "layernorm":
+            modules.append(nn.LayerNorm(width, eps=float(rest) if rest else 1e-5))
+        elif kind == "leaky_relu":
+            modules.append(nn.LeakyReLU(float(rest) if rest else 0.01))
+        else:
+            modules.append(activation(kind))
+    if output_activation == "softmax":
+        modules.append(nn.Softmax(dim=-1))
+    elif output_activation == "log_softmax":
+        modules.append(nn.LogSoftmax(dim=-1))
+    elif output_activation == "sigmoid":
+        modules.append(nn.Sigmoid())
+    return nn.Sequential(*modules)
 
 
 def _vector(norm: object, attr: str) -> Tensor | None:

@@ -93,9 +93,12 @@ def instantiate(user: UserModule, base: Path, state: Mapping[str, Tensor]) -> An
     return obj
 
 
-def user_reference(user: UserModule, base: Path, state: Mapping[str, Tensor], spec: ModelSpec) -> Reference:
+def user_reference(
+    user: UserModule, base: Path, state: Mapping[str, Tensor], spec: ModelSpec, strict_shape: bool = True
+) -> Reference:
     """``(one unpadded sequence [T, ...]) -> output`` shaped as the graph's row:
-    ``[O]``, or ``[T, O]`` for a tagger."""
+    ``[O]``, or ``[T, O]`` for a tagger; without ``strict_shape``, the module's
+    answer less its batch axis."""
     obj = instantiate(user, base, state)
     is_torch = isinstance(obj, torch.nn.Module)
     call = obj if callable(obj) else getattr(obj, "forward", None)
@@ -104,12 +107,7 @@ def user_reference(user: UserModule, base: Path, state: Mapping[str, Tensor], sp
 
     def run(seq: np.ndarray) -> np.ndarray:
         x: Any = torch.from_numpy(seq) if is_torch else seq
-        if user.inputs == "sequence":
-            args: tuple[Any, ...] = (x,)
-        else:
-            x = x[None]
-            length = torch.tensor([len(seq)]) if is_torch else np.array([len(seq)])
-            args = (x, length) if user.inputs == "batch_and_lengths" else (x,)
+        args = call_args(user.inputs, x, len(seq), is_torch)
         try:
             with torch.no_grad():
                 out = call(*args)
@@ -120,19 +118,33 @@ def user_reference(user: UserModule, base: Path, state: Mapping[str, Tensor], sp
         if isinstance(out, (tuple, list)):
             out = out[0]
         array = out.detach().numpy() if isinstance(out, Tensor) else np.asarray(out)
+        if user.inputs.startswith("time_major") and array.ndim >= 3 and array.shape[1] == 1:
+            array = array.swapaxes(0, 1)  # a per-step answer [T, 1, O] of the one sequence
+        if not strict_shape:
+            return array.astype(np.float64)[0] if user.inputs != "sequence" else array.astype(np.float64)
         return _as_row(array.astype(np.float64), user, spec, len(seq))
 
     return run
 
 
+def call_args(inputs: str, x: Any, steps: int, is_torch: bool = True) -> tuple[Any, ...]:
+    """How the module is called on one sequence ``x [T, ...]`` (``UserModule.inputs``)."""
+    if inputs == "sequence":
+        return (x,)
+    x = x[:, None] if inputs.startswith("time_major") else x[None]
+    length = torch.tensor([steps]) if is_torch else np.array([steps])
+    return (x, length) if inputs.endswith("and_lengths") else (x,)
+
+
 def _as_row(out: np.ndarray, user: UserModule, spec: ModelSpec, steps: int) -> np.ndarray:
-    want = (steps, spec.num_outputs) if spec.task == "tagging" else (spec.num_outputs,)
+    want = (steps, spec.num_outputs) if spec.readout == "all" else (spec.num_outputs,)
     got = out.shape
     if user.inputs != "sequence":
         if not got or got[0] != 1:
             raise UserModuleError(
                 f"{user.describe()} returned shape {list(got)} for a batch of one; "
-                f"expected a leading batch axis of 1 (set reference.inputs)"
+                f"expected a leading batch axis of 1 (reference.inputs {user.inputs!r}: "
+                f"{INPUTS_HELP.get(user.inputs, '')}; export without a spec settles it by probing)"
             )
         out = out[0]
     # Allow a size-1 axis too many or too few (a forecaster's [1] vs [], a tagger's [T] for one output).
@@ -148,6 +160,15 @@ def _as_row(out: np.ndarray, user: UserModule, spec: ModelSpec, steps: int) -> n
             f"the spec's graph answers {list(want)} per sequence"
         )
     return out
+
+
+INPUTS_HELP = {
+    "batch": "module(x[None]) with x [T, F]",
+    "batch_and_lengths": "module(x[None], lengths)",
+    "sequence": "module(x)",
+    "time_major": "module(x[:, None]), time first",
+    "time_major_and_lengths": "module(x[:, None], lengths), time first",
+}
 
 
 def _kwargs(kwargs: Mapping[str, Any]) -> str:

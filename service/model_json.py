@@ -31,17 +31,28 @@ class _Section(BaseModel):
 
 
 class TokenizerJson(_Section):
-    type: Literal["char"]
+    """``char``: a token per character; ``word``: ``str.split()``; ``regex``: ``re.findall(pattern)``.
+    Lowercased first only when ``lowercase``; id = position in ``vocabulary``."""
+
+    type: Literal["char", "word", "regex"]
     lowercase: bool = True
     vocabulary: tuple[str, ...] = Field(min_length=2)
     padding_id: int = Field(ge=0)
     unknown_id: int = Field(ge=0)
+    pattern: str | None = None
 
     @model_validator(mode="after")
     def _ids_in_vocabulary(self) -> TokenizerJson:
         size = len(self.vocabulary)
         if self.padding_id >= size or self.unknown_id >= size:
             raise ValueError(f"padding_id and unknown_id must be < vocabulary size {size}")
+        if self.type == "regex":
+            try:
+                re.compile(self.pattern or "")
+            except re.error as exc:
+                raise ValueError(f"pattern: not a regular expression ({exc})") from None
+            if not self.pattern:
+                raise ValueError("pattern: a regex tokenizer needs its pattern")
         return self
 
 
@@ -65,7 +76,9 @@ class GraphJson(_Section):
     lengths: str | None = None
     output: str = Field(min_length=1)
     input_dtype: Literal["float32", "int64"]
-    output_activation: Literal["softmax", "none"] = "none"
+    output_activation: Literal["softmax", "none", "exp"] = "none"
+    """What the server applies to the graph's output to get probabilities: ``exp`` when
+    the graph answers log-probabilities (a module ending in ``log_softmax``)."""
 
 
 class FormatsJson(_Section):

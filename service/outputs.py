@@ -25,6 +25,7 @@ class OutputFormatter:
     def __init__(self, spec: ModelJson) -> None:
         self._task = spec.task
         self._softmax = spec.graph.output_activation == "softmax"
+        self._exp = spec.graph.output_activation == "exp"
         self._labels = np.asarray(spec.labels or (), dtype=object)
         self._label_list: list[str] = list(spec.labels or ())
 
@@ -34,6 +35,8 @@ class OutputFormatter:
         return ("probabilities", "label") + (("logits",) if self._softmax else ())
 
     def _probabilities(self, raw: np.ndarray) -> np.ndarray:
+        if self._exp:  # the graph answers log-probabilities
+            return np.exp(raw.astype(np.float64))
         return softmax(raw) if self._softmax else raw.astype(np.float64)
 
     def predict(self, raw: Sequence[np.ndarray]) -> list[dict[str, Any]]:
@@ -62,7 +65,13 @@ class OutputFormatter:
         names = wanted if wanted is not None else self.v2_output_names()
         tensors: dict[str, dict[str, Any]] = {}
         if self._task == "regression":
-            values = np.stack([np.atleast_1d(v) for v in raw]).astype(np.float32)
+            if raw[0].ndim == 2:  # values per step [T, O]: padded with zeros to the longest sequence
+                longest = max(len(steps) for steps in raw)
+                values = np.zeros((len(raw), longest, raw[0].shape[-1]), dtype=np.float32)
+                for row, steps in enumerate(raw):
+                    values[row, : len(steps)] = steps
+            else:
+                values = np.stack([np.atleast_1d(v) for v in raw]).astype(np.float32)
             tensors["values"] = _tensor("values", "FP32", values)
             return [tensors[name] for name in names]
 

@@ -657,8 +657,9 @@ def _check_outputs(spec: ModelJson, runtime: Runtime) -> None:
         if out.shape != (rows, time, len(spec.labels)):
             raise ValueError(f"{where}: expected [{rows}, {time}, {len(spec.labels)}]")
     else:
-        outputs = 1 if out.ndim == 1 else int(np.prod(out.shape[1:]))
-        if out.ndim > 2 or (spec.output_names is not None and outputs != len(spec.output_names)):
+        per_step = out.ndim == 3 and out.shape[1] == time  # values per step [B, T, O]
+        outputs = 1 if out.ndim == 1 else int(out.shape[-1] if per_step else np.prod(out.shape[1:]))
+        if (out.ndim > 2 and not per_step) or (spec.output_names is not None and outputs != len(spec.output_names)):
             raise ValueError(f"{where}: expected [{rows}, {len(spec.output_names or ())}]")
 
 

@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import numpy as np
 
 from service.model_json import TokenizerJson
 
 
 class CharTokenizer:
-    """One token per character; characters outside the vocabulary map to `unknown_id`."""
+    """The model's own tokenizer, as model.json describes it: one token per character (``char``),
+    whitespace-separated words (``word``) or every match of a pattern (``regex``); lowercased
+    first only when the model's tokenizer did. Tokens outside the vocabulary map to `unknown_id`."""
 
     def __init__(self, spec: TokenizerJson) -> None:
         self._lowercase = spec.lowercase
         self._unknown = spec.unknown_id
+        self._type = spec.type
+        self._pattern = re.compile(spec.pattern) if spec.type == "regex" and spec.pattern else None
         self.padding_id = spec.padding_id
-        # Multi-character entries ("<pad>", "<unk>") are specials no character maps to.
-        self._ids = {token: i for i, token in enumerate(spec.vocabulary) if len(token) == 1}
+        # For characters, multi-character entries ("<pad>", "<unk>") are specials no text maps to.
+        single = spec.type == "char"
+        self._ids = {token: i for i, token in enumerate(spec.vocabulary) if not single or len(token) == 1}
 
-    def normalise(self, text: str) -> str:
-        return text.lower() if self._lowercase else text
+    def normalise(self, text: str) -> Sequence[str]:
+        """The text's tokens: the text itself for characters, else a list of tokens."""
+        source = text.lower() if self._lowercase else text
+        if self._type == "word":
+            return source.split()
+        if self._pattern is not None:
+            return self._pattern.findall(source)
+        return source
 
-    def encode(self, normalised: str) -> np.ndarray:
+    def encode(self, normalised: Sequence[str]) -> np.ndarray:
         """Token ids `[T]` (int64) of already normalised text."""
         get, unknown = self._ids.get, self._unknown
         return np.fromiter((get(c, unknown) for c in normalised), dtype=np.int64, count=len(normalised))
