@@ -162,6 +162,7 @@ def user_module(args: argparse.Namespace, spec_reference: UserModule | None) -> 
 
 def run_export(args: argparse.Namespace) -> int:
     from models.checkpoint_export import export_checkpoint, load_spec
+    from models.streaming import describe as describe_streaming
 
     spec_path = args.spec or default_spec_path(args.checkpoint)
     user = user_module(args, load_spec(spec_path).reference)
@@ -181,6 +182,7 @@ def run_export(args: argparse.Namespace) -> int:
         f"wrote {path} (parity against {reference_name} over {parity['sequences']} sequences in "
         f"{parity['batches']} batches: {diffs})"
     )
+    print(describe_streaming(path))
     return 0
 
 
