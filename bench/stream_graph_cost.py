@@ -47,6 +47,13 @@ def best_of(repeats: int, calls: list[Callable[[], object]]) -> list[float]:
     return best
 
 
+def warm_up(*calls: Callable[[], object]) -> None:
+    """A few runs each: TorchScript's profiling executor specialises a graph on its second run of a shape."""
+    for call in calls:
+        for _ in range(5):
+            call()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.stream_graph_cost", description=__doc__.splitlines()[0])
     parser.add_argument("--features", type=int, default=32)
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
     parser.add_argument("--steps", type=int, default=200, help="sequence length T")
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args(argv)
 
     spec = ModelSpec(
@@ -110,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| --- | --- | --- | --- | --- | --- |")
         for batch, steps in ((1, 1), (1, 10), (1, args.steps), (16, 10), (16, args.steps)):
             for runtime, (whole, stream) in runners(batch, steps).items():
-                for call in (whole, stream):  # warm-up (TorchScript specialises on a second run)
-                    call(), call()
+                warm_up(whole, stream)
                 w, s = best_of(args.repeats, [whole, stream])
                 print(f"| {runtime} | {batch} | {steps} | {w * 1e3:.3f} | {s * 1e3:.3f} | {s / w:.2f} |")
 
@@ -120,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         print("| --- | --- | --- | --- |")
         for runtime in ("onnx", "torchscript"):
             whole, _ = runners(1, args.steps)[runtime]
-            whole(), whole()
+            warm_up(whole)
             per_step = {"whole graph": best_of(args.repeats, [whole])[0] / args.steps}
             for chunk in (args.steps, 10, 1):
                 _, stream = runners(1, chunk)[runtime]
-                stream(), stream()
+                warm_up(stream)
                 per_step[f"stream, chunks of {chunk}"] = best_of(args.repeats, [stream])[0] / chunk
             base = per_step["whole graph"]
             for label, seconds in per_step.items():

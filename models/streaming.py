@@ -72,9 +72,17 @@ KNOWN_READOUTS = ("last", "final", "mean", "max", "all")
 KNOWN_LAYERS = ("embedding", "input_mlp", "rnn", "norm", "head")
 """The parts of a ``SequenceModel`` the stream graph reproduces; a model with
 any other part is not streamed rather than streamed wrong."""
-KNOWN_SPEC_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelSpec))
-"""A spec field added later has a streaming form only once this file gives it
-one: until then a spec that sets it is not streamed."""
+KNOWN_SPEC_FIELDS = frozenset(
+    # what the model is
+    "task cell hidden_size num_outputs input_kind input_size embedding_dim tokenizer num_layers bidirectional "
+    "proj_size dropout readout head_hidden input_mlp activation layer_norm concat_input_mean array_layout "
+    "input_normalization output_normalization "
+    # what it is called and where it came from
+    "name family names reference max_length labels output_names description metrics provenance".split()
+)
+"""The spec fields the stream graph accounts for. A field added to ``ModelSpec``
+later has a streaming form only once it is listed here: until then a spec that
+sets it (to other than its default) is not streamed, rather than streamed wrong."""
 
 StreamRunner = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """``(input, lengths, state_in) -> (output, state_out)``, as a served stream graph is called."""

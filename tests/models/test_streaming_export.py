@@ -290,3 +290,15 @@ def test_cli_export_says_what_it_wrote_for_streams(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "streaming: stream.onnx, stream.pt (state of 12 floats; chunked parity over 6 streams" in result.stdout
     assert result.stderr.count("\n") <= 2, result.stderr  # the exporters' noise stays out of the user's terminal
+
+
+def test_a_model_part_or_spec_field_without_a_streaming_form_is_not_streamed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Something the stream graph does not reproduce means no streaming, not a wrong stream."""
+    spec = ModelSpec(name="m", task="classification", cell="lstm", hidden_size=6, input_size=3, layer_norm=True,
+                     num_outputs=2, labels=("no", "yes"))
+    model = seqserve_model(spec)
+    assert streaming.unstreamable_reason(model) is None
+    model.attention = nn.Linear(6, 1)  # a part added to the architecture later
+    assert streaming.unstreamable_reason(model) == "it has layers (attention) the stream graph does not reproduce"
+    monkeypatch.setattr(streaming, "KNOWN_SPEC_FIELDS", streaming.KNOWN_SPEC_FIELDS - {"layer_norm"})
+    assert streaming.unstreamable_reason(seqserve_model(spec)) == "spec field(s) layer_norm have no streaming form"
