@@ -73,12 +73,10 @@ KNOWN_LAYERS = ("embedding", "input_mlp", "rnn", "norm", "head")
 """The parts of a ``SequenceModel`` the stream graph reproduces; a model with
 any other part is not streamed rather than streamed wrong."""
 KNOWN_SPEC_FIELDS = frozenset(
-    # what the model is
-    "task cell hidden_size num_outputs input_kind input_size embedding_dim tokenizer num_layers bidirectional "
-    "proj_size dropout readout head_hidden input_mlp activation layer_norm concat_input_mean array_layout "
-    "input_normalization output_normalization "
-    # what it is called and where it came from
-    "name family names reference max_length labels output_names description metrics provenance".split()
+    """name task cell hidden_size num_outputs input_kind input_size embedding_dim tokenizer num_layers
+    bidirectional proj_size dropout readout head_hidden family names reference input_mlp activation layer_norm
+    concat_input_mean array_layout max_length labels output_names input_normalization output_normalization
+    description metrics provenance""".split()  # noqa: SIM905 (a list of 31 names reads better as words)
 )
 """The spec fields the stream graph accounts for. A field added to ``ModelSpec``
 later has a streaming form only once it is listed here: until then a spec that
