@@ -41,6 +41,7 @@ import contextlib
 import dataclasses
 import io
 import itertools
+import json
 import os
 import tempfile
 import warnings
@@ -381,14 +382,16 @@ def torch_stream_runner(module: nn.Module | torch.jit.ScriptModule) -> StreamRun
 
 
 def onnx_stream_runner(path: Path, section: StreamingJson | None = None) -> StreamRunner:
+    """ONNX Runtime on the CPU; tensor names from ``section``, else export's own."""
     import onnxruntime as ort
 
-    names = section or StreamingJson(formats=StreamFormatsJson(onnx=path.name), state_size=1)
+    names = (INPUT, LENGTHS, STATE_IN, OUTPUT, STATE_OUT)
+    if section is not None:
+        names = (section.input, section.lengths, section.state_in, section.output, section.state_out)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def run(x: np.ndarray, lengths: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feeds = {names.input: x, names.lengths: lengths, names.state_in: state}
-        out, new_state = session.run([names.output, names.state_out], feeds)
+        out, new_state = session.run(list(names[3:]), dict(zip(names[:3], (x, lengths, state), strict=True)))
         return out, new_state
 
     return run
@@ -591,7 +594,7 @@ def check_stream_parity(
             elif new_state.shape != (len(rows), state_size):
                 shape_problem = f"state_out shape {new_state.shape}, expected {(len(rows), state_size)}"
             for row, ((i, k), start, n) in enumerate(zip(rows, starts, sizes, strict=True)):
-                failure = partial_failure(name, r, len(rows), i, cases[i], k, steps, tolerance)
+                failure = _failure_at(name, r, len(rows), i, cases[i], k, steps, tolerance)
                 if shape_problem is not None:
                     failures.append(dataclasses.replace(failure, max_abs_diff=float("inf"), problem=shape_problem))
                     break
@@ -624,7 +627,7 @@ def check_stream_parity(
     )
 
 
-def partial_failure(
+def _failure_at(
     graph: str, r: int, size: int, stream: int, case: StreamCase, chunk: int, padded_to: int, tolerance: float
 ) -> StreamFailure:
     return StreamFailure(
@@ -730,8 +733,6 @@ def export_stream(
 
 def describe(entry: Path) -> str:
     """One line on an entry's streaming, for export's output."""
-    import json
-
     meta = json.loads((entry / "model.json").read_text())
     if meta.get("streaming") is None:
         return f"streaming: not available ({meta.get('streaming_unavailable', 'no streaming section')})"
