@@ -32,12 +32,14 @@ GATES = ("z", "r", "h")
 
 
 @torch.jit.script
-def cho_gru_final(x: Tensor, lengths: Tensor, w: Tensor, u_z: Tensor, u_r: Tensor, u_h: Tensor, b: Tensor) -> Tensor:
-    """Final state of each sequence: ``x [B, T, F]``, ``w [F, 3H]`` (z, r, h),
-    ``u_* [H, H]`` used as ``h @ u``, ``b [3H]`` -> ``[B, H]``."""
+def cho_gru_final(
+    x: Tensor, lengths: Tensor, h: Tensor, w: Tensor, u_z: Tensor, u_r: Tensor, u_h: Tensor, b: Tensor
+) -> Tensor:
+    """Final state of each sequence from the state ``h [B, H]`` it starts in:
+    ``x [B, T, F]``, ``w [F, 3H]`` (z, r, h), ``u_* [H, H]`` used as ``h @ u``,
+    ``b [3H]`` -> ``[B, H]``."""
     hidden = u_z.shape[0]
     projected = torch.matmul(x, w) + b  # [B, T, 3H]
-    h = torch.zeros(x.shape[0], hidden, dtype=x.dtype, device=x.device)
     for t in range(x.shape[1]):
         step = projected[:, t]
         z = torch.sigmoid(step[:, :hidden] + torch.matmul(h, u_z))
@@ -94,9 +96,18 @@ class ChoGRUModel(nn.Module):
         return weight if self.transposed else weight.t()
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        return self.head_output(self.final_state(x, lengths, x.new_zeros(x.shape[0], self.spec.hidden_size)))
+
+    def final_state(self, x: Tensor, lengths: Tensor, h0: Tensor) -> Tensor:
+        """Each sequence's state ``[B, H]`` after its last valid step, starting from ``h0``."""
         w = torch.cat([self._x_w(f"rnn.W_{g}") for g in GATES], dim=1)
         b = torch.cat([self.get_parameter(f"rnn.b_{g}") for g in GATES])
-        h: Tensor = cho_gru_final(x, lengths, w, self._x_w("rnn.U_z"), self._x_w("rnn.U_r"), self._x_w("rnn.U_h"), b)
+        u_z, u_r, u_h = (self._x_w(f"rnn.U_{g}") for g in GATES)
+        h: Tensor = cho_gru_final(x, lengths, h0, w, u_z, u_r, u_h, b)
+        return h
+
+    def head_output(self, h: Tensor) -> Tensor:
+        """The answer from a final state: the head, if any, then the output activation."""
         if self.has_head:
             h = h @ self._x_w("head.weight") + self.get_parameter("head.bias")
         return apply_output_activation(h, self.spec.output_activation)
@@ -113,9 +124,19 @@ def apply_output_activation(y: Tensor, name: str) -> Tensor:
 
 
 def write_onnx(
-    model: ChoGRUModel, path: Path, input_name: str, lengths_name: str, output_name: str, opset: int
+    model: ChoGRUModel,
+    path: Path,
+    input_name: str,
+    lengths_name: str,
+    output_name: str,
+    opset: int,
+    state: tuple[str, str] | None = None,
 ) -> None:
-    """``input [B, T, F]``, ``lengths [B]`` -> ``output [B, O]`` with one ONNX GRU node."""
+    """``input [B, T, F]``, ``lengths [B]`` -> ``output [B, O]`` with one ONNX GRU node.
+
+    With ``state=(state_in, state_out)`` the graph also takes the starting state
+    ``[B, H]`` and returns each sequence's state after its last valid step (streams).
+    """
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -129,7 +150,8 @@ def write_onnx(
     spec = model.spec
     out_width = spec.num_outputs if model.has_head else spec.hidden_size
     tail: list[onnx.NodeProto] = []
-    last = "h" if not model.has_head else "y"
+    final = state[1] if state else "h"
+    last = final if not model.has_head else "y"
     activation = {"softmax": "Softmax", "log_softmax": "LogSoftmax", "sigmoid": "Sigmoid"}.get(spec.output_activation)
     if activation is not None:
         axis: dict[str, Any] = {} if activation == "Sigmoid" else {"axis": -1}
@@ -148,15 +170,17 @@ def write_onnx(
         # NOTE: with sequence_lens, Y_h holds each sequence's state at its own last valid step.
         helper.make_node(
             "GRU",
-            ["x_tbf", "W", "R", "B", "lengths_i32"],
+            ["x_tbf", "W", "R", "B", "lengths_i32", "h0" if state else ""],
             ["", "y_h"],
             hidden_size=spec.hidden_size,
             linear_before_reset=0,
         ),
-        helper.make_node("Squeeze", ["y_h", "axis0"], ["h"]),
+        helper.make_node("Squeeze", ["y_h", "axis0"], [final]),
     ]
+    if state:
+        nodes.insert(0, helper.make_node("Unsqueeze", [state[0], "axis0"], ["h0"]))
     if model.has_head:
-        nodes.append(helper.make_node("Gemm", ["h", "head_w", "head_b"], ["y"], transB=1))
+        nodes.append(helper.make_node("Gemm", [final, "head_w", "head_b"], ["y"], transB=1))
     nodes += tail
     initializers = [
         numpy_helper.from_array(w.astype(np.float32), "W"),
@@ -168,16 +192,15 @@ def write_onnx(
         initializers.append(numpy_helper.from_array(row_major("head.weight"), "head_w"))  # [O, H]
         initializers.append(numpy_helper.from_array(vector("head.bias").astype(np.float32), "head_b"))
     assert spec.input_size is not None
-    graph = helper.make_graph(
-        nodes,
-        spec.name,
-        [
-            helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", "time", spec.input_size]),
-            helper.make_tensor_value_info(lengths_name, TensorProto.INT64, ["batch"]),
-        ],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", out_width])],
-        initializers,
-    )
+    inputs = [
+        helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", "time", spec.input_size]),
+        helper.make_tensor_value_info(lengths_name, TensorProto.INT64, ["batch"]),
+    ]
+    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", out_width])]
+    if state:
+        inputs.append(helper.make_tensor_value_info(state[0], TensorProto.FLOAT, ["batch", spec.hidden_size]))
+        outputs.append(helper.make_tensor_value_info(state[1], TensorProto.FLOAT, ["batch", spec.hidden_size]))
+    graph = helper.make_graph(nodes, spec.name, inputs, outputs, initializers)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="seqserve")
     onnx_model.ir_version = 9  # readable by every onnxruntime seqserve supports
     onnx.checker.check_model(onnx_model, full_check=True)

@@ -228,6 +228,7 @@ def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer | None:
 def run_export(args: argparse.Namespace) -> int:
     from models.checkpoint_export import export_checkpoint, load_spec
     from models.spec import ModelSpec
+    from models.streaming import describe as describe_streaming
 
     spec_path = args.spec or default_spec_path(args.checkpoint)
     given = given_fields(spec_path)
@@ -266,6 +267,7 @@ def run_export(args: argparse.Namespace) -> int:
         f"wrote {path} (parity against {reference_name} over {parity['sequences']} sequences in "
         f"{parity['batches']} batches: {diffs})"
     )
+    print(describe_streaming(path))
     return 0
 
 

@@ -33,6 +33,7 @@ from models.parity import TOLERANCE, ParityReport, Reference, check_parity, onnx
 from models.reference import SEQSERVE_REFERENCE, ReferenceModel, cho_gru_reference
 from models.spec import ModelSpec
 from models.stack import SequenceModel
+from models.streaming import export_stream
 from service.model_json import (
     NAME_PATTERN,
     SCHEMA_VERSION,
@@ -316,22 +317,25 @@ def export_model(
         report = check_parity(
             spec, graphs, reference, batches=batches, seed=seed, tolerance=tolerance, reference_name=reference_name
         )
+        stream = export_stream(
+            model, staging, reference, reference_name, batches=batches, seed=seed, tolerance=tolerance
+        )
         formats = FormatsJson(onnx=onnx_path.name, torchscript=ts_path.name)
         provenance = {
             "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "exporter": "seqserve export",
             "torch": torch.__version__,
             "onnx_opset": _opset(onnx_path),
-            "files_sha256": {path.name: sha256(path) for path in (onnx_path, ts_path)},
+            "files_sha256": {path.name: sha256(path) for path in (onnx_path, ts_path, *stream.files)},
             **(source or {}),
             **spec.provenance,
         }
         try:
-            meta = model_json(spec, version, formats, report, provenance, reference_name)
+            meta = stream.apply(model_json(spec, version, formats, report, provenance, reference_name))
         except ValidationError as exc:
             raise ExportError(f"model.json would be refused by the server: {validation_problems(exc)}") from exc
         (staging / "model.json").write_text(meta.to_json())
-        (staging / "parity.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        (staging / "parity.json").write_text(json.dumps(report.to_dict() | stream.parity(), indent=2) + "\n")
         for file_name, text in (extra_files or {}).items():
             (staging / file_name).write_text(text)
         os.chmod(staging, 0o755)

@@ -100,7 +100,7 @@ def build_test_repository(root: Path) -> dict[str, Reference]:
     meta = json.loads((root / "regress" / "1" / "model.json").read_text())  # same contract, other values
     meta.update(name="equal", task="classification", description="a plain GRU exported elsewhere",
                 labels=["no", "yes"], output_names=None, padding="equal-length", formats={"onnx": "model.onnx"},
-                input={"kind": "features", "features": 3, "max_length": 20, "tokenizer": None})
+                input={"kind": "features", "features": 3, "max_length": 20, "tokenizer": None}, streaming=None)
     meta["graph"].update(lengths=None, output="logits", output_activation="softmax")
     (folder / "model.json").write_text(json.dumps(meta, indent=2))
 
