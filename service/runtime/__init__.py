@@ -6,7 +6,14 @@ decision and `open_runtime`, which falls back to the CPU), `cpu` (cores and comp
 thread priority), `onnx` and `torchscript` (one runtime each, imported on demand).
 """
 
-from service.runtime.base import DeviceKind, DeviceUnavailable, Runtime, RuntimeUnavailable, zero_batch
+from service.runtime.base import (
+    DeviceKind,
+    DeviceUnavailable,
+    Runtime,
+    RuntimeUnavailable,
+    input_dtype,
+    zero_batch,
+)
 from service.runtime.cpu import cpu_cores, lower_thread_priority
 from service.runtime.device import DeviceChoice, RequestedDevice, ThreadSettings, open_runtime, select_device
 
@@ -19,6 +26,7 @@ __all__ = [
     "RuntimeUnavailable",
     "ThreadSettings",
     "cpu_cores",
+    "input_dtype",
     "lower_thread_priority",
     "open_runtime",
     "select_device",
