@@ -1,4 +1,4 @@
-"""``seqserve train | export | inspect``: the offline commands.
+"""``seqserve train | export | inspect | add``: the offline commands.
 
 Every failure a user can cause ends in one line on stderr naming the problem,
 and a non-zero exit status; tracebacks are for bugs.
@@ -102,6 +102,71 @@ def inspect_parser() -> Parser:
     p.add_argument("checkpoint", type=Path, help="a state_dict (.pt) or an .npz of arrays")
     p.add_argument("--write-spec", type=Path, metavar="PATH", help="also write the suggested spec to PATH (JSON)")
     return p
+
+
+def add_parser() -> Parser:
+    p = Parser(
+        prog="seqserve add",
+        description="Add an ONNX or TorchScript graph you exported yourself as <repository>/<name>/<version>/: "
+        "its inputs and outputs are read from the file, the rest probed (vocabulary size, exact padding, "
+        "an output already a distribution); the entry is checked as `seqserve validate` checks and written "
+        "only when it passes.",
+    )
+    p.add_argument("graph", type=Path, help="model.onnx, or a TorchScript file (torch.jit.script or trace) .pt")
+    p.add_argument("--repository", type=Path, required=True, help="model repository")
+    p.add_argument("--name", required=True, help="model name: lowercase letters, digits, '.', '_' or '-'")
+    p.add_argument(
+        "--task",
+        choices=["classification", "tagging", "regression"],
+        help="what the output is (default: tagging for a per-step output, classification with --labels)",
+    )
+    p.add_argument("--labels", help="class names in the output's order, comma-separated (or @FILE, one per line)")
+    p.add_argument("--output-names", help="regression: a name per output value, comma-separated")
+    p.add_argument(
+        "--max-length", type=int, help="longest sequence served (default: the graph's fixed time axis, else 512)"
+    )
+    p.add_argument("--features", type=int, help="input width, when neither the graph nor its layers fix it")
+    p.add_argument("--vocabulary-size", type=int, help="token ids 0..N-1 (default: probed from the graph's embedding)")
+    p.add_argument("--padding-id", type=int, default=0, help="token id padded sequences are filled with (default: 0)")
+    p.add_argument("--output", help="ONNX: the output to serve, when the graph has several (default: the first)")
+    p.add_argument("--version", type=int, help="version to write (default: the next free one)")
+    p.add_argument("--description", default="", help="a line for the model's metadata")
+    return p
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    """A comma-separated list, or @FILE with one name per line."""
+    if value is None:
+        return None
+    if value.startswith("@"):
+        try:
+            lines = Path(value[1:]).read_text().splitlines()
+        except OSError as exc:
+            raise UserError(f"{value}: {exc.strerror}") from None
+        return tuple(line.strip() for line in lines if line.strip())
+    return tuple(name.strip() for name in value.split(","))
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from models.add import add_graph
+
+    added = add_graph(
+        args.graph,
+        args.repository,
+        args.name,
+        task=args.task,
+        labels=_names(args.labels),
+        output_names=_names(args.output_names),
+        max_length=args.max_length,
+        features=args.features,
+        vocabulary_size=args.vocabulary_size,
+        padding_id=args.padding_id,
+        output=args.output,
+        version=args.version,
+        description=args.description,
+    )
+    print("\n".join(added.summary))
+    return 0
 
 
 def pin_training_arithmetic() -> None:
@@ -208,6 +273,7 @@ COMMANDS: dict[str, tuple[Callable[[], Parser], Callable[[argparse.Namespace], i
     "train": (train_parser, run_train),
     "export": (export_parser, run_export),
     "inspect": (inspect_parser, run_inspect),
+    "add": (add_parser, run_add),
 }
 
 
