@@ -364,7 +364,8 @@ def _padding(spec: ModelJson, runtime: Runtime) -> tuple[str, str]:
     if measured is None:
         return "equal-length", "padding: equal-length (the graph fixes its batch or time axis)"
     worst, scale = measured
-    fed = "with lengths" if spec.uses_lengths else "padded with the padding value, no lengths input"
+    pad = "zeros" if spec.input.kind == "features" else f"id {spec.input.pad_value}"
+    fed = "with lengths" if spec.uses_lengths else f"padded with {pad}, no lengths input"
     if worst <= EXACT_TOLERANCE * max(1.0, scale):
         return (
             "exact",

@@ -93,7 +93,6 @@ def graph_problems(spec: ModelJson, runtime: Runtime) -> list[str]:
     problem = output_shape_problem(spec, runtime)
     if problem is not None:
         return [problem]  # NOTE: the other probes read the output; with the wrong shape they would mislead
-    problems: list[str] = []
     size = vocabulary_size(spec)
     if size is not None:
         if runtime.device != "cpu":
@@ -104,10 +103,12 @@ def graph_problems(spec: ModelJson, runtime: Runtime) -> list[str]:
             rows = embedding_rows(spec, runtime)
             if rows is not None and rows != size:
                 what = "input.vocabulary_size is" if spec.input.kind == "tokens" else "the vocabulary has"
-                problems.append(
+                # NOTE: the probes below feed ids from the stated vocabulary, which the graph may refuse
+                return [
                     f"{what} {size} but the graph's embedding has {rows} rows (ids 0..{rows - 1}): "
                     "ids and rows would not line up"
-                )
+                ]
+    problems: list[str] = []
     if (
         spec.task != "regression"
         and spec.graph.output_activation == "softmax"
