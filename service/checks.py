@@ -72,7 +72,9 @@ def metadata_problems(spec: ModelJson) -> list[str]:
 def _case_problems(vocabulary: tuple[str, ...], specials: set[int], where: str) -> list[str]:
     """Entries lowercasing never lets text reach: upper case ones, with or without their lower case pair."""
     problems = []
-    ids = {entry: i for i, entry in enumerate(vocabulary)}
+    ids: dict[str, int] = {}
+    for i, entry in enumerate(vocabulary):
+        ids.setdefault(entry, i)
     for i, entry in enumerate(vocabulary):
         if len(entry) != 1 or i in specials or entry.lower() == entry:
             continue
