@@ -82,6 +82,12 @@ def _shape(shape: Any) -> str:
     return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
 
 
+def _dtype(onnx_type: str) -> str:
+    """`tensor(float)` as `float32`, `tensor(int32)` as `int32`."""
+    name = onnx_type.removeprefix("tensor(").removesuffix(")")
+    return {"float": "float32", "double": "float64"}.get(name, name)
+
+
 def read_onnx(path: Path, output: str | None = None, features: int | None = None) -> Signature:
     """The sequence input, its optional lengths input and the output of an ONNX graph."""
     import onnxruntime as ort
@@ -91,7 +97,7 @@ def read_onnx(path: Path, output: str | None = None, features: int | None = None
     except Exception as exc:
         raise AddError(f"{path}: ONNX Runtime cannot open it ({str(exc).splitlines()[0]})") from None
     inputs = session.get_inputs()
-    described = ", ".join(f"'{i.name}' {i.type} {_shape(i.shape)}" for i in inputs)
+    described = ", ".join(f"'{i.name}' {_dtype(i.type)} {_shape(i.shape)}" for i in inputs)
     sequences = [
         i
         for i in inputs
@@ -128,7 +134,7 @@ def read_onnx(path: Path, output: str | None = None, features: int | None = None
         output=chosen,
         fixed_length=time if isinstance(time, int) and time > 0 else None,
         vocabulary_hint=None,
-        described=f"inputs {described}; output '{out.name}' {out.type} {_shape(out.shape)}"
+        described=f"inputs {described}; output '{out.name}' {_dtype(out.type)} {_shape(out.shape)}"
         + (f" (of {', '.join(names)})" if len(names) > 1 else ""),
     )
 

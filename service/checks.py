@@ -95,6 +95,8 @@ def graph_problems(spec: ModelJson, runtime: Runtime) -> list[str]:
     problem = output_shape_problem(spec, runtime)
     if problem is not None:
         return [problem]  # NOTE: the other probes read the output; with the wrong shape they would mislead
+    problems: list[str] = []
+    probed = spec  # what the probes below feed: ids the graph takes
     size = vocabulary_size(spec)
     if size is not None:
         if runtime.device != "cpu":
@@ -105,29 +107,45 @@ def graph_problems(spec: ModelJson, runtime: Runtime) -> list[str]:
             rows = embedding_rows(spec, runtime)
             if rows is not None and rows != size:
                 what = "input.vocabulary_size is" if spec.input.kind == "tokens" else "the vocabulary has"
-                # NOTE: the probes below feed ids from the stated vocabulary, which the graph may refuse
-                return [
+                problems.append(
                     f"{what} {size} but the graph's embedding has {rows} rows (ids 0..{rows - 1}): "
                     "ids and rows would not line up"
-                ]
-    problems: list[str] = []
-    if (
-        spec.task != "regression"
-        and spec.graph.output_activation == "softmax"
-        and output_is_distribution(spec, runtime)
-    ):
-        problems.append(
-            f"graph.output_activation is 'softmax' but graph output '{spec.graph.output}' is already a probability "
-            "distribution (each row in [0, 1], summing to 1): softmax would be applied twice; set it to 'none'"
-        )
-    if spec.padding == "exact":
-        worst = padding_error(spec, runtime)
-        if worst is not None and worst[0] > _tolerance(worst[1]):
+                )
+                probed = _within(spec, rows)
+    try:
+        if (
+            spec.task != "regression"
+            and spec.graph.output_activation == "softmax"
+            and output_is_distribution(probed, runtime)
+        ):
             problems.append(
-                f"padding is 'exact' but a padded batch of mixed lengths answers up to {worst[0]:.2g} away from "
-                "each sequence run alone: set padding to 'equal-length'"
+                f"graph.output_activation is 'softmax' but graph output '{spec.graph.output}' is already a "
+                "probability distribution (each row in [0, 1], summing to 1): softmax would be applied twice; "
+                "set it to 'none'"
             )
+        if spec.padding == "exact":
+            worst = padding_error(probed, runtime)
+            if worst is not None and worst[0] > _tolerance(worst[1]):
+                problems.append(
+                    f"padding is 'exact' but a padded batch of mixed lengths answers up to {worst[0]:.2g} away "
+                    "from each sequence run alone: set padding to 'equal-length'"
+                )
+    except Exception:
+        if not problems:
+            raise
+        # NOTE: the graph refused a probe made of ids it should take: the problem above says why
     return problems
+
+
+def _within(spec: ModelJson, rows: int) -> ModelJson:
+    """`spec` with only the ids below `rows` in its vocabulary, for probing a graph whose embedding is smaller."""
+    tokenizer = spec.input.tokenizer
+    changed: dict[str, object]
+    if tokenizer is not None:
+        changed = {"tokenizer": tokenizer.model_copy(update={"vocabulary": tokenizer.vocabulary[:rows]})}
+    else:
+        changed = {"vocabulary_size": min(rows, spec.input.vocabulary_size or rows)}
+    return spec.model_copy(update={"input": spec.input.model_copy(update=changed)})
 
 
 def output_shape_problem(spec: ModelJson, runtime: Runtime) -> str | None:
