@@ -4,6 +4,8 @@
   default exporter: dynamic axes, weights in a `.onnx.data` file beside the graph), no lengths input.
 - `scripted_packed`: a GRU classifier over `pack_padded_sequence`, `forward(x, lengths)`, through
   `torch.jit.script`.
+- `packed_onnx`: a BiLSTM tagger over `pack_padded_sequence`, `forward(x, lengths)`, through
+  `torch.onnx.export(..., dynamo=False)` (torch's default exporter fails on packed sequences).
 - `keras_like_tagger`: the Keras tutorial tagger as tf2onnx writes it: int32 token ids named `keras_tensor_7`,
   `Embedding(mask_zero=True)` -> `Bidirectional(LSTM(return_sequences=True))` -> `Dense(softmax)` per step, output
   `output_0`. Built with `onnx.helper` from a torch module's weights (the mask becomes the LSTM's
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,44 @@ def scripted_packed(folder: Path) -> Brought:
     with warnings.catch_warnings():
         _quiet()
         torch.jit.script(module).save(str(path))  # type: ignore[no-untyped-call]
+
+    def reference(seq: Any) -> np.ndarray:
+        return _run(module, torch.tensor([seq], dtype=torch.float32), torch.tensor([len(seq)]))
+
+    return Brought(path, reference)
+
+
+class PackedTagger(nn.Module):
+    """A BiLSTM tagger over `pack_padded_sequence`, `hidden2tag(out)` on every step."""
+
+    def __init__(self, input_size: int = 3, hidden_size: int = 8, tags: int = 4) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True, bidirectional=True)
+        self.hidden2tag = nn.Linear(2 * hidden_size, tags)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+        return self.hidden2tag(out)
+
+
+def packed_onnx(folder: Path) -> Brought:
+    """`PackedTagger` through torch's TorchScript-based exporter, `forward(x, lengths)` kept."""
+    torch.manual_seed(14)
+    module = PackedTagger().eval()
+    path = folder / "packed.onnx"
+    with warnings.catch_warnings():
+        _quiet()
+        torch.onnx.export(
+            module,
+            (torch.randn(3, 6, 3), torch.tensor([6, 2, 4])),
+            str(path),
+            dynamo=False,
+            input_names=["x", "lengths"],
+            output_names=["tags"],
+            dynamic_axes={"x": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "tags": {0: "batch", 1: "time"}},
+        )
 
     def reference(seq: Any) -> np.ndarray:
         return _run(module, torch.tensor([seq], dtype=torch.float32), torch.tensor([len(seq)]))

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 
 from seqserve.cli import main as seqserve
-from tests.models.elsewhere import Brought, keras_like_tagger, plain_onnx, scripted_packed
+from tests.models.elsewhere import Brought, keras_like_tagger, packed_onnx, plain_onnx, scripted_packed
 from tests.service.api.conftest import run_server, sample_value, softmax
 
 TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
 FLAGS = {
     "classifier": ["--labels", "a,b,c"],
     "gru": ["--task", "classification", "--labels", "neg,pos"],
+    "packed": ["--labels", "O,B,I,E"],
     "tagger": ["--labels", ",".join(TAGS)],
 }
 
@@ -46,7 +47,12 @@ def run(*argv: str) -> tuple[int, str, str]:
 def added(tmp_path_factory: pytest.TempPathFactory) -> AddedRepository:
     folder = tmp_path_factory.mktemp("graphs")
     repository = tmp_path_factory.mktemp("repository")
-    graphs = {"classifier": plain_onnx(folder), "gru": scripted_packed(folder), "tagger": keras_like_tagger(folder)}
+    graphs = {
+        "classifier": plain_onnx(folder),
+        "gru": scripted_packed(folder),
+        "packed": packed_onnx(folder),
+        "tagger": keras_like_tagger(folder),
+    }
     printed = {}
     for name, brought in graphs.items():
         status, out, err = run("add", str(brought.path), "--repository", str(repository), "--name", name, *FLAGS[name])
@@ -80,6 +86,9 @@ def test_add_reads_each_graph_and_probes_what_its_file_does_not_say(added: Added
     assert gru["graph"]["input"] == "x" and gru["graph"]["lengths"] == "lengths"
     assert gru["input"]["features"] == 3  # read from the GRU's weights
     assert gru["padding"] == "exact" and gru["task"] == "classification"
+    packed = model_json(added.path, "packed")
+    assert packed["graph"]["lengths"] == "lengths" and packed["padding"] == "exact" and packed["task"] == "tagging"
+    assert packed["graph"]["output_activation"] == "softmax"
 
     tagger = model_json(added.path, "tagger")
     assert tagger["task"] == "tagging" and tagger["labels"] == list(TAGS)
@@ -128,12 +137,12 @@ def test_added_graphs_serve_like_their_originals_alone(added: AddedRepository, t
     lengths = list(range(3, 15))
     features = {
         name: [rng.standard_normal((n, width)).tolist() for n in lengths]
-        for name, width in (("classifier", 4), ("gru", 3))
+        for name, width in (("classifier", 4), ("gru", 3), ("packed", 3))
     }
     ids = [rng.integers(1, 50, n).tolist() for n in lengths]
     with run_server(root, "--max-delay-ms", "20", "--no-strict-readiness", log_dir=tmp_path) as server:
         with httpx.Client(base_url=server.url, timeout=60) as client:
-            for name in ("classifier", "gru"):
+            for name in ("classifier", "gru", "packed"):
                 answer = client.post(f"/v1/models/{name}/predict", json={"inputs": features[name]})
                 assert answer.status_code == 200, answer.text
                 for seq, output in zip(features[name], answer.json()["outputs"], strict=True):
@@ -182,11 +191,11 @@ def test_added_graphs_serve_like_their_originals_alone(added: AddedRepository, t
             versions = {m["name"]: m["versions"][0] for m in client.get("/v1/models").json()["models"]}
             assert versions["twice"]["state"] == "failed"
             assert "already a probability distribution" in versions["twice"]["error"]
-            assert {versions[name]["state"] for name in ("classifier", "gru", "tagger")} == {"ready"}
+            assert {versions[name]["state"] for name in ("classifier", "gru", "packed", "tagger")} == {"ready"}
 
         # padding-exact graphs were batched with mixed lengths; the equal-length one never padded
         metrics = server.metrics()
-        for name in ("gru", "tagger"):
+        for name in ("gru", "packed", "tagger"):
             assert sample_value(metrics, "seqserve_padding_efficiency_bucket", {"model": name, "le": "0.99"}) > 0
         assert sample_value(metrics, "seqserve_padding_efficiency_bucket", {"model": "classifier", "le": "0.99"}) == 0
 
@@ -237,4 +246,4 @@ def test_validate_names_each_problem_a_graph_shows_on_its_own_line(added: AddedR
         "ids and rows would not line up",
     ]
     assert err.strip() == "5 of 6 entries have problems"
-    assert run("validate", str(added.path))[:2] == (0, "3 entries checked: all valid\n")
+    assert run("validate", str(added.path))[:2] == (0, "4 entries checked: all valid\n")
