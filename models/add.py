@@ -56,6 +56,10 @@ class AddError(ExportError):
     """The graph can't be added as asked; nothing was written."""
 
 
+class _DryRun(Exception):
+    """Leaves the staged entry unwritten, every check done."""
+
+
 @dataclass(frozen=True)
 class Signature:
     """What the graph file says about its inputs and outputs."""
@@ -82,6 +86,10 @@ def _shape(shape: Any) -> str:
     return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _dtype(onnx_type: str) -> str:
     """`tensor(float)` as `float32`, `tensor(int32)` as `int32`."""
     name = onnx_type.removeprefix("tensor(").removesuffix(")")
@@ -95,7 +103,7 @@ def read_onnx(path: Path, output: str | None = None, features: int | None = None
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise AddError(f"{path}: ONNX Runtime cannot open it ({str(exc).splitlines()[0]})") from None
+        raise AddError(f"{path}: ONNX Runtime cannot open it ({_first_line(exc)})") from None
     inputs = session.get_inputs()
     described = ", ".join(f"'{i.name}' {_dtype(i.type)} {_shape(i.shape)}" for i in inputs)
     sequences = [
@@ -150,7 +158,7 @@ def read_torchscript(path: Path, features: int | None = None) -> Signature:
             load = cast(Callable[..., Any], torch.jit.load)
             module = load(str(path), map_location="cpu")
     except Exception as exc:
-        raise AddError(f"{path}: not a TorchScript file torch.jit.load reads ({str(exc).splitlines()[0]})") from None
+        raise AddError(f"{path}: not a TorchScript file torch.jit.load reads ({_first_line(exc)})") from None
     arguments = [a.name for a in module.forward.schema.arguments][1:]  # after self
     if len(arguments) not in (1, 2):
         raise AddError(f"{path}: forward({', '.join(arguments)}): seqserve calls forward(x) or forward(x, lengths)")
@@ -240,9 +248,10 @@ def add_graph(
     output: str | None = None,
     version: int | None = None,
     description: str = "",
+    dry_run: bool = False,
 ) -> Added:
     """Write ``<repository>/<name>/<version>/`` for ``graph`` (``.onnx``, or TorchScript ``.pt``/``.pth``), or raise
-    ``AddError`` with nothing written."""
+    ``AddError`` with nothing written. ``dry_run``: every check, then nothing written either."""
     if not graph.is_file():
         raise AddError(f"{graph}: no such file")
     if task is not None and task not in get_args(Task):
@@ -284,46 +293,57 @@ def add_graph(
     try:
         out = np.asarray(runtime.predict(batch, lengths if draft.uses_lengths else None))
     except Exception as exc:
-        raise AddError(f"the graph failed on a batch of {list(batch.shape)}: {str(exc).splitlines()[0]}") from None
+        raise AddError(f"the graph failed on a batch of {list(batch.shape)}: {_first_line(exc)}") from None
     task, columns = _task(out, task, labels, output_names)
     spec_fields: dict[str, Any] = {"task": task, "labels": labels, "output_names": output_names}
     draft = draft.model_copy(update=spec_fields)
 
     activation = "none"
-    if task != "regression":
-        if output_is_distribution(draft, runtime):
-            summary.append(f"output: already a probability distribution over {columns} classes: no softmax applied")
-        else:
-            activation = "softmax"
-            summary.append(f"output: {columns} raw scores{' per step' if task == 'tagging' else ''}: softmax applied")
-    padding, note = _padding(draft, runtime)
+    try:
+        if task != "regression":
+            if output_is_distribution(draft, runtime):
+                summary.append(f"output: already a probability distribution over {columns} classes: no softmax applied")
+            else:
+                activation = "softmax"
+                step = " per step" if task == "tagging" else ""
+                summary.append(f"output: {columns} raw scores{step}: softmax applied")
+        padding, note = _padding(draft, runtime)
+    except Exception as exc:  # e.g. a graph that can't take a sequence of one step
+        raise AddError(f"the graph failed on a probe batch: {_first_line(exc)}") from None
     summary.append(note)
 
     graph_json = draft.graph.model_copy(update={"output_activation": activation})
-    with staged_entry(repository, name, version) as (staging, version, final):
-        file = staging / ("model.onnx" if signature.format == "onnx" else "model.pt")
-        _copy_graph(graph, file, signature.format)
-        spec = ModelJson.model_validate(
-            {
-                **draft.model_dump(mode="json"),
-                **spec_fields,
-                "version": version,
-                "description": description,
-                "graph": graph_json.model_dump(mode="json"),
-                "padding": padding,
-                "source": {"file": graph.name, "sha256": sha256(graph), "format": signature.format},
-                "provenance": {
-                    "added_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                    "exporter": "seqserve add",
-                },
-            }
-        )
-        (file.parent / "model.json").write_text(spec.to_json())
-        problems, _ = entry_problems(name, version, staging)
-        if problems:
-            raise AddError("the entry would be refused: " + "; ".join(problems))
+    written = True
+    try:
+        with staged_entry(repository, name, version) as (staging, version, final):
+            file = staging / ("model.onnx" if signature.format == "onnx" else "model.pt")
+            _copy_graph(graph, file, signature.format)
+            spec = ModelJson.model_validate(
+                {
+                    **draft.model_dump(mode="json"),
+                    **spec_fields,
+                    "version": version,
+                    "description": description,
+                    "graph": graph_json.model_dump(mode="json"),
+                    "padding": padding,
+                    "source": {"file": graph.name, "sha256": sha256(graph), "format": signature.format},
+                    "provenance": {
+                        "added_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                        "exporter": "seqserve add",
+                    },
+                }
+            )
+            (file.parent / "model.json").write_text(spec.to_json())
+            problems, _ = entry_problems(name, version, staging)
+            if problems:
+                raise AddError("the entry would be refused: " + "; ".join(problems))
+            if dry_run:
+                raise _DryRun
+    except _DryRun:
+        written = False
     what = f"{len(labels)} labels" if labels else f"{columns} values"
-    summary.append(f"wrote {final} (task {task}, {what}, max_length {max_length}, padding {padding})")
+    verb = "wrote" if written else "checked, not written (--dry-run):"
+    summary.append(f"{verb} {final} (task {task}, {what}, max_length {max_length}, padding {padding})")
     return Added(final, spec, summary)
 
 

@@ -131,6 +131,7 @@ def add_parser() -> Parser:
     p.add_argument("--output", help="ONNX: the output to serve, when the graph has several (default: the first)")
     p.add_argument("--version", type=int, help="version to write (default: the next free one)")
     p.add_argument("--description", default="", help="a line for the model's metadata")
+    p.add_argument("--dry-run", action="store_true", help="probe and check, print the model.json, write nothing")
     return p
 
 
@@ -164,8 +165,11 @@ def run_add(args: argparse.Namespace) -> int:
         output=args.output,
         version=args.version,
         description=args.description,
+        dry_run=args.dry_run,
     )
     print("\n".join(added.summary))
+    if args.dry_run:
+        print(added.spec.to_json(), end="")
     return 0
 
 

@@ -121,6 +121,20 @@ def test_add_asks_for_what_no_probe_can_tell_and_writes_nothing_without_it(
         status, _, err = run("add", *argv, "--repository", str(tmp_path / "repository"), "--name", "m")
         assert status == 1 and message in err, err
         assert not (tmp_path / "repository" / "m").exists()
+    # --dry-run: every probe and check, the model.json it would write, nothing written
+    status, out, _ = run(
+        "add",
+        str(tagger),
+        "--repository",
+        str(tmp_path / "repository"),
+        "--name",
+        "m",
+        "--labels",
+        ",".join(TAGS),
+        "--dry-run",
+    )
+    assert status == 0 and "checked, not written (--dry-run):" in out and '"vocabulary_size": 50' in out
+    assert not (tmp_path / "repository" / "m").exists()
 
 
 def test_added_graphs_serve_like_their_originals_alone(added: AddedRepository, tmp_path: Path) -> None:
