@@ -40,6 +40,7 @@ from service.model_json import (
     ModelJson,
     RuntimeKind,
     Task,
+    TokenizerJson,
 )
 from service.runtime import Runtime
 from service.validate import entry_problems
@@ -248,10 +249,12 @@ def add_graph(
     output: str | None = None,
     version: int | None = None,
     description: str = "",
+    tokenizer: TokenizerJson | None = None,
     dry_run: bool = False,
 ) -> Added:
     """Write ``<repository>/<name>/<version>/`` for ``graph`` (``.onnx``, or TorchScript ``.pt``/``.pth``), or raise
-    ``AddError`` with nothing written. ``dry_run``: every check, then nothing written either."""
+    ``AddError`` with nothing written. ``tokenizer``: the server tokenizes text into the graph's token ids with it.
+    ``dry_run``: every check, then nothing written either."""
     if not graph.is_file():
         raise AddError(f"{graph}: no such file")
     if task is not None and task not in get_args(Task):
@@ -271,6 +274,10 @@ def add_graph(
     elif signature.fixed_length is not None and max_length != signature.fixed_length:
         raise AddError(f"--max-length {max_length}: the graph's time axis is fixed to {signature.fixed_length}")
     tokens = signature.input_dtype != "float32"
+    if tokenizer is not None:
+        if not tokens:
+            raise AddError("--vocabulary: the graph takes float features, not token ids")
+        vocabulary_size, padding_id = vocabulary_size or len(tokenizer.vocabulary), tokenizer.padding_id
 
     draft = _draft(signature, name, 1, max_length, vocabulary_size or 2, padding_id)
     runtime = _open(signature, graph, draft)
@@ -286,7 +293,23 @@ def add_graph(
             summary.append(f"token ids: the embedding takes ids 0..{rows - 1} (vocabulary_size {rows}, probed)")
         if padding_id >= vocabulary_size:
             raise AddError(f"--padding-id {padding_id}: outside the vocabulary (0..{vocabulary_size - 1})")
+        if tokenizer is not None and rows is not None and rows != len(tokenizer.vocabulary):
+            raise AddError(
+                f"--vocabulary has {len(tokenizer.vocabulary)} entries but the graph's embedding has {rows} rows "
+                f"(ids 0..{rows - 1}): ids and rows would not line up"
+            )
         draft = _draft(signature, name, 1, max_length, vocabulary_size, padding_id)
+        if tokenizer is not None:
+            text = InputJson(kind="text", max_length=max_length, tokenizer=tokenizer)
+            draft = draft.model_copy(update={"input": text})
+            policy = (
+                "refused (422)" if tokenizer.unknown == "reject" else f"served as unknown_id {tokenizer.unknown_id}"
+            )
+            lowercase = "on" if tokenizer.lowercase else "off"
+            summary.append(
+                f"text: a vocabulary of {len(tokenizer.vocabulary)} characters, lowercase {lowercase}; "
+                f"characters outside it are {policy}"
+            )
 
     time = signature.fixed_length or min(4, max_length)
     batch, lengths = sample_batch(draft, [time] * (runtime.fixed_batch or 2))

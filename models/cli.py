@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from models.spec import UserModule
+    from service.model_json import TokenizerJson
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -128,6 +129,19 @@ def add_parser() -> Parser:
     p.add_argument("--features", type=int, help="input width, when neither the graph nor its layers fix it")
     p.add_argument("--vocabulary-size", type=int, help="token ids 0..N-1 (default: probed from the graph's embedding)")
     p.add_argument("--padding-id", type=int, default=0, help="token id padded sequences are filled with (default: 0)")
+    p.add_argument(
+        "--vocabulary",
+        type=Path,
+        metavar="FILE.json",
+        help="text models: a JSON array of characters in id order; the server then tokenizes text (ids pad with "
+        "--padding-id)",
+    )
+    p.add_argument("--lowercase", action="store_true", help="text models: lowercase text before looking it up")
+    p.add_argument(
+        "--unknown-id",
+        type=int,
+        help="text models: the id of characters outside the vocabulary (default: such text is refused, 422)",
+    )
     p.add_argument("--output", help="ONNX: the output to serve, when the graph has several (default: the first)")
     p.add_argument("--version", type=int, help="version to write (default: the next free one)")
     p.add_argument("--description", default="", help="a line for the model's metadata")
@@ -148,6 +162,35 @@ def _names(value: str | None) -> tuple[str, ...] | None:
     return tuple(name.strip() for name in value.split(","))
 
 
+def _tokenizer(args: argparse.Namespace) -> TokenizerJson | None:
+    """The character tokenizer `--vocabulary` and its flags describe."""
+    from pydantic import ValidationError
+
+    from service.model_json import TokenizerJson, validation_problems
+
+    if args.vocabulary is None:
+        if args.lowercase or args.unknown_id is not None:
+            raise UserError("--lowercase and --unknown-id need --vocabulary")
+        return None
+    try:
+        vocabulary = json.loads(args.vocabulary.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"--vocabulary {args.vocabulary}: {exc}") from None
+    if not isinstance(vocabulary, list) or not all(isinstance(entry, str) for entry in vocabulary):
+        raise UserError(f"--vocabulary {args.vocabulary}: expected a JSON array of strings, in id order")
+    try:
+        return TokenizerJson(
+            type="char",
+            lowercase=args.lowercase,
+            vocabulary=tuple(vocabulary),
+            padding_id=args.padding_id,
+            unknown_id=args.padding_id if args.unknown_id is None else args.unknown_id,
+            unknown="reject" if args.unknown_id is None else "map",
+        )
+    except ValidationError as exc:
+        raise UserError(f"--vocabulary: {validation_problems(exc)}") from None
+
+
 def run_add(args: argparse.Namespace) -> int:
     from models.add import add_graph
 
@@ -165,6 +208,7 @@ def run_add(args: argparse.Namespace) -> int:
         output=args.output,
         version=args.version,
         description=args.description,
+        tokenizer=_tokenizer(args),
         dry_run=args.dry_run,
     )
     print("\n".join(added.summary))

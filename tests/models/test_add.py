@@ -261,3 +261,33 @@ def test_validate_names_each_problem_a_graph_shows_on_its_own_line(added: AddedR
     ]
     assert err.strip() == "5 of 6 entries have problems"
     assert run("validate", str(added.path))[:2] == (0, "4 entries checked: all valid\n")
+
+
+def test_a_text_model_from_a_graph_and_its_character_vocabulary(added: AddedRepository, tmp_path: Path) -> None:
+    # the tagger's 50 ids as characters: the server tokenizes, and refuses characters it has no id for
+    vocabulary = ["<pad>", *"abcdefghijklmnopqrstuvwxyz0123456789 .,;:!?-'()[]"]
+    assert len(vocabulary) == 50
+    (tmp_path / "vocabulary.json").write_text(json.dumps(vocabulary))
+    tagger, root = str(added.graphs["tagger"].path), tmp_path / "repository"
+    flags = ["--labels", ",".join(TAGS), "--vocabulary", str(tmp_path / "vocabulary.json"), "--lowercase"]
+    status, out, err = run("add", tagger, "--repository", str(root), "--name", "chars", *flags)
+    assert status == 0, err
+    assert "text: a vocabulary of 50 characters, lowercase on; characters outside it are refused (422)" in out
+    assert model_json(root, "chars")["input"]["tokenizer"]["unknown"] == "reject"
+
+    cased = [*vocabulary[:-1], "A"]  # 'A' would never be reached under lowercasing
+    (tmp_path / "cased.json").write_text(json.dumps(cased))
+    flags[3] = str(tmp_path / "cased.json")
+    status, _, err = run("add", tagger, "--repository", str(root), "--name", "cased", *flags)
+    assert status == 1 and "'A' is upper case and lowercase is on: 'a' (id 1) is there too" in err
+
+    ids = {character: i for i, character in enumerate(vocabulary)}
+    with run_server(root, log_dir=tmp_path) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        answer = client.post("/v1/models/chars/predict", json={"inputs": ["Ada Lovelace", "(1843)"]})
+        assert answer.status_code == 200, answer.text
+        for text, output in zip(["ada lovelace", "(1843)"], answer.json()["outputs"], strict=True):
+            expected = added.graphs["tagger"].reference([ids[c] for c in text])
+            assert np.abs(np.asarray(output["probabilities"]) - expected).max() <= 1e-4
+        refused = client.post("/v1/models/chars/predict", json={"inputs": ["Ada", "Zoë"]})
+        assert refused.status_code == 422
+        assert refused.json()["error"]["message"] == "inputs[1][2]: character 'ë' is not in the model's vocabulary"
