@@ -200,7 +200,7 @@ def keras_like_tagger(folder: Path, vocabulary: int = 50) -> Brought:
         "keras_tagger",
         [helper.make_tensor_value_info("keras_tensor_7", TensorProto.INT32, ["unk__0", "unk__1"])],
         [helper.make_tensor_value_info("output_0", TensorProto.FLOAT, ["unk__0", "unk__1", 5])],
-        [numpy_helper.from_array(value.astype(value.dtype), name) for name, value in weights.items()],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tf2onnx")
     onnx.checker.check_model(model)
