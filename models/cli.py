@@ -1,4 +1,4 @@
-"""``seqserve train | export | inspect``: the offline commands.
+"""``seqserve train | export | inspect | add``: the offline commands.
 
 Every failure a user can cause ends in one line on stderr naming the problem,
 and a non-zero exit status; tracebacks are for bugs.
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 if TYPE_CHECKING:
     from models.spec import Tokenizer, UserModule
+    from service.model_json import TokenizerJson
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -140,6 +141,118 @@ def inspect_parser() -> Parser:
     add_settle_arguments(p)
     p.add_argument("--write-spec", type=Path, metavar="PATH", help="also write the suggested spec to PATH (JSON)")
     return p
+
+
+def add_parser() -> Parser:
+    p = Parser(
+        prog="seqserve add",
+        description="Add an ONNX or TorchScript graph you exported yourself as <repository>/<name>/<version>/: "
+        "its inputs and outputs are read from the file, the rest probed (vocabulary size, exact padding, "
+        "an output already a distribution); the entry is checked as `seqserve validate` checks and written "
+        "only when it passes.",
+    )
+    p.add_argument("graph", type=Path, help="model.onnx, or a TorchScript file (torch.jit.script or trace) .pt")
+    p.add_argument("--repository", type=Path, required=True, help="model repository")
+    p.add_argument("--name", required=True, help="model name: lowercase letters, digits, '.', '_' or '-'")
+    p.add_argument(
+        "--task",
+        choices=["classification", "tagging", "regression"],
+        help="what the output is (default: tagging for a per-step output, classification with --labels)",
+    )
+    p.add_argument("--labels", help="class names in the output's order, comma-separated (or @FILE, one per line)")
+    p.add_argument("--output-names", help="regression: a name per output value, comma-separated")
+    p.add_argument(
+        "--max-length", type=int, help="longest sequence served (default: the graph's fixed time axis, else 512)"
+    )
+    p.add_argument("--features", type=int, help="input width, when neither the graph nor its layers fix it")
+    p.add_argument("--vocabulary-size", type=int, help="token ids 0..N-1 (default: probed from the graph's embedding)")
+    p.add_argument("--padding-id", type=int, default=0, help="token id padded sequences are filled with (default: 0)")
+    p.add_argument(
+        "--vocabulary",
+        type=Path,
+        metavar="FILE.json",
+        help="text models: a JSON array of characters in id order; the server then tokenizes text (ids pad with "
+        "--padding-id)",
+    )
+    p.add_argument("--lowercase", action="store_true", help="text models: lowercase text before looking it up")
+    p.add_argument(
+        "--unknown-id",
+        type=int,
+        help="text models: the id of characters outside the vocabulary (default: such text is refused, 422)",
+    )
+    p.add_argument("--output", help="ONNX: the output to serve, when the graph has several (default: the first)")
+    p.add_argument("--version", type=int, help="version to write (default: the next free one)")
+    p.add_argument("--description", default="", help="a line for the model's metadata")
+    p.add_argument("--dry-run", action="store_true", help="probe and check, print the model.json, write nothing")
+    return p
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    """A comma-separated list, or @FILE with one name per line."""
+    if value is None:
+        return None
+    if value.startswith("@"):
+        try:
+            lines = Path(value[1:]).read_text().splitlines()
+        except OSError as exc:
+            raise UserError(f"{value}: {exc.strerror}") from None
+        return tuple(line.strip() for line in lines if line.strip())
+    return tuple(name.strip() for name in value.split(","))
+
+
+def _tokenizer(args: argparse.Namespace) -> TokenizerJson | None:
+    """The character tokenizer `--vocabulary` and its flags describe."""
+    from pydantic import ValidationError
+
+    from service.model_json import TokenizerJson, validation_problems
+
+    if args.vocabulary is None:
+        if args.lowercase or args.unknown_id is not None:
+            raise UserError("--lowercase and --unknown-id need --vocabulary")
+        return None
+    try:
+        vocabulary = json.loads(args.vocabulary.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"--vocabulary {args.vocabulary}: {exc}") from None
+    if not isinstance(vocabulary, list) or not all(isinstance(entry, str) for entry in vocabulary):
+        raise UserError(f"--vocabulary {args.vocabulary}: expected a JSON array of strings, in id order")
+    try:
+        return TokenizerJson(
+            type="char",
+            lowercase=args.lowercase,
+            vocabulary=tuple(vocabulary),
+            padding_id=args.padding_id,
+            unknown_id=args.padding_id if args.unknown_id is None else args.unknown_id,
+            unknown="reject" if args.unknown_id is None else "map",
+        )
+    except ValidationError as exc:
+        raise UserError(f"--vocabulary: {validation_problems(exc)}") from None
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from models.add import add_graph
+
+    added = add_graph(
+        args.graph,
+        args.repository,
+        args.name,
+        task=args.task,
+        labels=_names(args.labels),
+        output_names=_names(args.output_names),
+        max_length=args.max_length,
+        features=args.features,
+        vocabulary_size=args.vocabulary_size,
+        padding_id=args.padding_id,
+        output=args.output,
+        version=args.version,
+        description=args.description,
+        tokenizer=_tokenizer(args),
+        dry_run=args.dry_run,
+    )
+    print("\n".join(added.summary))
+    if args.dry_run:
+        print(added.spec.to_json(), end="")
+    return 0
 
 
 def pin_training_arithmetic() -> None:
@@ -377,6 +490,7 @@ COMMANDS: dict[str, tuple[Callable[[], Parser], Callable[[argparse.Namespace], i
     "train": (train_parser, run_train),
     "export": (export_parser, run_export),
     "inspect": (inspect_parser, run_inspect),
+    "add": (add_parser, run_add),
 }
 
 

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -34,6 +34,7 @@ from models.reference import SEQSERVE_REFERENCE, ReferenceModel, cho_gru_referen
 from models.spec import ModelSpec
 from models.stack import SequenceModel
 from models.streaming import export_stream
+from service.checks import metadata_problems
 from service.model_json import (
     NAME_PATTERN,
     SCHEMA_VERSION,
@@ -287,19 +288,10 @@ def export_model(
     if reference is None:
         reference, reference_name = seqserve_reference(model), SEQSERVE_REFERENCE
     spec = model.spec
-    if not NAME_PATTERN.match(spec.name):
-        raise ExportError(f"name {spec.name!r}: use lowercase letters, digits, '.', '_' or '-' (max 64)")
     if batches < 1:
         raise ExportError("batches: need at least one parity batch")
-    repository.mkdir(parents=True, exist_ok=True)
-    version = version or next_version(repository, spec.name)
-    final = repository / spec.name / str(version)
-    if final.exists():
-        raise ExportError(f"{final} exists already; versions are immutable, export as a new version")
     model = model.eval()
-    # Same filesystem as the destination, so the final rename is atomic.
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=repository))
-    try:
+    with staged_entry(repository, spec.name, version) as (staging, version, final):
         onnx_path, ts_path = staging / "model.onnx", staging / "model.pt"
         write_onnx(model, onnx_path)
         write_torchscript(model, ts_path)
@@ -334,16 +326,37 @@ def export_model(
             meta = stream.apply(model_json(spec, version, formats, report, provenance, reference_name))
         except ValidationError as exc:
             raise ExportError(f"model.json would be refused by the server: {validation_problems(exc)}") from exc
+        refused = metadata_problems(meta)
+        if refused:
+            raise ExportError(f"model.json would be refused by the server: {'; '.join(refused)}")
         (staging / "model.json").write_text(meta.to_json())
         (staging / "parity.json").write_text(json.dumps(report.to_dict() | stream.parity(), indent=2) + "\n")
         for file_name, text in (extra_files or {}).items():
             (staging / file_name).write_text(text)
+    return final
+
+
+@contextlib.contextmanager
+def staged_entry(repository: Path, name: str, version: int | None = None) -> Iterator[tuple[Path, int, Path]]:
+    """A staging folder for ``<repository>/<name>/<version>/`` (the next free version when None): yields it,
+    the version and the final path; renamed into place when the block ends without an exception, removed
+    either way. Raises ``ExportError`` for a bad name or a version that exists."""
+    if not NAME_PATTERN.match(name):
+        raise ExportError(f"name {name!r}: use lowercase letters, digits, '.', '_' or '-' (max 64)")
+    repository.mkdir(parents=True, exist_ok=True)
+    version = version or next_version(repository, name)
+    final = repository / name / str(version)
+    if final.exists():
+        raise ExportError(f"{final} exists already; versions are immutable, export as a new version")
+    # Same filesystem as the destination, so the final rename is atomic.
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repository))
+    try:
+        yield staging, version, final
         os.chmod(staging, 0o755)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return final
 
 
 def _opset(path: Path) -> int | None:

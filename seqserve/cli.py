@@ -1,7 +1,8 @@
 """The ``seqserve`` command: one entry point for both sides of the house.
 
 ``serve`` belongs to the online side (``service/``, no torch needed);
-``train``, ``export`` and ``inspect`` to the offline side (``models/``);
+``train``, ``export``, ``inspect`` and ``add`` to the offline side (``models/``); ``validate``
+checks a repository as the server's loader does (``service/``);
 ``bench`` drives a running server with load (``bench/``).
 Each is imported only when asked for.
 """
@@ -16,6 +17,8 @@ commands:
   serve     serve a model repository over HTTP (seqserve serve --help)
   train     train the demo models on data shipped inside packages
   export    check a checkpoint against its module and write a repository entry
+  add       add an ONNX or TorchScript graph you exported yourself as a repository entry (seqserve add --help)
+  validate  check every entry of a model repository offline, as the server does when loading it
   inspect   list a checkpoint's tensors and suggest a spec
   bench     measure the server against the in-process ceiling and the unbatched floor (seqserve bench --help)
 """
@@ -31,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         from service.__main__ import main as serve
 
         return serve(rest)
-    if command in ("train", "export", "inspect"):
+    if command == "validate":
+        from service.validate import main as validate
+
+        return validate(rest)
+    if command in ("train", "export", "inspect", "add"):
         from models.cli import main as offline
 
         return offline(command, rest)

@@ -21,7 +21,8 @@ VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,8}$")
 _FILE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 Task = Literal["classification", "regression", "tagging"]
-InputKind = Literal["features", "text"]
+InputKind = Literal["features", "text", "tokens"]
+InputDtype = Literal["float32", "int64", "int32"]
 Padding = Literal["exact", "equal-length"]
 RuntimeKind = Literal["onnx", "torchscript"]
 
@@ -40,6 +41,8 @@ class TokenizerJson(_Section):
     padding_id: int = Field(ge=0)
     unknown_id: int = Field(ge=0)
     pattern: str | None = None
+    unknown: Literal["map", "reject"] = "map"
+    """A character outside the vocabulary: `map` it to `unknown_id`, or `reject` the text (422 naming it)."""
 
     @model_validator(mode="after")
     def _ids_in_vocabulary(self) -> TokenizerJson:
@@ -61,6 +64,10 @@ class InputJson(_Section):
     features: int | None = Field(default=None, ge=1, le=1 << 20)
     max_length: int = Field(ge=1, le=1 << 20)
     tokenizer: TokenizerJson | None = None
+    vocabulary_size: int | None = Field(default=None, ge=2, le=1 << 31)
+    """kind `tokens`: ids run from 0 to vocabulary_size - 1 (the rows of the graph's embedding)."""
+    padding_id: int = Field(default=0, ge=0)
+    """kind `tokens`: the id padded sequences are filled with."""
 
     @model_validator(mode="after")
     def _kind_fields(self) -> InputJson:
@@ -68,14 +75,28 @@ class InputJson(_Section):
             raise ValueError("input.features is required for kind 'features'")
         if self.kind == "text" and self.tokenizer is None:
             raise ValueError("input.tokenizer is required for kind 'text'")
+        if self.kind == "tokens":
+            if self.vocabulary_size is None:
+                raise ValueError("input.vocabulary_size is required for kind 'tokens'")
+            if self.padding_id >= self.vocabulary_size:
+                raise ValueError(f"input.padding_id must be < vocabulary_size {self.vocabulary_size}")
+        if self.kind != "features" and self.features is not None:
+            raise ValueError(f"input.features is for kind 'features', not '{self.kind}'")
         return self
+
+    @property
+    def pad_value(self) -> float | int:
+        """What padded steps are filled with: 0.0, or the padding token id."""
+        if self.tokenizer is not None:
+            return self.tokenizer.padding_id
+        return self.padding_id if self.kind == "tokens" else 0.0
 
 
 class GraphJson(_Section):
     input: str = Field(min_length=1)
     lengths: str | None = None
     output: str = Field(min_length=1)
-    input_dtype: Literal["float32", "int64"]
+    input_dtype: InputDtype
     output_activation: Literal["softmax", "none", "exp"] = "none"
     """What the server applies to the graph's output to get probabilities: ``exp`` when
     the graph answers log-probabilities (a module ending in ``log_softmax``)."""
@@ -141,11 +162,10 @@ class ModelJson(BaseModel):
     def _consistent(self) -> ModelJson:
         if self.task in ("classification", "tagging") and not self.labels:
             raise ValueError(f"labels are required for task '{self.task}'")
-        if self.padding == "exact" and self.graph.lengths is None:
-            raise ValueError("padding 'exact' needs a graph lengths input")
-        expected_dtype = "float32" if self.input.kind == "features" else "int64"
-        if self.graph.input_dtype != expected_dtype:
-            raise ValueError(f"input kind '{self.input.kind}' needs graph.input_dtype '{expected_dtype}'")
+        expected = ("float32",) if self.input.kind == "features" else ("int64", "int32")
+        if self.graph.input_dtype not in expected:
+            dtypes = " or ".join(map(repr, expected))
+            raise ValueError(f"input kind '{self.input.kind}' needs graph.input_dtype {dtypes}")
         if self.formats.onnx is None and self.formats.torchscript is None:
             raise ValueError("formats lists no model file")
         return self

@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from service.batching import Batcher, BatchPolicy
+from service.checks import graph_problems
 from service.errors import Draining, LoadFailed, ModelNotFound, ModelNotReady, ServiceError, VersionNotFound
 from service.metrics import Metrics
 from service.model_json import NAME_PATTERN, VERSION_PATTERN, ModelJson, RuntimeKind
@@ -34,6 +35,7 @@ from service.runtime import (
     RuntimeUnavailable,
     StreamRuntime,
     ThreadSettings,
+    input_dtype,
     lower_thread_priority,
     open_runtime,
     open_stream,
@@ -186,12 +188,11 @@ class ModelRegistry:
             max_queued_tokens=self._settings.max_queued_tokens,
             equal_length=spec.padding == "equal-length",
         )
-        tokenizer = spec.input.tokenizer
         batcher = Batcher(
             runtime,
             policy,
-            pad_value=tokenizer.padding_id if tokenizer is not None else 0.0,
-            dtype=np.int64 if spec.input.kind == "text" else np.float32,
+            pad_value=spec.input.pad_value,
+            dtype=input_dtype(spec),
             uses_lengths=spec.uses_lengths,
             observer=self._metrics.observer(spec.name, spec.version),
             name=f"{spec.name}/{spec.version}",
@@ -203,8 +204,8 @@ class ModelRegistry:
             version.stream_batcher = Batcher(
                 stream,
                 policy,
-                pad_value=tokenizer.padding_id if tokenizer is not None else 0.0,
-                dtype=np.int64 if spec.input.kind == "text" else np.float32,
+                pad_value=spec.input.pad_value,
+                dtype=input_dtype(spec),
                 uses_lengths=True,
                 observer=self._metrics.observer(spec.name, spec.version),
                 name=f"{spec.name}/{spec.version}/streams",
@@ -248,7 +249,9 @@ class ModelRegistry:
 
             def prepare(runtime: Runtime) -> None:
                 runtime.warmup(self._warmup_shapes(spec, runtime))
-                _check_outputs(spec, runtime)
+                problems = graph_problems(spec, runtime)
+                if problems:
+                    raise ValueError("; ".join(problems))
 
             try:
                 runtime, reason = open_runtime(kind, path, spec, self._settings.device, threads, prepare)
@@ -637,30 +640,6 @@ class ModelRegistry:
 def _signatures(root: Path) -> dict[tuple[str, int], tuple[Path, tuple[tuple[str, int, int], ...]]]:
     """Each version directory under `root` with the signature of its files."""
     return {key: (path, signature(path)) for key, path in version_dirs(root, warn=False).items()}
-
-
-def _check_outputs(spec: ModelJson, runtime: Runtime) -> None:
-    """The graph's output shape must match model.json's task, labels and output names."""
-    time = runtime.fixed_length or min(3, spec.input.max_length)
-    rows = runtime.fixed_batch or 2
-    batch, lengths = zero_batch(spec, rows, time)
-    out = np.asarray(runtime.predict(batch, lengths if spec.uses_lengths else None))
-    where = f"graph output '{spec.graph.output}' has shape {list(out.shape)} for a batch of {rows} x {time}"
-    if out.shape[0] != rows:
-        raise ValueError(f"{where}: expected {rows} rows")
-    if spec.task == "classification":
-        assert spec.labels is not None
-        if out.shape != (rows, len(spec.labels)):
-            raise ValueError(f"{where}: expected [{rows}, {len(spec.labels)}] ({len(spec.labels)} labels)")
-    elif spec.task == "tagging":
-        assert spec.labels is not None
-        if out.shape != (rows, time, len(spec.labels)):
-            raise ValueError(f"{where}: expected [{rows}, {time}, {len(spec.labels)}]")
-    else:
-        per_step = out.ndim == 3 and out.shape[1] == time  # values per step [B, T, O]
-        outputs = 1 if out.ndim == 1 else int(out.shape[-1] if per_step else np.prod(out.shape[1:]))
-        if (out.ndim > 2 and not per_step) or (spec.output_names is not None and outputs != len(spec.output_names)):
-            raise ValueError(f"{where}: expected [{rows}, {len(spec.output_names or ())}]")
 
 
 def _check_stream_outputs(spec: ModelJson, runtime: StreamRuntime) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from service.checks import metadata_problems
 from service.model_json import NAME_PATTERN, VERSION_PATTERN, ModelJson, RuntimeKind, validation_problems
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ def read_entry(name: str, version: int, path: Path) -> Entry:
         return broken(f"model.json could not be read: {exc}")
     if spec.name != name or spec.version != version:
         return broken(f"model.json names {spec.name}/{spec.version} but lies in {name}/{version}")
+    problems = metadata_problems(spec)
+    if problems:
+        return broken(f"model.json: {'; '.join(problems)}")
 
     root = path.resolve()
     files: dict[RuntimeKind, Path] = {}

@@ -20,6 +20,7 @@ class CharTokenizer:
         self._unknown = spec.unknown_id
         self._type = spec.type
         self._pattern = re.compile(spec.pattern) if spec.type == "regex" and spec.pattern else None
+        self.rejects_unknown = spec.unknown == "reject"
         self.padding_id = spec.padding_id
         # For characters, multi-character entries ("<pad>", "<unk>") are specials no text maps to.
         single = spec.type == "char"
@@ -33,6 +34,11 @@ class CharTokenizer:
         if self._pattern is not None:
             return self._pattern.findall(source)
         return source
+
+    def first_unknown(self, normalised: Sequence[str]) -> int | None:
+        """The index of the first token of already normalised text that is not in the vocabulary."""
+        ids = self._ids
+        return next((i for i, c in enumerate(normalised) if c not in ids), None)
 
     def encode(self, normalised: Sequence[str]) -> np.ndarray:
         """Token ids `[T]` (int64) of already normalised text."""

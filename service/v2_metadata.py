@@ -16,6 +16,11 @@ def model_tensors(spec: ModelJson) -> tuple[list[dict[str, Any]], list[dict[str,
     """The model's input and output tensors: `{"name", "datatype", "shape"}` each, -1 for a dynamic axis."""
     if spec.input.kind == "text":
         inputs = [{"name": V2_TEXT, "datatype": "BYTES", "shape": [-1]}]
+    elif spec.input.kind == "tokens":
+        inputs = [
+            {"name": V2_FEATURES, "datatype": spec.graph.input_dtype.upper(), "shape": [-1, -1]},
+            {"name": V2_LENGTHS, "datatype": "INT64", "shape": [-1]},
+        ]
     else:
         inputs = [
             {"name": V2_FEATURES, "datatype": "FP32", "shape": [-1, -1, spec.input.features or -1]},

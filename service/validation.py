@@ -1,11 +1,11 @@
 """Validate request payloads once, into trusted NumPy sequences for one model.
 
 `InputValidator.predict` and `InputValidator.v2` take a request body and return its sequences, each
-`[T, F]` float32 (features) or `[T]` int64 token ids (text), already checked against the model: feature
-count, non-empty, max length, finite, types. Each first offers the body to the fast reader
-(`service.fast_read`), which takes only what it can prove well-formed and valid; everything else is read
-here, from the parsed JSON. This module is the one place that decides what is valid and says why not:
-every error names the offending index.
+`[T, F]` float32 (features) or `[T]` int64 token ids (text, tokens), already checked against the model:
+feature count, non-empty, max length, finite, token ids within the vocabulary, types. Each first offers
+the body to the fast reader (`service.fast_read`), which takes only what it can prove well-formed and
+valid (feature models only); everything else is read here, from the parsed JSON. This module is the one
+place that decides what is valid and says why not: every error names the offending index.
 """
 
 from __future__ import annotations
@@ -77,10 +77,12 @@ class InputValidator:
         self._fixed_length = fixed_length
         self._features = spec.input.features
         self._tokenizer = CharTokenizer(spec.input.tokenizer) if spec.input.tokenizer is not None else None
+        self._vocabulary_size = spec.input.vocabulary_size if spec.input.kind == "tokens" else None
+        # NOTE: the fast reader knows feature models only; token ids always take the explaining path.
         self._fast = (
-            None
-            if self._features is None
-            else fast_read.Limits(self._features, self._max_length, fixed_length, max_sequences)
+            fast_read.Limits(self._features, self._max_length, fixed_length, max_sequences)
+            if spec.input.kind == "features" and self._features is not None
+            else None
         )
 
     @property
@@ -109,6 +111,8 @@ class InputValidator:
         self._check_count(len(inputs), "inputs")
         if self._tokenizer is not None:
             return [self._text(seq, f"inputs[{i}]") for i, seq in enumerate(inputs)]
+        if self._vocabulary_size is not None:
+            return [self._token_sequence(seq, f"inputs[{i}]") for i, seq in enumerate(inputs)]
         return [self._feature_sequence(seq, f"inputs[{i}]") for i, seq in enumerate(inputs)]
 
     def sequence(self, value: Any, where: str) -> np.ndarray:
@@ -137,7 +141,39 @@ class InputValidator:
             raise InvalidInput(f"{where}: expected a string, got {describe(text)}")
         normalised = self._tokenizer.normalise(text)
         self._check_length(len(normalised), where, "characters")
+        if self._tokenizer.rejects_unknown:
+            i = self._tokenizer.first_unknown(normalised)
+            if i is not None:
+                raise InvalidInput(f"{where}[{i}]: character {normalised[i]!r} is not in the model's vocabulary")
         return self._tokenizer.encode(normalised)
+
+    def _token_sequence(self, seq: Any, where: str) -> np.ndarray:
+        if not isinstance(seq, list):
+            raise InvalidInput(f"{where}: expected an array of token ids, got {describe(seq)}")
+        self._check_length(len(seq), where, "tokens")
+        t = next((t for t, value in enumerate(seq) if type(value) is not int), None)
+        if t is not None:
+            raise InvalidInput(f"{where}[{t}]: expected an integer token id, got {_shown(seq[t])}")
+        try:
+            ids = np.array(seq, dtype=np.int64)
+        except OverflowError:  # beyond int64: out of any vocabulary
+            t = next(t for t, value in enumerate(seq) if not -(1 << 63) <= value < 1 << 63)
+            raise InvalidInput(f"{where}[{t}]: token id {seq[t]} is outside {self._id_range()}") from None
+        return self._in_vocabulary(ids, where)
+
+    def _id_range(self) -> str:
+        assert self._vocabulary_size is not None
+        return f"0..{self._vocabulary_size - 1} (vocabulary_size {self._vocabulary_size})"
+
+    def _in_vocabulary(self, ids: np.ndarray, where: str) -> np.ndarray:
+        """`ids` (any shape), refused naming the first one outside the vocabulary."""
+        assert self._vocabulary_size is not None
+        outside = (ids < 0) | (ids >= self._vocabulary_size)
+        if outside.any():
+            at = np.argwhere(outside)[0]
+            index = "".join(f"[{i}]" for i in at)
+            raise InvalidInput(f"{where}{index}: token id {ids[tuple(at)]} is outside {self._id_range()}")
+        return ids
 
     def _feature_sequence(self, seq: Any, where: str) -> np.ndarray:
         features = self._features
@@ -217,6 +253,8 @@ class InputValidator:
 
         if self.is_text:
             sequences = self._v2_text(tensors[V2_TEXT])
+        elif self._vocabulary_size is not None:
+            sequences = self._v2_tokens(tensors[V2_FEATURES], tensors.get(V2_LENGTHS))
         else:
             sequences = self._v2_features(tensors[V2_FEATURES], tensors.get(V2_LENGTHS))
         outputs, in_binary = self._v2_outputs(body.get("outputs"), known_outputs, binary_default)
@@ -302,6 +340,21 @@ class InputValidator:
             self._check_length(length, f"{where}[{row}]", "steps")
         return [values[row, :length] for row, length in enumerate(lengths)]
 
+    def _v2_tokens(self, main: _Tensor, lengths_tensor: _Tensor | None) -> list[np.ndarray]:
+        where = main.where
+        shape = self._header(main, ("INT64", "INT32"), (2,))
+        batch, time = shape
+        self._check_count(batch, f"{where}.shape[0]")
+        ids = self._v2_numbers(main, shape)
+        if ids.dtype.kind not in "iu":
+            raise InvalidInput(f"{where}.data: token ids must be integers")
+        lengths = [time] * batch if lengths_tensor is None else self._v2_lengths(lengths_tensor, batch, time)
+        sequences = []
+        for row, length in enumerate(lengths):
+            self._check_length(length, f"{where}[{row}]", "tokens")
+            sequences.append(self._in_vocabulary(ids[row, :length].astype(np.int64), f"{where}[{row}]"))
+        return sequences
+
     def _v2_lengths(self, tensor: _Tensor, batch: int, time: int) -> list[int]:
         where = tensor.where
         shape = self._header(tensor, ("INT64", "INT32"), (1,))
@@ -331,6 +384,11 @@ class InputValidator:
         if len(texts) != shape[0]:
             raise InvalidInput(f"{where}.data: {len(texts)} strings, shape {shape} needs {shape[0]}")
         return [self._text(text, f"{where}[{i}]") for i, text in enumerate(texts)]
+
+
+def _shown(value: Any) -> str:
+    """A value that is no integer token id, for messages: a number as written, else its JSON type."""
+    return repr(value) if type(value) is float else describe(value)
 
 
 def _parameters(owner: dict[str, Any], where: str) -> dict[str, Any]:

@@ -33,10 +33,10 @@ class V2ErrorResponse(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    inputs: list[list[list[float]] | str] = Field(
+    inputs: list[list[list[float]] | str | list[int]] = Field(
         min_length=1,
         description="Sequences: for feature models each a list of time steps, each a list of `features` numbers; "
-        "for text models each a string.",
+        "for text models each a string; for token models each a list of token ids (0 to vocabulary_size - 1).",
         examples=[[[[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]]],
     )
 
@@ -87,9 +87,10 @@ class ModelList(BaseModel):
 
 
 class InputInfo(BaseModel):
-    kind: Literal["features", "text"]
+    kind: Literal["features", "text", "tokens"]
     features: int | None
     max_length: int
+    vocabulary_size: int | None = Field(default=None, description="Token models: ids run from 0 to this - 1.")
 
 
 class ModelMetadata(BaseModel):
@@ -177,7 +178,10 @@ def _required_unless_binary(schema: JsonDict) -> None:
 
 
 class V2InferInput(BaseModel):
-    name: str = Field(description="'input' (FP32 [B, T, F]) and optional 'lengths' (INT64 [B]); 'text' (BYTES [B]).")
+    name: str = Field(
+        description="'input' (FP32 [B, T, F], or INT64/INT32 [B, T] token ids) and optional 'lengths' (INT64 [B]); "
+        "'text' (BYTES [B])."
+    )
     shape: list[Annotated[int, Field(ge=0)]]
     datatype: Literal["FP32", "INT64", "INT32", "BYTES"]
     data: list[Any] | SkipJsonSchema[None] = Field(

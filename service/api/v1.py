@@ -64,7 +64,12 @@ async def metadata(request: Request, name: str, version: str | None = None) -> R
             "default_version": registry.default_version(name),
             "task": spec.task,
             "description": spec.description,
-            "input": {"kind": spec.input.kind, "features": spec.input.features, "max_length": spec.input.max_length},
+            "input": {
+                "kind": spec.input.kind,
+                "features": spec.input.features,
+                "max_length": spec.input.max_length,
+                "vocabulary_size": spec.input.vocabulary_size,
+            },
             "labels": spec.labels,
             "output_names": spec.output_names,
             "padding": spec.padding,

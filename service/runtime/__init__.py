@@ -6,7 +6,15 @@ decision and `open_runtime`, which falls back to the CPU), `cpu` (cores and comp
 thread priority), `onnx` and `torchscript` (one runtime each, imported on demand).
 """
 
-from service.runtime.base import DeviceKind, DeviceUnavailable, Runtime, RuntimeUnavailable, StreamRuntime, zero_batch
+from service.runtime.base import (
+    DeviceKind,
+    DeviceUnavailable,
+    Runtime,
+    RuntimeUnavailable,
+    StreamRuntime,
+    input_dtype,
+    zero_batch,
+)
 from service.runtime.cpu import cpu_cores, lower_thread_priority
 from service.runtime.device import (
     DeviceChoice,
@@ -27,6 +35,7 @@ __all__ = [
     "StreamRuntime",
     "ThreadSettings",
     "cpu_cores",
+    "input_dtype",
     "lower_thread_priority",
     "open_runtime",
     "open_stream",

@@ -13,7 +13,7 @@ DeviceKind = Literal["cpu", "cuda"]
 
 
 class Runtime(Protocol):
-    """Runs `[B, T, F]` float32 (or `[B, T]` int64 tokens) plus `lengths [B]`."""
+    """Runs `[B, T, F]` float32 (or `[B, T]` int64 or int32 token ids) plus `lengths [B]`."""
 
     name: RuntimeKind
     device: DeviceKind
@@ -63,11 +63,16 @@ class DeviceUnavailable(Exception):
     """The runtime, once opened, cannot use the device it was told to use."""
 
 
+def input_dtype(spec: ModelJson) -> type[np.generic]:
+    """The NumPy type of the graph's input: float32 features, or int64 / int32 token ids."""
+    dtypes: dict[str, type[np.generic]] = {"float32": np.float32, "int64": np.int64, "int32": np.int32}
+    return dtypes[spec.graph.input_dtype]
+
+
 def zero_batch(spec: ModelJson, batch: int, time: int) -> tuple[np.ndarray, np.ndarray]:
     """A padded input of the given shape (all padding) and its lengths, for warm-up and probes."""
-    if spec.input.kind == "text":
-        assert spec.input.tokenizer is not None
-        tokens = np.full((batch, time), spec.input.tokenizer.padding_id, dtype=np.int64)
+    if spec.input.kind != "features":
+        tokens = np.full((batch, time), spec.input.pad_value, dtype=input_dtype(spec))
         return tokens, np.full(batch, time, dtype=np.int64)
     assert spec.input.features is not None
     return np.zeros((batch, time, spec.input.features), dtype=np.float32), np.full(batch, time, dtype=np.int64)

@@ -19,7 +19,8 @@ except ImportError as _exc:  # pragma: no cover - onnxruntime is a runtime depen
 
 log = logging.getLogger(__name__)
 
-_ORT_DTYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
+_ORT_DTYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "int32": "tensor(int32)"}
+_LENGTHS_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 def cuda_available() -> tuple[bool, str]:
@@ -74,8 +75,8 @@ class OnnxRuntime:
             problems.append(
                 f"graph input '{graph.input}' is {inputs[graph.input].type}, model.json says {graph.input_dtype}"
             )
-        if graph.lengths and graph.lengths in inputs and inputs[graph.lengths].type != "tensor(int64)":
-            problems.append(f"graph input '{graph.lengths}' is {inputs[graph.lengths].type}, expected int64")
+        if graph.lengths and graph.lengths in inputs and inputs[graph.lengths].type not in _LENGTHS_DTYPES:
+            problems.append(f"graph input '{graph.lengths}' is {inputs[graph.lengths].type}, expected int64 or int32")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -84,14 +85,19 @@ class OnnxRuntime:
         self.fixed_length = shape[1] if len(shape) > 1 and isinstance(shape[1], int) and shape[1] > 0 else None
         self._input = graph.input
         self._lengths = graph.lengths
+        self._lengths_dtype = _LENGTHS_DTYPES[inputs[graph.lengths].type] if graph.lengths else np.int64
         self._output = [graph.output]
+        # NOTE: a failed run raises, and the batch worker logs it with the request's error id; ONNX
+        # Runtime's own copy of the message (an out-of-range token id, say) would only repeat it.
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
 
     def predict(self, batch: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
         feeds = {self._input: batch}
         if self._lengths is not None:
             assert lengths is not None
-            feeds[self._lengths] = lengths
-        result: np.ndarray = self._session.run(self._output, feeds)[0]
+            feeds[self._lengths] = lengths.astype(self._lengths_dtype, copy=False)
+        result: np.ndarray = self._session.run(self._output, feeds, self._run_options)[0]
         return result
 
     def warmup(self, shapes: Sequence[tuple[int, int]]) -> None:

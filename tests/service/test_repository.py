@@ -49,8 +49,8 @@ def test_entries_are_sorted_and_odd_directories_skipped(tmp_path: Path) -> None:
     [
         ({"task": "dancing"}, "model.json is invalid: task"),
         (
-            {"padding": "exact", "graph": {"input": "input", "lengths": None, "output": "y", "input_dtype": "float32"}},
-            "padding 'exact' needs a graph lengths input",
+            {"graph": {"input": "input", "lengths": None, "output": "y", "input_dtype": "int64"}},
+            "input kind 'features' needs graph.input_dtype 'float32'",
         ),
         ({"labels": None}, "labels are required"),
         ({"formats": {"onnx": "../other/model.onnx"}}, "formats.onnx"),

@@ -29,7 +29,12 @@ def test_model_listing_and_metadata(server: Server) -> None:
         assert version["state"] == "ready" and version["runtime"] == "onnx" and version["device"] == "cpu"
         assert version["device_reason"]
     text = httpx.get(f"{server.url}/v1/models/text").json()
-    assert text["task"] == "classification" and text["input"] == {"kind": "text", "features": None, "max_length": 32}
+    assert text["task"] == "classification" and text["input"] == {
+        "kind": "text",
+        "features": None,
+        "max_length": 32,
+        "vocabulary_size": None,
+    }
     assert text["labels"] == ["female", "male"] and text["padding"] == "exact"
     assert httpx.get(f"{server.url}/v1/models/feat/versions/1").json()["version"] == 1
     assert httpx.get(f"{server.url}/v1/models/equal").json()["padding"] == "equal-length"
