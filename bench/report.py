@@ -14,11 +14,15 @@ def write(results: dict[str, Any], out: Path, *, readme: Path | None = None) -> 
     written = [out / "results.json"]
     written[0].write_text(json.dumps(results, indent=1, default=float) + "\n")
     written += plot(results, out)
-    table = markdown(results, plots=[p.name for p in written[1:]], plot_dir=_relative(out, readme))
+    table = markdown(results, plots=[p.name for p in written[1:]], plot_dir=".")  # beside table.md
     (out / "table.md").write_text(table)
     written.append(out / "table.md")
     if readme is not None:
-        if replace_section(readme, table):
+        brief = markdown(results, plots=[], brief=True) + (
+            f"\nEvery table of this run (open loop, request encodings, CPU split) and its plots: "
+            f"[{_relative(out, readme)}/table.md]({_relative(out, readme)}/table.md).\n"
+        )
+        if replace_section(readme, brief):
             written.append(readme)
         else:
             print(f"{readme}: missing, or without the {START} ... {END} markers; left unchanged")
@@ -49,7 +53,9 @@ def _f(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs/bench") -> str:
+def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs/bench", brief: bool = False) -> str:
+    """The run as Markdown; ``brief``: without the open loop, the request encodings and the CPU split (the
+    README's section, which links the whole table)."""
     meta, summary = results["meta"], results.get("summary") or {}
     machine, versions, settings = meta["machine"], meta["versions"], meta["settings"]
     lines = [
@@ -88,7 +94,7 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
             f"| {100 * r['other_processes_cpu_share']:.0f}% |"
         )
     ref = results["reference"]
-    lines += [] if not ref["open"]["seqserve"] else [
+    lines += [] if brief or not ref["open"]["seqserve"] else [
         "",
         f"Open loop (fixed offered rates; saturation = seqserve's best closed-loop rate, "
         f"{_f(ref['saturation_seq_s'])} seq/s; latency from each request's scheduled start):",
@@ -98,13 +104,13 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
         "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in ("seqserve", "floor"):
-        for r in ref["open"][name]:
+        for r in [] if brief else ref["open"][name]:
             ratio = r["p99_ms"] / r["p50_ms"] if r["p50_ms"] else float("nan")
             lines.append(
                 f"| {_f(r['level'])} | {r['fraction_of_saturation']:.2f} | {name} | {_f(r['throughput_seq_s'])} "
                 f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {ratio:.2f} | {r['errors']} |"
             )
-    protocols = ref.get("protocols") or {}
+    protocols = {} if brief else ref.get("protocols") or {}
     if protocols:
         sizes = protocols.get("body_bytes_mean", {})
         low = protocols.get("low", {})
@@ -128,7 +134,7 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
                     line += f" {_f(r_low['throughput_seq_s'])} | {r_low['p99_ms']:.1f} |" if r_low else " | |"
                 lines.append(line)
     top = summary["closed"][-1]
-    lines += [
+    lines += [] if brief else [
         "",
         f"Server CPU per sequence at c={top['concurrency']}: event loop (HTTP, parsing, validation, answers) "
         f"{top['seqserve_loop_cpu_ms_per_seq']:.3f} ms; batch worker and ONNX Runtime (padding, runtime) "

@@ -111,3 +111,22 @@ def test_a_stream_keeps_its_version() -> None:
             await streams.apply(v1, unknown, pinned=False, version_of=versions.__getitem__)
 
     asyncio.run(main())
+
+
+def test_several_http_processes_without_redis_refuse_streams_naming_the_setting() -> None:
+    from service.errors import StreamingUnsupported
+    from service.settings import Settings
+
+    async def main() -> None:
+        alone = StreamService.from_settings(Settings(http_workers=1), Metrics())
+        assert alone.refusal is None
+        shared = StreamService.from_settings(Settings(http_workers=2), Metrics())
+        model = RunningSum()
+        with pytest.raises(StreamingUnsupported, match="SEQSERVE_STATE_URL"):
+            await shared.apply(model, chunk([1.0], 0, start=True), pinned=False, version_of=lambda v: model)
+        with pytest.raises(StreamingUnsupported, match="http_workers"):
+            await shared.end("m", "s")
+        with_redis = StreamService.from_settings(Settings(http_workers=2, state_url="redis://127.0.0.1:1/0"), Metrics())
+        assert with_redis.refusal is None
+
+    asyncio.run(main())
