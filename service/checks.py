@@ -51,14 +51,15 @@ def metadata_problems(spec: ModelJson) -> list[str]:
         vocabulary = tokenizer.vocabulary
         ids: dict[str, list[int]] = {}
         for i, entry in enumerate(vocabulary):
-            ids.setdefault(entry, []).append(i)
+            if entry:  # NOTE: "" marks an id no text maps to (an embedding row past the user's vocabulary)
+                ids.setdefault(entry, []).append(i)
         for entry, at in ids.items():
             if len(at) > 1:
                 problems.append(f"{where}: {entry!r} appears {len(at)} times (ids {', '.join(map(str, at))})")
         if tokenizer.type == "char":
             specials = {tokenizer.padding_id, tokenizer.unknown_id}
             for i, entry in enumerate(vocabulary):
-                if len(entry) != 1 and i not in specials:
+                if len(entry) > 1 and i not in specials:
                     problems.append(
                         f"{where}[{i}]: {entry!r} is {len(entry)} characters; a 'char' tokenizer maps single "
                         "characters (only the padding and unknown entries may be longer)"

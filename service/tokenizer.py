@@ -24,7 +24,7 @@ class CharTokenizer:
         self.padding_id = spec.padding_id
         # For characters, multi-character entries ("<pad>", "<unk>") are specials no text maps to.
         single = spec.type == "char"
-        self._ids = {token: i for i, token in enumerate(spec.vocabulary) if not single or len(token) == 1}
+        self._ids = {token: i for i, token in enumerate(spec.vocabulary) if token and (not single or len(token) == 1)}
 
     def normalise(self, text: str) -> Sequence[str]:
         """The text's tokens: the text itself for characters, else a list of tokens."""
@@ -32,7 +32,7 @@ class CharTokenizer:
         if self._type == "word":
             return source.split()
         if self._pattern is not None:
-            return self._pattern.findall(source)
+            return [token for token in self._pattern.findall(source) if token]
         return source
 
     def first_unknown(self, normalised: Sequence[str]) -> int | None:

@@ -35,10 +35,10 @@ def text_document(vocabulary: list[str], **tokenizer: Any) -> dict[str, Any]:
             [
                 f"{WHERE}[3]: 'ch' is 2 characters; a 'char' tokenizer maps single characters (only the padding and "
                 "unknown entries may be longer)",
-                f"{WHERE}[4]: '' is 0 characters; a 'char' tokenizer maps single characters (only the padding and "
-                "unknown entries may be longer)",
             ],
         ),
+        # "" marks an id no text maps to (embedding rows past the user's vocabulary), however many there are
+        (["<pad>", "<unk>", "a", "", ""], {}, []),
         (
             ["<pad>", "<unk>", "a", "A", "B"],
             {"lowercase": True},
