@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import tritonclient.http as triton
 
 from tests.service.streams.graphs import StreamEntry
 
@@ -51,9 +52,10 @@ def reference_input(entry: StreamEntry, sequence: Any) -> Any:
     return np.asarray(sequence, dtype=np.float32)
 
 
-def random_chunking(length: int, rng: np.random.Generator, largest: int) -> list[int]:
-    """Chunk sizes summing to `length`: sometimes one step at a time, sometimes everything at once."""
-    kind = rng.integers(0, 4)
+def random_chunking(length: int, rng: np.random.Generator, largest: int, kind: int | None = None) -> list[int]:
+    """Chunk sizes summing to `length`: sometimes one step at a time (kind 0), sometimes everything at once
+    (kind 1, when it fits in `largest`), else cut at random (kinds 2, 3); `kind` None: drawn at random."""
+    kind = int(rng.integers(0, 4)) if kind is None else kind
     if kind == 0:
         return [1] * length
     if kind == 1 and length <= largest:
@@ -103,6 +105,37 @@ def v1_sender(client: httpx.Client, entry: StreamEntry) -> SendChunk:
         body = response.json()
         assert (body["offset"], body["position"], body["ended"]) == (offset, offset + len(steps), end), body
         return raw_output(entry, body["output"])
+
+    return send
+
+
+def triton_sender(client: triton.InferenceServerClient, entry: StreamEntry) -> SendChunk:
+    """Chunks through tritonclient's V2 `infer` with Triton's sequence parameters (and seqserve's
+    `sequence_offset`): steps as FP32 `input` [1, T, F], text as BYTES `text` [1]."""
+
+    def send(stream: str, steps: Any, start: bool, end: bool, offset: int) -> np.ndarray:
+        if entry.features is None:
+            tensor = triton.InferInput("text", [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([steps.encode()], dtype=object))
+            length = len(steps)
+        else:
+            array = np.asarray([steps], dtype=np.float32)
+            tensor = triton.InferInput("input", list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array)
+            length = array.shape[1]
+        result = client.infer(
+            entry.name,
+            [tensor],
+            sequence_id=stream,
+            sequence_start=start,
+            sequence_end=end,
+            parameters={"sequence_offset": offset},
+        )
+        answer = result.get_response()
+        assert answer["parameters"]["sequence_position"] == offset + length, answer
+        output = result.as_numpy("values" if entry.task == "regression" else "probabilities")
+        assert output is not None
+        return output[0]
 
     return send
 

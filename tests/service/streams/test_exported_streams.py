@@ -1,0 +1,357 @@
+"""Streams end to end, as a user gets there: their own modules (the tutorials' shapes), a checkpoint each,
+`seqserve export CKPT --module FILE.py:Class` with no spec into one repository, a server over it, and
+chunks over /v1 and tritonclient's V2 sequence parameters. Every chunk's answer must equal the user's
+module run on the whole sequence so far, alone and unpadded (for a per-step model: its outputs at the
+chunk's steps), for one-step chunks, everything at once and random cuts, many streams at once so that
+chunks of several streams and lengths share batches.
+
+Nothing here trains: each module is built with a fixed seed and tiny sizes, so the file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as triton
+from torch import nn
+
+from models.cli import main as seqserve_offline
+from tests.models import byo_modules, stream_modules, tutorial
+from tests.service.api.conftest import Server, run_server, sample_value
+from tests.service.conftest import BuiltRepository
+from tests.service.streams.client import (
+    TOLERANCE,
+    SendChunk,
+    check_random_chunkings,
+    check_stream,
+    post_chunk,
+    random_chunking,
+    random_sequence,
+    triton_sender,
+    v1_sender,
+)
+from tests.service.streams.graphs import StreamEntry
+
+ROOT = Path(__file__).resolve().parents[3]
+MAX_LENGTH = 16
+CHARS = ["<pad>", "<unk>", *"abcdefghij"]  # the text models' vocabulary: one token per character
+
+
+@dataclass(frozen=True)
+class UserCase:
+    """A user's module, how they call it on one sequence, and what its answer means to them."""
+
+    source: ModuleType
+    cls: str
+    kwargs: dict[str, Any]
+    calls: str = "batch"
+    """batch: module(x[None]); lengths: module(x[None], [T]); sequence: module(x); time_major: module(x[:, None]);
+    numpy: module.forward(x), a NumPy module saved as .npz."""
+    answer: str = "values"
+    """values (served as they are), logits (served as softmax probabilities), log_probs (served as exp)."""
+    features: int | None = 3
+    """None: a text model over CHARS."""
+    per_step: bool = False
+    """An answer per step (a tagger), not one per sequence."""
+    cli: bool = False
+    """Exported by running the `seqserve` command, not its Python entry."""
+
+
+CASES: dict[str, UserCase] = {
+    "f2-forecaster": UserCase(
+        tutorial, "LSTMForecaster", {"input_size": 3, "hidden_size": 5, "num_layers": 2, "output_size": 1}
+    ),
+    "f3-gru": UserCase(
+        tutorial,
+        "GRUClassifier",
+        {"input_size": 3, "hidden_size": 5, "num_layers": 2, "num_classes": 3, "bidirectional": False},
+        answer="logits",
+    ),
+    "f5-tagger": UserCase(
+        stream_modules,
+        "LSTMTagger",
+        {"input_size": 3, "hidden_size": 5, "num_layers": 2, "num_tags": 4},
+        answer="logits",
+        per_step=True,
+    ),
+    "f6-projected": UserCase(
+        stream_modules, "ProjectedLSTMForecaster", {"input_size": 3, "hidden_size": 6, "proj_size": 3, "num_layers": 2}
+    ),
+    "f7-cell-loop": UserCase(
+        tutorial, "LSTMCellLoop", {"input_size": 3, "hidden_size": 5, "num_classes": 3}, answer="logits"
+    ),
+    "f7-time-major": UserCase(byo_modules, "TimeMajorCell", {}, calls="time_major", answer="logits", features=4),
+    "f9-cho": UserCase(
+        tutorial,
+        "ChoGRU",
+        {"input_size": 3, "hidden_size": 5, "num_classes": 3, "seed": 1},
+        calls="numpy",
+        answer="logits",
+    ),
+    "f9-cho-concat": UserCase(byo_modules, "ChoGRUConcat", {}, calls="numpy", cli=True),
+    "lstm-mean": UserCase(
+        stream_modules,
+        "PooledRNN",
+        {"cell": "lstm", "input_size": 3, "hidden_size": 5, "num_classes": 3, "pool": "mean"},
+        answer="logits",
+    ),
+    "gru-max": UserCase(
+        stream_modules,
+        "PooledRNN",
+        {"cell": "gru", "input_size": 3, "hidden_size": 5, "num_classes": 3, "pool": "max"},
+        answer="logits",
+    ),
+    "gru-log-softmax": UserCase(byo_modules, "LogSoftmaxGRU", {}, answer="log_probs"),
+    "text-mean": UserCase(
+        byo_modules, "TextClassifier", {"vocab_size": len(CHARS)}, calls="lengths", answer="logits", features=None
+    ),
+    "text-tagger": UserCase(
+        byo_modules,
+        "LSTMTagger",
+        {"vocab_size": len(CHARS)},
+        calls="sequence",
+        answer="log_probs",
+        features=None,
+        per_step=True,
+    ),
+}
+BIDIRECTIONAL = UserCase(
+    tutorial, "BiLSTMClassifier", {"input_size": 3, "hidden_size": 4, "num_layers": 1, "num_classes": 2}
+)
+
+
+def user_module(case_id: str, case: UserCase) -> Any:
+    """The user's module with weights nobody would default to (biases too); a NumPy module as built."""
+    if case.calls == "numpy":
+        obj = getattr(case.source, case.cls)(**case.kwargs)
+        rng = np.random.default_rng(sum(map(ord, case_id)))
+        for name, value in vars(obj).items():
+            if isinstance(value, np.ndarray):
+                setattr(obj, name, value + rng.normal(0, 0.3, value.shape))
+        return obj
+    torch.manual_seed(sum(map(ord, case_id)))
+    module = getattr(case.source, case.cls)(**case.kwargs)
+    for p in module.parameters():
+        nn.init.uniform_(p, -0.6, 0.6)
+    return module.eval()
+
+
+def save_checkpoint(case_id: str, module: Any, folder: Path) -> Path:
+    if isinstance(module, nn.Module):
+        path = folder / f"{case_id}.pt"
+        torch.save(module.state_dict(), path)
+        return path
+    path = folder / f"{case_id}.npz"
+    params = {k: v for k, v in vars(module).items() if isinstance(v, np.ndarray)}
+    np.savez(path, **params)
+    return path
+
+
+def user_ids(text: str) -> np.ndarray:
+    """The user's own tokenizer: a character's index in their vocabulary, <unk> otherwise."""
+    return np.array([CHARS.index(c) if c in CHARS[2:] else 1 for c in text], dtype=np.int64)
+
+
+def alone(case: UserCase, module: Any, sequence: np.ndarray) -> np.ndarray:
+    """The user's module on one whole, unpadded sequence, called their way: [O], or [T, O] per step."""
+    if case.calls == "numpy":
+        return np.asarray(module.forward(sequence.astype(np.float64)))
+    x = torch.from_numpy(sequence)
+    with torch.no_grad():
+        if case.calls == "sequence":
+            return module(x).numpy().astype(np.float64)
+        if case.calls == "time_major":
+            out = module(x[:, None])
+        elif case.calls == "lengths":
+            out = module(x[None], torch.tensor([len(sequence)]))
+        else:
+            out = module(x[None])
+    return out[0].numpy().astype(np.float64)
+
+
+def served(case: UserCase, raw: np.ndarray) -> np.ndarray:
+    """What the user expects back for their module's answer: values as they are, probabilities otherwise."""
+    if case.answer == "logits":
+        e = np.exp(raw - raw.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    if case.answer == "log_probs":
+        return np.exp(raw)
+    return raw
+
+
+def export(checkpoint: Path, case: UserCase, repository: Path, name: str, *extra: str) -> None:
+    """`seqserve export CKPT --module FILE.py:Class` with no spec: the command itself, or its Python entry."""
+    argv = [
+        "export",
+        str(checkpoint),
+        "--module",
+        f"{case.source.__file__}:{case.cls}",
+        "--module-kwargs",
+        json.dumps(case.kwargs),
+        "--repository",
+        str(repository),
+        "--name",
+        name,
+        "--max-length",
+        str(MAX_LENGTH),
+        "--parity-batches",
+        "4",
+        *extra,
+    ]
+    if case.cli:
+        done = subprocess.run(
+            [sys.executable, "-m", "seqserve", *argv], capture_output=True, text=True, cwd=ROOT, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+    else:
+        assert seqserve_offline(argv[0], argv[1:]) == 0
+
+
+@dataclass(frozen=True)
+class ExportedRepository:
+    path: Path
+    entries: dict[str, StreamEntry]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, test_repository: BuiltRepository) -> ExportedRepository:
+    folder = tmp_path_factory.mktemp("user-checkpoints")
+    repository = folder / "repository"
+    (folder / "chars.txt").write_text("\n".join(CHARS) + "\n")
+    text_flags = ("--vocab", str(folder / "chars.txt"), "--tokenizer", "char")
+    entries: dict[str, StreamEntry] = {}
+    for case_id, case in CASES.items():
+        module = user_module(case_id, case)
+        export(
+            save_checkpoint(case_id, module, folder),
+            case,
+            repository,
+            case_id,
+            *(text_flags if case.features is None else ()),
+        )
+        meta = json.loads((repository / case_id / "1" / "model.json").read_text())
+
+        def reference(sequence: np.ndarray, case: UserCase = case, module: Any = module) -> np.ndarray:
+            raw = alone(case, module, sequence)
+            return served(case, raw if case.per_step else raw.reshape(-1))
+
+        entries[case_id] = StreamEntry(
+            name=case_id,
+            path=repository / case_id / "1",
+            features=case.features,
+            vocabulary=len(CHARS),
+            reference=reference,
+            per_step=case.per_step,
+            task=meta["task"],
+            encode=user_ids if case.features is None else None,
+        )
+    bidirectional = user_module("bidirectional", BIDIRECTIONAL)
+    export(save_checkpoint("bidirectional", bidirectional, folder), BIDIRECTIONAL, repository, "bidirectional")
+    # The test repository's `regress`: seqserve's own module through the same exporter (the demo's shape).
+    shutil.copytree(test_repository.path / "regress" / "1", repository / "regress" / "1")
+    regress = test_repository.references["regress"]
+    entries["regress"] = StreamEntry(
+        name="regress",
+        path=repository / "regress" / "1",
+        features=3,
+        vocabulary=0,
+        reference=lambda sequence: np.asarray(regress(np.asarray(sequence).tolist())).reshape(-1),
+        per_step=False,
+        task="regression",
+    )
+    return ExportedRepository(repository, entries)
+
+
+@pytest.fixture(scope="module")
+def server(exported: ExportedRepository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(exported.path, "--max-delay-ms", "5", log_dir=tmp_path_factory.mktemp("exported-logs")) as running:
+        yield running
+
+
+def test_every_unidirectional_export_has_a_stream_graph(exported: ExportedRepository) -> None:
+    for name, entry in exported.entries.items():
+        meta = json.loads((entry.path / "model.json").read_text())
+        section = meta.get("streaming")
+        assert section, f"{name}: no streaming section"
+        assert section["per_step"] == entry.per_step, name
+        for graph in section["formats"].values():
+            if graph:
+                assert (entry.path / graph).is_file(), (name, graph)
+        parity = json.loads((entry.path / "parity.json").read_text())
+        assert max(parity["streaming"]["max_abs_diff"].values()) <= TOLERANCE, (name, parity["streaming"])
+    bidirectional = json.loads((exported.path / "bidirectional" / "1" / "model.json").read_text())
+    assert not bidirectional.get("streaming")
+
+
+def test_the_metadata_says_which_models_stream(server: Server, exported: ExportedRepository) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for name in [*exported.entries, "bidirectional"]:
+            reply = client.get(f"/v1/models/{name}")
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["streaming"] is (name != "bidirectional"), name
+
+
+def test_random_chunkings_over_v1_and_v2_equal_the_users_module(server: Server, exported: ExportedRepository) -> None:
+    """Every model: a stream of one-step chunks, one of everything at once, and random cuts (some longer
+    than max_length, which bounds a chunk, not a stream), half over /v1 and half through tritonclient, all
+    at once so that chunks of different streams and lengths are batched together."""
+    rng = np.random.default_rng(2026)
+    jobs: list[tuple[StreamEntry, str, str, Any, list[int]]] = []
+    for name, entry in exported.entries.items():
+        for i in range(4):
+            length = int(rng.integers(1, MAX_LENGTH + 1)) if i == 1 else int(rng.integers(2, 2 * MAX_LENGTH + 8))
+            sequence = random_sequence(entry, length, rng)
+            sizes = random_chunking(length, rng, largest=MAX_LENGTH, kind=min(i, 2))
+            jobs.append((entry, "v2" if i % 2 else "v1", f"{name}-{i}", sequence, sizes))
+
+    def run(job: tuple[StreamEntry, str, str, Any, list[int]]) -> float:
+        entry, protocol, stream, sequence, sizes = job
+        if protocol == "v1":
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                return check_stream(entry, v1_sender(client, entry), stream, sequence, sizes)
+        v2 = triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=60)
+        try:
+            send: SendChunk = triton_sender(v2, entry)
+            return check_stream(entry, send, stream, sequence, sizes)
+        finally:
+            v2.close()
+
+    before = sample_value(server.metrics(), "seqserve_batch_size_count")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        worst = dict(zip((job[2] for job in jobs), pool.map(run, jobs), strict=True))
+    assert max(worst.values()) <= TOLERANCE, {k: v for k, v in worst.items() if v > TOLERANCE}
+    batches = sample_value(server.metrics(), "seqserve_batch_size_count") - before
+    assert batches < sum(len(job[4]) for job in jobs), "no two chunks ever shared a batch"
+
+
+def test_the_checking_helper_on_the_demo_shaped_model(server: Server, exported: ExportedRepository) -> None:
+    assert check_random_chunkings(server.url, exported.entries["regress"], streams=3, longest=45, seed=3) <= TOLERANCE
+
+
+def test_a_bidirectional_export_refuses_a_stream_saying_why(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        reply = post_chunk(client, "bidirectional", "s1", [[0.1, 0.2, 0.3]], start=True)
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["code"] == "streaming_unsupported"
+        assert "bidirectional" in reply.json()["error"]["message"]
+        v2 = client.post(
+            "/v2/models/bidirectional/infer",
+            json={
+                "inputs": [{"name": "input", "shape": [1, 1, 3], "datatype": "FP32", "data": [0.1, 0.2, 0.3]}],
+                "parameters": {"sequence_id": 7, "sequence_start": True},
+            },
+        )
+        assert v2.status_code == 400 and "bidirectional" in v2.json()["error"], v2.text
