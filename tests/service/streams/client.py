@@ -81,6 +81,14 @@ def expected_after(entry: StreamEntry, sequence: Any, stop: int, start: int) -> 
     return whole[start:stop] if entry.per_step else whole
 
 
+def wire_steps(entry: StreamEntry, steps: Any) -> tuple[Any, int]:
+    """A chunk as sent and its length in steps: for a text model whose sequence is a list of words, the
+    words joined by spaces (a word tokenizer's chunk); otherwise the steps, or the characters, as they are."""
+    if entry.features is None and isinstance(steps, list):
+        return " ".join(steps), len(steps)
+    return steps, len(steps)
+
+
 SendChunk = Callable[[str, Any, bool, bool, int], np.ndarray]
 """(stream id, steps, start, end, offset) -> the raw answer; raises on an error status."""
 
@@ -100,10 +108,11 @@ def check_stream(entry: StreamEntry, send: SendChunk, stream: str, sequence: Any
 
 def v1_sender(client: httpx.Client, entry: StreamEntry) -> SendChunk:
     def send(stream: str, steps: Any, start: bool, end: bool, offset: int) -> np.ndarray:
-        response = post_chunk(client, entry.name, stream, steps, start=start, end=end, offset=offset)
+        payload, length = wire_steps(entry, steps)
+        response = post_chunk(client, entry.name, stream, payload, start=start, end=end, offset=offset)
         assert response.status_code == 200, response.text
         body = response.json()
-        assert (body["offset"], body["position"], body["ended"]) == (offset, offset + len(steps), end), body
+        assert (body["offset"], body["position"], body["ended"]) == (offset, offset + length, end), body
         return raw_output(entry, body["output"])
 
     return send
@@ -115,9 +124,9 @@ def triton_sender(client: triton.InferenceServerClient, entry: StreamEntry) -> S
 
     def send(stream: str, steps: Any, start: bool, end: bool, offset: int) -> np.ndarray:
         if entry.features is None:
+            text, length = wire_steps(entry, steps)
             tensor = triton.InferInput("text", [1], "BYTES")
-            tensor.set_data_from_numpy(np.array([steps.encode()], dtype=object))
-            length = len(steps)
+            tensor.set_data_from_numpy(np.array([text.encode()], dtype=object))
         else:
             array = np.asarray([steps], dtype=np.float32)
             tensor = triton.InferInput("input", list(array.shape), "FP32")
