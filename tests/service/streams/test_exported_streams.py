@@ -410,6 +410,30 @@ def test_random_chunkings_over_v1_and_v2_equal_the_users_module(server: Server, 
     assert max(worst.values()) <= TOLERANCE, {k: v for k, v in worst.items() if v > TOLERANCE}
     batches = sample_value(server.metrics(), "seqserve_batch_size_count") - before
     assert batches < sum(len(job[4]) for job in jobs), "no two chunks ever shared a batch"
+    assert "stream graph" not in server.log(), server.log()  # no stream graph fell back to the other file
+
+
+def test_torchscript_stream_graphs_answer_the_same(exported: ExportedRepository, tmp_path: Path) -> None:
+    """The exporter's `stream.pt` files, served by a server that prefers TorchScript: one stream per model,
+    cut at random, all at once."""
+    rng = np.random.default_rng(99)
+    jobs = []
+    for name, entry in exported.entries.items():
+        length = int(rng.integers(2, 2 * MAX_LENGTH + 8))
+        jobs.append(
+            (entry, f"ts-{name}", user_sequence(entry, length, rng), random_chunking(length, rng, MAX_LENGTH, 2))
+        )
+    with (
+        run_server(exported.path, "--runtime", "torchscript", "--max-delay-ms", "5", log_dir=tmp_path) as server,
+        httpx.Client(base_url=server.url, timeout=60) as client,
+        concurrent.futures.ThreadPoolExecutor(8) as pool,
+    ):
+        for name in exported.entries:
+            [version] = client.get(f"/v1/models/{name}").json()["versions"]
+            assert version["runtime"] == "torchscript", (name, version)
+        worst = list(pool.map(lambda job: check_stream(job[0], v1_sender(client, job[0]), *job[1:]), jobs))
+        assert "stream graph" not in server.log(), server.log()  # no stream graph fell back to the other file
+    assert max(worst) <= TOLERANCE, worst
 
 
 def test_the_checking_helper_on_the_demo_shaped_model(server: Server, exported: ExportedRepository) -> None:
