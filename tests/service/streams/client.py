@@ -118,9 +118,11 @@ def v1_sender(client: httpx.Client, entry: StreamEntry) -> SendChunk:
     return send
 
 
-def triton_sender(client: triton.InferenceServerClient, entry: StreamEntry) -> SendChunk:
+def triton_sender(client: triton.InferenceServerClient, entry: StreamEntry, *, binary: bool = False) -> SendChunk:
     """Chunks through tritonclient's V2 `infer` with Triton's sequence parameters (and seqserve's
-    `sequence_offset`): steps as FP32 `input` [1, T, F], text as BYTES `text` [1]."""
+    `sequence_offset`): steps as FP32 `input` [1, T, F], text as BYTES `text` [1]; the answer as JSON, or
+    as binary data when `binary`."""
+    name = "values" if entry.task == "regression" else "probabilities"
 
     def send(stream: str, steps: Any, start: bool, end: bool, offset: int) -> np.ndarray:
         if entry.features is None:
@@ -139,10 +141,11 @@ def triton_sender(client: triton.InferenceServerClient, entry: StreamEntry) -> S
             sequence_start=start,
             sequence_end=end,
             parameters={"sequence_offset": offset},
+            outputs=[triton.InferRequestedOutput(name, binary_data=True)] if binary else None,
         )
         answer = result.get_response()
         assert answer["parameters"]["sequence_position"] == offset + length, answer
-        output = result.as_numpy("values" if entry.task == "regression" else "probabilities")
+        output = result.as_numpy(name)
         assert output is not None
         return output[0]
 

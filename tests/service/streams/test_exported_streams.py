@@ -381,8 +381,9 @@ def test_the_metadata_says_which_models_stream(server: Server, exported: Exporte
 
 def test_random_chunkings_over_v1_and_v2_equal_the_users_module(server: Server, exported: ExportedRepository) -> None:
     """Every model: a stream of one-step chunks, one of everything at once, and random cuts (some longer
-    than max_length, which bounds a chunk, not a stream), half over /v1 and half through tritonclient, all
-    at once so that chunks of different streams and lengths are batched together."""
+    than max_length, which bounds a chunk, not a stream), half over /v1 and half through tritonclient (one
+    of them asking for binary outputs), all at once so that chunks of different streams and lengths are
+    batched together."""
     rng = np.random.default_rng(2026)
     jobs: list[tuple[StreamEntry, str, str, Any, list[int]]] = []
     for name, entry in exported.entries.items():
@@ -399,7 +400,7 @@ def test_random_chunkings_over_v1_and_v2_equal_the_users_module(server: Server, 
                 return check_stream(entry, v1_sender(client, entry), stream, sequence, sizes)
         v2 = triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=60)
         try:
-            send: SendChunk = triton_sender(v2, entry)
+            send: SendChunk = triton_sender(v2, entry, binary=stream.endswith("-3"))
             return check_stream(entry, send, stream, sequence, sizes)
         finally:
             v2.close()
