@@ -62,7 +62,8 @@ class UserCase:
     """batch: module(x[None]); lengths: module(x[None], [T]); sequence: module(x); time_major: module(x[:, None]);
     numpy: module.forward(x), a NumPy module saved as .npz."""
     answer: str = "values"
-    """values (served as they are), logits (served as softmax probabilities), log_probs (served as exp)."""
+    """values or probabilities (served as they are), logits (served as softmax probabilities), log_probs
+    (served as exp)."""
     features: int | None = 3
     """None: a text model."""
     words: bool = False
@@ -128,6 +129,8 @@ CASES: dict[str, UserCase] = {
         words=True,
     ),
     "encoder-per-step": UserCase(user_models, "SequenceEncoder", {}, per_step=True),
+    "gru-softmax": UserCase(user_models, "SoftmaxClassifier", {}),
+    "lstm-sigmoid": UserCase(user_models, "SigmoidDetector", {}),
     "text-tagger": UserCase(
         byo_modules,
         "LSTMTagger",

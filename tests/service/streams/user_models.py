@@ -3,6 +3,7 @@ answers its recurrent features at every step (no head). seqserve imports this fi
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -16,3 +17,29 @@ class SequenceEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out, _ = self.gru(x)
         return out
+
+
+class SoftmaxClassifier(nn.Module):
+    """A GRU classifier whose head ends in ``nn.Softmax``: it answers probabilities itself."""
+
+    def __init__(self, input_size: int = 3, hidden_size: int = 5, num_classes: int = 3) -> None:
+        super().__init__()
+        self.gru = nn.GRU(input_size, hidden_size, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(hidden_size, num_classes), nn.Softmax(dim=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, h_n = self.gru(x)
+        return self.head(h_n[-1])
+
+
+class SigmoidDetector(nn.Module):
+    """An LSTM event detector: the probability of an event, ``torch.sigmoid`` of one logit."""
+
+    def __init__(self, input_size: int = 3, hidden_size: int = 5) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
+        self.fc = nn.Linear(hidden_size, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.lstm(x)
+        return torch.sigmoid(self.fc(out[:, -1, :]))
