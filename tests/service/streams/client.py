@@ -3,7 +3,9 @@ starts, retry a chunk whose answer was lost; and the check that every answer equ
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -93,16 +95,60 @@ SendChunk = Callable[[str, Any, bool, bool, int], np.ndarray]
 """(stream id, steps, start, end, offset) -> the raw answer; raises on an error status."""
 
 
+def chunk_difference(entry: StreamEntry, sequence: Any, offset: int, size: int, got: np.ndarray) -> float:
+    """How far the answer to the chunk of `size` steps at `offset` is from the user's module's."""
+    want = expected_after(entry, sequence, offset + size, offset)
+    assert got.shape == want.shape, (entry.name, got.shape, want.shape)
+    return float(np.abs(got - want).max())
+
+
 def check_stream(entry: StreamEntry, send: SendChunk, stream: str, sequence: Any, sizes: Sequence[int]) -> float:
     """Send `sequence` in chunks of `sizes`, check each answer against the user's module; the worst difference."""
     worst, offset = 0.0, 0
     for i, size in enumerate(sizes):
-        steps = sequence[offset : offset + size]
-        got = send(stream, steps, i == 0, i == len(sizes) - 1, offset)
-        want = expected_after(entry, sequence, offset + size, offset)
-        assert got.shape == want.shape, (entry.name, got.shape, want.shape)
-        worst = max(worst, float(np.abs(got - want).max()))
+        got = send(stream, sequence[offset : offset + size], i == 0, i == len(sizes) - 1, offset)
+        worst = max(worst, chunk_difference(entry, sequence, offset, size, got))
         offset += size
+    return worst
+
+
+@dataclass(frozen=True)
+class StreamJob:
+    """One stream to send: its model, how its chunks go (a sender), its id, its sequence and chunk sizes."""
+
+    entry: StreamEntry
+    send: SendChunk
+    stream: str
+    sequence: Any
+    sizes: Sequence[int]
+
+
+def check_streams_in_rounds(jobs: Sequence[StreamJob], pool: concurrent.futures.Executor) -> dict[str, float]:
+    """Send every stream's first chunk at once, then every second chunk, and so on (so that chunks of
+    several streams of one model reach the server together and share batches); then check each answer
+    against the user's module. The worst difference per stream id."""
+    answers: list[list[np.ndarray]] = [[] for _ in jobs]
+    offsets = [0] * len(jobs)
+
+    def send(i: int, k: int) -> np.ndarray:
+        job = jobs[i]
+        size = job.sizes[k]
+        return job.send(
+            job.stream, job.sequence[offsets[i] : offsets[i] + size], k == 0, k == len(job.sizes) - 1, offsets[i]
+        )
+
+    for k in range(max(len(job.sizes) for job in jobs)):
+        live = [i for i, job in enumerate(jobs) if k < len(job.sizes)]
+        for i, got in zip(live, pool.map(send, live, [k] * len(live)), strict=True):
+            answers[i].append(got)
+            offsets[i] += jobs[i].sizes[k]
+    worst: dict[str, float] = {}
+    for job, got in zip(jobs, answers, strict=True):
+        starts = np.cumsum([0, *job.sizes[:-1]])
+        worst[job.stream] = max(
+            chunk_difference(job.entry, job.sequence, int(offset), size, answer)
+            for offset, size, answer in zip(starts, job.sizes, got, strict=True)
+        )
     return worst
 
 

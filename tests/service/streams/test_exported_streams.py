@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +36,10 @@ from tests.service.streams import user_models
 from tests.service.streams.client import (
     TOLERANCE,
     SendChunk,
+    StreamJob,
     check_random_chunkings,
     check_stream,
+    check_streams_in_rounds,
     post_chunk,
     random_chunking,
     random_sequence,
@@ -48,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[3]
 MAX_LENGTH = 16
 CHARS = ["<pad>", "<unk>", *"abcdefghij"]  # a character model's vocabulary: one token per character
 WORDS = {"<pad>": 0, "<unk>": 1, "The": 2, "the": 3, "cat": 4, "sat": 5, "on": 6, "mat": 7, "café": 8, "Dog": 9}
+TYPED = "abcdefghij" * 3 + " zAé"  # what the character model's users type
 SPOKEN = [*list(WORDS)[2:], "dog", "zebra"]  # what the word model's users send: known words, case kept, and others
 
 
@@ -190,6 +195,8 @@ def user_sequence(entry: StreamEntry, length: int, rng: np.random.Generator) -> 
         return rng.uniform(0, 250, (length, 1)).round(1).tolist()
     if entry.name in CASES and CASES[entry.name].words:
         return [SPOKEN[int(i)] for i in rng.integers(0, len(SPOKEN), length)]
+    if entry.features is None:  # the vocabulary's characters, and some it lacks (spaces kept as they are)
+        return "".join(TYPED[int(i)] for i in rng.integers(0, len(TYPED), length))
     return random_sequence(entry, length, rng)
 
 
@@ -355,7 +362,7 @@ def export_users_modules(folder: Path, repository: Path, entries: dict[str, Stre
 
 @pytest.fixture(scope="module")
 def server(exported: ExportedRepository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with run_server(exported.path, "--max-delay-ms", "5", log_dir=tmp_path_factory.mktemp("exported-logs")) as running:
+    with run_server(exported.path, "--max-delay-ms", "20", log_dir=tmp_path_factory.mktemp("exported-logs")) as running:
         yield running
 
 
@@ -388,33 +395,44 @@ def test_random_chunkings_over_v1_and_v2_equal_the_users_module(server: Server, 
     of them asking for binary outputs), all at once so that chunks of different streams and lengths are
     batched together."""
     rng = np.random.default_rng(2026)
-    jobs: list[tuple[StreamEntry, str, str, Any, list[int]]] = []
-    for name, entry in exported.entries.items():
-        for i in range(4):
-            length = int(rng.integers(1, MAX_LENGTH + 1)) if i == 1 else int(rng.integers(2, 2 * MAX_LENGTH + 8))
-            sequence = user_sequence(entry, length, rng)
-            sizes = random_chunking(length, rng, largest=MAX_LENGTH, kind=min(i, 2))
-            jobs.append((entry, "v2" if i % 2 else "v1", f"{name}-{i}", sequence, sizes))
+    jobs: list[StreamJob] = []
+    v2_clients: list[triton.InferenceServerClient] = []
+    local = threading.local()  # a tritonclient.http client serves the thread that made it: one per thread
 
-    def run(job: tuple[StreamEntry, str, str, Any, list[int]]) -> float:
-        entry, protocol, stream, sequence, sizes = job
-        if protocol == "v1":
-            with httpx.Client(base_url=server.url, timeout=60) as client:
-                return check_stream(entry, v1_sender(client, entry), stream, sequence, sizes)
-        v2 = triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=60)
+    def v2_sender(entry: StreamEntry, binary: bool) -> SendChunk:
+        def send(*chunk: Any) -> np.ndarray:
+            if not hasattr(local, "client"):
+                local.client = triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=60)
+                v2_clients.append(local.client)
+            return triton_sender(local.client, entry, binary=binary)(*chunk)
+
+        return send
+
+    with httpx.Client(base_url=server.url, timeout=60) as v1:
+        for name, entry in exported.entries.items():
+            for i in range(4):
+                length = int(rng.integers(1, MAX_LENGTH + 1)) if i == 1 else int(rng.integers(2, 2 * MAX_LENGTH + 8))
+                sequence = user_sequence(entry, length, rng)
+                sizes = random_chunking(length, rng, largest=MAX_LENGTH, kind=min(i, 2))
+                send = v2_sender(entry, binary=i == 3) if i % 2 else v1_sender(v1, entry)
+                jobs.append(StreamJob(entry, send, f"{name}-{i}", sequence, sizes))
+        before = sample_value(server.metrics(), "seqserve_batch_size_count")
         try:
-            send: SendChunk = triton_sender(v2, entry, binary=stream.endswith("-3"))
-            return check_stream(entry, send, stream, sequence, sizes)
+            with concurrent.futures.ThreadPoolExecutor(32) as pool:
+                worst = check_streams_in_rounds(jobs, pool)
         finally:
-            v2.close()
-
-    before = sample_value(server.metrics(), "seqserve_batch_size_count")
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        worst = dict(zip((job[2] for job in jobs), pool.map(run, jobs), strict=True))
+            for client in v2_clients:
+                client.close()
     assert max(worst.values()) <= TOLERANCE, {k: v for k, v in worst.items() if v > TOLERANCE}
     batches = sample_value(server.metrics(), "seqserve_batch_size_count") - before
-    assert batches < sum(len(job[4]) for job in jobs), "no two chunks ever shared a batch"
+    chunks = sum(len(job.sizes) for job in jobs)
+    assert batches < chunks, f"no two of {chunks} chunks ever shared a batch"
     assert "stream graph" not in server.log(), server.log()  # no stream graph fell back to the other file
+
+
+# A cross-section for TorchScript: per step, projections, NumPy's GRU, max pooling, words, characters per
+# step, and the demo's normalisation in and out.
+TORCHSCRIPT_MODELS = ["f5-tagger", "f6-projected", "f9-cho-concat", "gru-max", "text-words", "text-tagger", "sunspots"]
 
 
 def test_torchscript_stream_graphs_answer_the_same(exported: ExportedRepository, tmp_path: Path) -> None:
@@ -422,17 +440,21 @@ def test_torchscript_stream_graphs_answer_the_same(exported: ExportedRepository,
     cut at random, all at once."""
     rng = np.random.default_rng(99)
     jobs = []
-    for name, entry in exported.entries.items():
+    for name in TORCHSCRIPT_MODELS:
+        entry = exported.entries[name]
+        shutil.copytree(entry.path, tmp_path / "repository" / name / "1")
         length = int(rng.integers(2, 2 * MAX_LENGTH + 8))
         jobs.append(
             (entry, f"ts-{name}", user_sequence(entry, length, rng), random_chunking(length, rng, MAX_LENGTH, 2))
         )
     with (
-        run_server(exported.path, "--runtime", "torchscript", "--max-delay-ms", "5", log_dir=tmp_path) as server,
+        run_server(
+            tmp_path / "repository", "--runtime", "torchscript", "--max-delay-ms", "5", log_dir=tmp_path
+        ) as server,
         httpx.Client(base_url=server.url, timeout=60) as client,
         concurrent.futures.ThreadPoolExecutor(8) as pool,
     ):
-        for name in exported.entries:
+        for name in TORCHSCRIPT_MODELS:
             [version] = client.get(f"/v1/models/{name}").json()["versions"]
             assert version["runtime"] == "torchscript", (name, version)
         worst = list(pool.map(lambda job: check_stream(job[0], v1_sender(client, job[0]), *job[1:]), jobs))
@@ -441,7 +463,7 @@ def test_torchscript_stream_graphs_answer_the_same(exported: ExportedRepository,
 
 
 def test_the_checking_helper_on_the_demo_shaped_model(server: Server, exported: ExportedRepository) -> None:
-    assert check_random_chunkings(server.url, exported.entries["sunspots"], streams=3, longest=45, seed=3) <= TOLERANCE
+    assert check_random_chunkings(server.url, exported.entries["sunspots"], streams=3, longest=30, seed=3) <= TOLERANCE
 
 
 def test_a_bidirectional_export_refuses_a_stream_saying_why(server: Server) -> None:
