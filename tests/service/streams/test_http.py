@@ -19,6 +19,7 @@ from tests.service.streams.client import (
     post_chunk,
     random_chunking,
     random_sequence,
+    triton_sender,
     v1_sender,
 )
 from tests.service.streams.conftest import StreamRepository
@@ -59,29 +60,6 @@ def test_every_model_through_the_checking_helper(stream_server: Server, stream_r
     for i, name in enumerate(MODELS):
         entry = stream_repository.entries[name]
         assert check_random_chunkings(stream_server.url, entry, streams=3, seed=i) <= TOLERANCE
-
-
-def triton_sender(client: triton.InferenceServerClient, entry: StreamEntry) -> Any:
-    def send(stream: str, steps: Any, start: bool, end: bool, offset: int) -> np.ndarray:
-        array = np.asarray([steps], dtype=np.float32)
-        tensor = triton.InferInput("input", list(array.shape), "FP32")
-        tensor.set_data_from_numpy(array)
-        result = client.infer(
-            entry.name,
-            [tensor],
-            sequence_id=stream,
-            sequence_start=start,
-            sequence_end=end,
-            parameters={"sequence_offset": offset},
-        )
-        answer = result.get_response()
-        assert answer["parameters"]["sequence_position"] == offset + len(steps), answer
-        name = "values" if entry.task == "regression" else "probabilities"
-        output = result.as_numpy(name)
-        assert output is not None
-        return output[0]
-
-    return send
 
 
 @pytest.mark.parametrize("name", ["lstm-last", "gru-tagger"])
