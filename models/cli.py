@@ -388,6 +388,7 @@ def export_zero_spec(args: argparse.Namespace, given: dict[str, Any]) -> int:
     import time
 
     from models.checkpoint_export import export_module
+    from models.streaming import describe as describe_streaming
     from models.vocab import describe_tokenizer
 
     user = user_module(args, None)
@@ -429,6 +430,7 @@ def export_zero_spec(args: argparse.Namespace, given: dict[str, Any]) -> int:
         f"wrote {result.path} in {time.monotonic() - started:.1f} s (parity against {user.describe()} over "
         f"{parity['sequences']} sequences in {parity['batches']} batches: {diffs})"
     )
+    print(describe_streaming(result.path))
     return 0
 
 

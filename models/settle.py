@@ -601,7 +601,8 @@ def _wire_one(
         settled.append(f"the module applies {spec['output_activation']} to its answer")
     width = int(y.shape[-1])
     if base_readout == "all":
-        spec["task"] = "tagging" if head_layers else "regression"
+        # A head of one output per step answers a value per step (regression), not a tag over one label.
+        spec["task"] = "tagging" if head_layers and width > 1 else "regression"
     elif not head_layers:
         spec["task"] = "regression"
     else:

@@ -19,6 +19,8 @@ class CharTokenizer:
         self._lowercase = spec.lowercase
         self._unknown = spec.unknown_id
         self._type = spec.type
+        self.unit = {"char": "character", "word": "word"}.get(spec.type, "token")
+        """What one token is, for error messages."""
         self._pattern = re.compile(spec.pattern) if spec.type == "regex" and spec.pattern else None
         self.rejects_unknown = spec.unknown == "reject"
         self.padding_id = spec.padding_id

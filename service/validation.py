@@ -140,11 +140,13 @@ class InputValidator:
         if not isinstance(text, str):
             raise InvalidInput(f"{where}: expected a string, got {describe(text)}")
         normalised = self._tokenizer.normalise(text)
-        self._check_length(len(normalised), where, "characters")
+        self._check_length(len(normalised), where, f"{self._tokenizer.unit}s")
         if self._tokenizer.rejects_unknown:
             i = self._tokenizer.first_unknown(normalised)
             if i is not None:
-                raise InvalidInput(f"{where}[{i}]: character {normalised[i]!r} is not in the model's vocabulary")
+                raise InvalidInput(
+                    f"{where}[{i}]: {self._tokenizer.unit} {normalised[i]!r} is not in the model's vocabulary"
+                )
         return self._tokenizer.encode(normalised)
 
     def _token_sequence(self, seq: Any, where: str) -> np.ndarray:

@@ -135,6 +135,7 @@ CASES: dict[str, UserCase] = {
         words=True,
     ),
     "encoder-per-step": UserCase(user_models, "SequenceEncoder", {}, per_step=True),
+    "forecast-per-step": UserCase(user_models, "StepForecaster", {}, per_step=True),
     "gru-softmax": UserCase(user_models, "SoftmaxClassifier", {}),
     "lstm-sigmoid": UserCase(user_models, "SigmoidDetector", {}),
     "text-tagger": UserCase(
@@ -380,6 +381,9 @@ def test_every_unidirectional_export_has_a_stream_graph(exported: ExportedReposi
         assert max(parity["streaming"]["max_abs_diff"].values()) <= TOLERANCE, (name, parity["streaming"])
     bidirectional = json.loads((exported.path / "bidirectional" / "1" / "model.json").read_text())
     assert not bidirectional.get("streaming")
+    # One output per step is a value per step, not a tag over one label.
+    forecast = json.loads((exported.path / "forecast-per-step" / "1" / "model.json").read_text())
+    assert (forecast["task"], forecast.get("labels")) == ("regression", None)
 
 
 def test_the_metadata_says_which_models_stream(server: Server, exported: ExportedRepository) -> None:

@@ -43,3 +43,16 @@ class SigmoidDetector(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out, _ = self.lstm(x)
         return torch.sigmoid(self.fc(out[:, -1, :]))
+
+
+class StepForecaster(nn.Module):
+    """An LSTM that forecasts one value at every step, ``fc(out)`` with one output: a value per step, not a tag."""
+
+    def __init__(self, input_size: int = 3, hidden_size: int = 5) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
+        self.fc = nn.Linear(hidden_size, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.lstm(x)
+        return self.fc(out)
