@@ -1,14 +1,14 @@
 """Dynamic micro-batching for one model version.
 
 Callers `submit()` a request of one or more sequences; one task owns the
-queue, forms batches with `plan_batch` and hands each to a worker thread, so
+queue, forms batches with `plan_positions` and hands each to a worker thread, so
 the event loop keeps serving HTTP while batches compute and the next one
 gathers. `workers` batches compute at once (on the CPU, one per core, each
 single-threaded: see `runtime.onnx`). A request's future resolves once all of
 its sequences are done, or fails once.
 
 The parts: `Admission` decides whether a request is taken, `PendingQueue` holds
-what waits, `plan_batch` chooses the next batch, `BatchWorker` computes it on a
+what waits, `plan_positions` chooses the next batch, `BatchWorker` computes it on a
 worker thread. `Batcher` owns the queue's task and when each batch is handed over.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from service.batching.admission import Admission
 from service.batching.pending import Item, PendingQueue, PendingRequest, ended_by
-from service.batching.planner import BatchPolicy, batch_cost, capacity, plan_batch
+from service.batching.planner import BatchPolicy, batch_cost, capacity, plan_positions
 from service.batching.worker import BatchWorker, Outcome
 from service.errors import Abandoned, Draining, InferenceFailed, RequestTimeout
 from service.runtime import Runtime, StreamRuntime, lower_thread_priority
@@ -325,12 +325,12 @@ class Batcher:
         pending = self._queue.sequences
         if pending >= self._policy.max_batch_size:
             return True
-        lengths = self._queue.lengths()
+        lengths = self._queue.length_list()
         # NOTE: the planner runs on every wake-up while workers are busy; it is skipped when
         # fewer sequences wait than even a batch of the longest of them could hold.
-        if pending < capacity(self._policy, int(lengths.max())):
+        if pending < capacity(self._policy, max(lengths)):
             return False
-        return plan_batch(lengths, self._policy).full
+        return plan_positions(lengths, self._policy)[1]
 
     def _next_hold_seconds(self, now: float) -> float | None:
         """While every worker computes: how long until the next batch should be queued behind
@@ -360,7 +360,7 @@ class Batcher:
             free = self._workers - len(self._inflight)
             share = -(-pending // (free if free > 0 else self._workers))
             policy = dataclasses.replace(policy, max_batch_size=min(policy.max_batch_size, share))
-        batch = self._queue.take(plan_batch(self._queue.lengths(), policy).indices)
+        batch = self._queue.take(plan_positions(self._queue.length_list(), policy)[0])
         for item in batch:
             self._observer.queue_wait(now - item.request.enqueued_at)
         cost = batch_cost(len(batch), max(item.length for item in batch))
