@@ -78,6 +78,10 @@ class _Batch:
     expected_end: float | None  # loop time; None without an estimate yet
 
 
+def _time_out(request: PendingRequest, seconds: float) -> None:
+    request._fail(RequestTimeout(f"no answer within {seconds:g} s"))
+
+
 class Batcher:
     def __init__(
         self,
@@ -208,19 +212,24 @@ class Batcher:
         """Submit and wait. If `gone` completes first (the client left) or the caller is cancelled,
         the request's queued sequences are dropped; `gone` first raises `Abandoned`."""
         request = self.submit(sequences, timeout_seconds=timeout_seconds, states=states)
-        waits: tuple[asyncio.Future[Any], ...] = (request.future,) if gone is None else (request.future, gone)
+        # NOTE: callbacks on the request's own future rather than `asyncio.wait` (its sets, waiter future and
+        # callbacks on every future, per request): the timer fails it, the caller leaving cancels it.
+        future = request.future
+        timer = asyncio.get_running_loop().call_later(timeout_seconds, _time_out, request, timeout_seconds)
+        if gone is not None:
+            gone.add_done_callback(request.abandon)
         try:
-            await asyncio.wait(waits, timeout=timeout_seconds, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            request.cancel()  # the caller was cancelled: drop what is still queued
+            return await future
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if gone is not None and gone.done() and (task is None or not task.cancelling()):
+                raise Abandoned("the caller went away before its answer") from None
             raise
-        if request.future.done():
-            return request.future.result()
-        if gone is not None and gone.done():
-            request.cancel()
-            raise Abandoned("the caller went away before its answer")
-        request._fail(RequestTimeout(f"no answer within {timeout_seconds:g} s"))
-        return request.future.result()  # raises whatever ended it first
+        finally:
+            request.cancel()  # a no-op once answered; else (the caller was cancelled) drops what is still queued
+            timer.cancel()
+            if gone is not None:
+                gone.remove_done_callback(request.abandon)
 
     # -- the task that owns the queue --------------------------------------
 

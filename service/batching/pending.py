@@ -38,6 +38,10 @@ class PendingRequest:
         """Give up on the request: its sequences still queued are dropped before compute."""
         self.future.cancel()
 
+    def abandon(self, _: object) -> None:
+        """`cancel`, as a done callback of the future that completes when the caller goes away."""
+        self.future.cancel()
+
     def _set_output(self, index: int, output: np.ndarray) -> None:
         if self.future.done():
             return
