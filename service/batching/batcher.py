@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +28,7 @@ import numpy as np
 from service.batching.admission import Admission
 from service.batching.pending import Item, PendingQueue, PendingRequest, ended_by
 from service.batching.planner import BatchPolicy, batch_cost, capacity, plan_positions
+from service.batching.threads import ComputeThreads
 from service.batching.worker import BatchWorker, Outcome
 from service.errors import Abandoned, Draining, InferenceFailed, RequestTimeout
 from service.runtime import Runtime, StreamRuntime, lower_thread_priority
@@ -120,9 +120,10 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(
-            max_workers=workers,
-            thread_name_prefix=f"seqserve-{name}",
+        self._threads: ComputeThreads[list[Item], Outcome] = ComputeThreads(
+            workers,
+            self._worker.compute,
+            name=f"seqserve-{name}",
             initializer=lower_thread_priority,
             initargs=(compute_nice,),
         )
@@ -152,7 +153,7 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown()
 
     @property
     def queued(self) -> int:
@@ -377,7 +378,7 @@ class Batcher:
         if self._seconds_per_cost is not None:
             start = now if len(self._inflight) < self._workers else self._first_end()
             expected_end = None if start is None else max(start, now) + cost * self._seconds_per_cost
-        future = loop.run_in_executor(self._executor, self._worker.compute, batch)
+        future = self._threads.submit(batch)
         future.add_done_callback(lambda _: self._wake.set())
         self._inflight.append(_Batch(batch, future, cost, expected_end))
 
