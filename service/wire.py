@@ -78,6 +78,11 @@ class CoalescingTransport:
             data, self._head = self._head + data, b""
         self._transport.write(data)
 
+    def write_whole(self, data: bytes) -> None:
+        """Write a whole answer, head and body: never held, whatever its last bytes (a body may end in a blank line)."""
+        self._flush()
+        self._transport.write(data)
+
     def close(self) -> None:
         self._flush()
         self._transport.close()
@@ -138,7 +143,11 @@ class WholeAnswer:
         parts += (b"\r\n", body)
         cycle.response_started = True
         cycle.waiting_for_100_continue = False
-        cycle.transport.write(b"".join(parts))
+        transport = cycle.transport
+        if isinstance(transport, CoalescingTransport):
+            transport.write_whole(b"".join(parts))
+        else:
+            transport.write(b"".join(parts))
         cycle.response_complete = True
         cycle.message_event.set()
         if not cycle.keep_alive:

@@ -199,3 +199,12 @@ def test_a_whole_answer_leaves_to_send_what_send_would_do_otherwise() -> None:
         assert not WholeAnswer(cycle)(200, headers, b"{}"), change or headers  # type: ignore[arg-type]
         assert cycle.transport.writes == [] and cycle.responses == 0
         assert cycle.response_complete is False
+
+
+def test_a_whole_answer_whose_body_ends_in_a_blank_line_is_not_held() -> None:
+    cycle = FakeCycle()
+    socket_writes = RecordingTransport()
+    cycle.transport = CoalescingTransport(socket_writes)  # type: ignore[assignment,arg-type]
+    body = b"\x00\x01\r\n\r\n"  # binary tensor data may end like a head
+    assert WholeAnswer(cycle)(200, [(b"content-length", b"6")], body)  # type: ignore[arg-type]
+    assert socket_writes.writes == [b"HTTP/1.1 200 OK\r\nserver: uvicorn\r\ncontent-length: 6\r\n\r\n" + body]
