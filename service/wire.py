@@ -110,7 +110,8 @@ class WholeAnswer:
     two ASGI messages, their header checks and the held head as a share of a small model's request).
 
     Called with the status, the headers (lower-case names, as Starlette's `raw_headers`) and the body, it returns
-    False without writing anything when it cannot stand in for `send`: an answer already started, writing
+    False without writing anything when it cannot stand in for `send`: an answer already started, a status
+    without a body (1xx, 204, 304), writing
     paused (`send` would wait for the client to read), an access log to write, a `connection` header, a
     `content-length` other than the body's, or a header `send` would refuse; the app then sends as usual."""
 
@@ -122,6 +123,8 @@ class WholeAnswer:
     def __call__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
         cycle = self._cycle
         if cycle.response_started or cycle.response_complete or cycle.flow.write_paused or cycle.access_log:
+            return False
+        if status < 200 or status in (204, 304):  # no body, and no content-length
             return False
         if cycle.disconnected:
             return True  # as `send`: an answer to a client that left is dropped

@@ -199,6 +199,11 @@ def test_a_whole_answer_leaves_to_send_what_send_would_do_otherwise() -> None:
         assert not WholeAnswer(cycle)(200, headers, b"{}"), change or headers  # type: ignore[arg-type]
         assert cycle.transport.writes == [] and cycle.responses == 0
         assert cycle.response_complete is False
+    for status in (100, 204, 304):  # no body and no content-length: as `send` writes them
+        cycle = FakeCycle()
+        assert not WholeAnswer(cycle)(status, [], b"")  # type: ignore[arg-type]
+        assert cycle.transport.writes == [] and cycle.responses == 0
+        assert cycle.response_complete is False
 
 
 def test_a_whole_answer_whose_body_ends_in_a_blank_line_is_not_held() -> None:
