@@ -35,7 +35,13 @@ from typing import Any, ClassVar, Literal
 
 import orjson
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,9 @@ _EMPTY_BODY = b"\r\ncontent-length: 0\r\n"  # uvicorn writes header names in low
 DISCONNECTED = "seqserve.disconnected"
 """Scope key of a POST request's future that completes when its client's connection is lost: what the app waits
 on beside its answer, without a task per request reading for `http.disconnect`."""
+
+ANSWER = "seqserve.answer"
+"""Scope key of a POST request's `WholeAnswer`: its answer written at once, past the ASGI `send`."""
 
 REFUSED_LINGER_SECONDS = 1.0
 """How long a refused connection stays half-closed, its input read and dropped, so that the client reads the 503
@@ -69,6 +78,11 @@ class CoalescingTransport:
             data, self._head = self._head + data, b""
         self._transport.write(data)
 
+    def write_whole(self, data: bytes) -> None:
+        """Write a whole answer, head and body: never held, whatever its last bytes (a body may end in a blank line)."""
+        self._flush()
+        self._transport.write(data)
+
     def close(self) -> None:
         self._flush()
         self._transport.close()
@@ -88,6 +102,61 @@ def _is_head_with_body(data: bytes) -> bool:
         return False
     status = data[9:12]
     return status[:1] != b"1" and status not in (b"204", b"304") and _EMPTY_BODY not in data
+
+
+class WholeAnswer:
+    """Writes a request's whole answer, its head and body built together and written in one call, doing what
+    uvicorn's `send` does for a `http.response.start` and one final `http.response.body` (the profile showed the
+    two ASGI messages, their header checks and the held head as a share of a small model's request).
+
+    Called with the status, the headers (lower-case names, as Starlette's `raw_headers`) and the body, it returns
+    False without writing anything when it cannot stand in for `send`: an answer already started, a status
+    without a body (1xx, 204, 304), writing
+    paused (`send` would wait for the client to read), an access log to write, a `connection` header, a
+    `content-length` other than the body's, or a header `send` would refuse; the app then sends as usual."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+
+    def __call__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        cycle = self._cycle
+        if cycle.response_started or cycle.response_complete or cycle.flow.write_paused or cycle.access_log:
+            return False
+        if status < 200 or status in (204, 304):  # no body, and no content-length
+            return False
+        if cycle.disconnected:
+            return True  # as `send`: an answer to a client that left is dropped
+        parts = [STATUS_LINE[status]]
+        length = b"%d" % len(body)
+        has_length = False
+        for name, value in (*cycle.default_headers, *headers):
+            if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value) or name == b"connection":
+                return False
+            if name == b"content-length":
+                if value != length:
+                    return False
+                has_length = True
+            parts += (name, b": ", value, b"\r\n")
+        if not has_length:
+            parts += (b"content-length: ", length, b"\r\n")
+        if not cycle.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", body)
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        transport = cycle.transport
+        if isinstance(transport, CoalescingTransport):
+            transport.write_whole(b"".join(parts))
+        else:
+            transport.write(b"".join(parts))
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            cycle.transport.close()
+        cycle.on_response()
+        return True
 
 
 @dataclass(frozen=True)
@@ -186,6 +255,7 @@ class HttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if self.scope["method"] == "POST" and cycle is not None:
             gone = self.scope[DISCONNECTED] = self.loop.create_future()  # type: ignore[literal-required]
+            self.scope[ANSWER] = WholeAnswer(cycle)  # type: ignore[literal-required]
             self._gone = [(c, g) for c, g in self._gone if not c.response_complete]  # earlier ones, still pipelined
             self._gone.append((cycle, gone))
         if self.scope["method"] == "HEAD" and cycle is not None and cycle.scope is self.scope:

@@ -6,7 +6,8 @@ Starlette's middlewares, route matching, dependency solving), time taken from
 the model on a machine with few cores. This ASGI app wraps the FastAPI app
 (uvicorn serves it): it matches the inference routes (`POST` only, from
 `routes.INFERENCE_ROUTES`) and calls `inference.serve`, as their FastAPI
-routes do; every other request, and the lifespan, goes on to FastAPI unchanged.
+routes do; every other request, and the lifespan, goes on to FastAPI unchanged. Served by
+seqserve's protocol, the answer is written whole (`wire.WholeAnswer`), not as two ASGI messages.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from service.api.inference import serve
 from service.api.routes import INFERENCE_ROUTES, Operation, path_pattern
 from service.api.state import STATE_KEY, AppState
+from service.wire import ANSWER, WholeAnswer
 
 _ROUTES: tuple[tuple[re.Pattern[str], Operation], ...] = tuple(
     (path_pattern(route.path), route.operation) for route in INFERENCE_ROUTES
@@ -45,6 +47,13 @@ class InferenceFastPath:
                     response = await serve(
                         request, operation.handler, params.get("name"), params.get("version"), v2=operation.v2
                     )
-                    await response(scope, receive, send)
+                    answer: WholeAnswer | None = scope.get(ANSWER)  # set by seqserve's protocol (`wire`)
+                    if (
+                        answer is None
+                        or response.background is not None
+                        or not isinstance(response.body, bytes)
+                        or not answer(response.status_code, response.raw_headers, response.body)
+                    ):
+                        await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)

@@ -1,14 +1,14 @@
 """Dynamic micro-batching for one model version.
 
 Callers `submit()` a request of one or more sequences; one task owns the
-queue, forms batches with `plan_batch` and hands each to a worker thread, so
+queue, forms batches with `plan_positions` and hands each to a worker thread, so
 the event loop keeps serving HTTP while batches compute and the next one
 gathers. `workers` batches compute at once (on the CPU, one per core, each
 single-threaded: see `runtime.onnx`). A request's future resolves once all of
 its sequences are done, or fails once.
 
 The parts: `Admission` decides whether a request is taken, `PendingQueue` holds
-what waits, `plan_batch` chooses the next batch, `BatchWorker` computes it on a
+what waits, `plan_positions` chooses the next batch, `BatchWorker` computes it on a
 worker thread. `Batcher` owns the queue's task and when each batch is handed over.
 """
 
@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,7 +27,8 @@ import numpy as np
 
 from service.batching.admission import Admission
 from service.batching.pending import Item, PendingQueue, PendingRequest, ended_by
-from service.batching.planner import BatchPolicy, batch_cost, capacity, plan_batch
+from service.batching.planner import BatchPolicy, batch_cost, capacity, plan_positions
+from service.batching.threads import ComputeThreads
 from service.batching.worker import BatchWorker, Outcome
 from service.errors import Abandoned, Draining, InferenceFailed, RequestTimeout
 from service.runtime import Runtime, StreamRuntime, lower_thread_priority
@@ -78,6 +78,10 @@ class _Batch:
     expected_end: float | None  # loop time; None without an estimate yet
 
 
+def _time_out(request: PendingRequest, seconds: float) -> None:
+    request._fail(RequestTimeout(f"no answer within {seconds:g} s"))
+
+
 class Batcher:
     def __init__(
         self,
@@ -116,9 +120,10 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(
-            max_workers=workers,
-            thread_name_prefix=f"seqserve-{name}",
+        self._threads: ComputeThreads[list[Item], Outcome] = ComputeThreads(
+            workers,
+            self._worker.compute,
+            name=f"seqserve-{name}",
             initializer=lower_thread_priority,
             initargs=(compute_nice,),
         )
@@ -148,7 +153,7 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown()
 
     @property
     def queued(self) -> int:
@@ -208,19 +213,24 @@ class Batcher:
         """Submit and wait. If `gone` completes first (the client left) or the caller is cancelled,
         the request's queued sequences are dropped; `gone` first raises `Abandoned`."""
         request = self.submit(sequences, timeout_seconds=timeout_seconds, states=states)
-        waits: tuple[asyncio.Future[Any], ...] = (request.future,) if gone is None else (request.future, gone)
+        # NOTE: callbacks on the request's own future rather than `asyncio.wait` (its sets, waiter future and
+        # callbacks on every future, per request): the timer fails it, the caller leaving cancels it.
+        future = request.future
+        timer = asyncio.get_running_loop().call_later(timeout_seconds, _time_out, request, timeout_seconds)
+        if gone is not None:
+            gone.add_done_callback(request.abandon)
         try:
-            await asyncio.wait(waits, timeout=timeout_seconds, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            request.cancel()  # the caller was cancelled: drop what is still queued
+            return await future
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if gone is not None and gone.done() and (task is None or not task.cancelling()):
+                raise Abandoned("the caller went away before its answer") from None
             raise
-        if request.future.done():
-            return request.future.result()
-        if gone is not None and gone.done():
-            request.cancel()
-            raise Abandoned("the caller went away before its answer")
-        request._fail(RequestTimeout(f"no answer within {timeout_seconds:g} s"))
-        return request.future.result()  # raises whatever ended it first
+        finally:
+            request.cancel()  # a no-op once answered; else (the caller was cancelled) drops what is still queued
+            timer.cancel()
+            if gone is not None:
+                gone.remove_done_callback(request.abandon)
 
     # -- the task that owns the queue --------------------------------------
 
@@ -325,12 +335,12 @@ class Batcher:
         pending = self._queue.sequences
         if pending >= self._policy.max_batch_size:
             return True
-        lengths = self._queue.lengths()
+        lengths = self._queue.length_list()
         # NOTE: the planner runs on every wake-up while workers are busy; it is skipped when
         # fewer sequences wait than even a batch of the longest of them could hold.
-        if pending < capacity(self._policy, int(lengths.max())):
+        if pending < capacity(self._policy, max(lengths)):
             return False
-        return plan_batch(lengths, self._policy).full
+        return plan_positions(lengths, self._policy)[1]
 
     def _next_hold_seconds(self, now: float) -> float | None:
         """While every worker computes: how long until the next batch should be queued behind
@@ -360,7 +370,7 @@ class Batcher:
             free = self._workers - len(self._inflight)
             share = -(-pending // (free if free > 0 else self._workers))
             policy = dataclasses.replace(policy, max_batch_size=min(policy.max_batch_size, share))
-        batch = self._queue.take(plan_batch(self._queue.lengths(), policy).indices)
+        batch = self._queue.take(plan_positions(self._queue.length_list(), policy)[0])
         for item in batch:
             self._observer.queue_wait(now - item.request.enqueued_at)
         cost = batch_cost(len(batch), max(item.length for item in batch))
@@ -368,7 +378,7 @@ class Batcher:
         if self._seconds_per_cost is not None:
             start = now if len(self._inflight) < self._workers else self._first_end()
             expected_end = None if start is None else max(start, now) + cost * self._seconds_per_cost
-        future = loop.run_in_executor(self._executor, self._worker.compute, batch)
+        future = self._threads.submit(batch)
         future.add_done_callback(lambda _: self._wake.set())
         self._inflight.append(_Batch(batch, future, cost, expected_end))
 

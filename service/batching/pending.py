@@ -38,6 +38,10 @@ class PendingRequest:
         """Give up on the request: its sequences still queued are dropped before compute."""
         self.future.cancel()
 
+    def abandon(self, _: object) -> None:
+        """`cancel`, as a done callback of the future that completes when the caller goes away."""
+        self.future.cancel()
+
     def _set_output(self, index: int, output: np.ndarray) -> None:
         if self.future.done():
             return
@@ -104,14 +108,18 @@ class PendingQueue:
         """The queued sequences' lengths, [N], oldest first: what the planner reads."""
         return np.fromiter((item.length for item in self.items), dtype=np.int64, count=len(self.items))
 
+    def length_list(self) -> list[int]:
+        """`lengths` as a list: what the batcher plans with (`plan_positions`)."""
+        return [item.length for item in self.items]
+
     def add(self, request: PendingRequest) -> None:
         self.items.extend(Item(request, i, len(seq)) for i, seq in enumerate(request.sequences))
         self.tokens += sum(map(len, request.sequences))
         self.earliest_deadline = min(self.earliest_deadline, request.deadline)
 
-    def take(self, indices: np.ndarray) -> list[Item]:
+    def take(self, indices: np.ndarray | Sequence[int]) -> list[Item]:
         """Remove and return the items at `indices` (positions in arrival order, ascending)."""
-        positions: list[int] = indices.tolist()
+        positions: list[int] = indices.tolist() if isinstance(indices, np.ndarray) else list(indices)
         taken = [self.items[i] for i in positions]
         chosen = set(positions)
         self._keep([item for i, item in enumerate(self.items) if i not in chosen], taken)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import time
 
 import httpx
 
-from service.wire import CoalescingTransport
+from service.wire import CoalescingTransport, WholeAnswer
 from tests.service.api.conftest import run_server
 from tests.service.conftest import BuiltRepository
 
@@ -126,3 +127,89 @@ def test_the_server_sends_each_answer_in_one_write(test_repository: BuiltReposit
         assert len(bodies) == 5, writes[-20:]
         for write in bodies:  # the head, its blank line and the body: one write
             assert '"HTTP/1.1 200 OK\\r\\n' in write and "\\r\\n\\r\\n" + answer in write, write
+
+
+class FakeFlow:
+    write_paused = False
+
+
+class FakeCycle:
+    """What `WholeAnswer` reads and sets of uvicorn's request cycle."""
+
+    def __init__(self, *, keep_alive: bool = True) -> None:
+        self.transport = RecordingTransport()
+        self.flow = FakeFlow()
+        self.access_log = False
+        self.default_headers = [(b"server", b"uvicorn")]
+        self.keep_alive = keep_alive
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.waiting_for_100_continue = True
+        self.message_event = asyncio.Event()
+        self.responses = 0
+
+    def on_response(self) -> None:
+        self.responses += 1
+
+
+JSON = [(b"content-length", b"2"), (b"content-type", b"application/json")]
+
+
+def test_a_whole_answer_is_one_write_and_completes_the_cycle() -> None:
+    cycle = FakeCycle()
+    assert WholeAnswer(cycle)(200, JSON, b"{}")  # type: ignore[arg-type]
+    assert cycle.transport.writes == [
+        b"HTTP/1.1 200 OK\r\nserver: uvicorn\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}"
+    ]
+    assert cycle.response_started and cycle.response_complete and cycle.message_event.is_set()
+    assert cycle.responses == 1 and not cycle.waiting_for_100_continue and not cycle.transport.closed
+
+
+def test_a_whole_answer_without_keep_alive_says_so_and_closes() -> None:
+    cycle = FakeCycle(keep_alive=False)
+    assert WholeAnswer(cycle)(503, [(b"retry-after", b"1")], b"")  # type: ignore[arg-type]
+    [write] = cycle.transport.writes
+    assert write.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert write.endswith(b"retry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+    assert cycle.transport.closed
+
+
+def test_a_whole_answer_to_a_client_that_left_is_dropped() -> None:
+    cycle = FakeCycle()
+    cycle.disconnected = True
+    assert WholeAnswer(cycle)(200, JSON, b"{}")  # type: ignore[arg-type]
+    assert cycle.transport.writes == [] and cycle.responses == 0
+
+
+def test_a_whole_answer_leaves_to_send_what_send_would_do_otherwise() -> None:
+    for change, headers in (
+        ("response_started", JSON),
+        ("access_log", JSON),
+        ("write_paused", JSON),
+        ("", [(b"content-length", b"3")]),  # not the body's length
+        ("", [(b"connection", b"close")]),
+        ("", [(b"x-bad", b"a\r\nb")]),
+    ):
+        cycle = FakeCycle()
+        if change == "write_paused":
+            cycle.flow.write_paused = True
+        elif change:
+            setattr(cycle, change, True)
+        assert not WholeAnswer(cycle)(200, headers, b"{}"), change or headers  # type: ignore[arg-type]
+        assert cycle.transport.writes == [] and cycle.responses == 0
+        assert cycle.response_complete is False
+    for status in (100, 204, 304):  # no body and no content-length: as `send` writes them
+        cycle = FakeCycle()
+        assert not WholeAnswer(cycle)(status, [], b"")  # type: ignore[arg-type]
+        assert cycle.transport.writes == [] and cycle.responses == 0
+        assert cycle.response_complete is False
+
+
+def test_a_whole_answer_whose_body_ends_in_a_blank_line_is_not_held() -> None:
+    cycle = FakeCycle()
+    socket_writes = RecordingTransport()
+    cycle.transport = CoalescingTransport(socket_writes)  # type: ignore[assignment,arg-type]
+    body = b"\x00\x01\r\n\r\n"  # binary tensor data may end like a head
+    assert WholeAnswer(cycle)(200, [(b"content-length", b"6")], body)  # type: ignore[arg-type]
+    assert socket_writes.writes == [b"HTTP/1.1 200 OK\r\nserver: uvicorn\r\ncontent-length: 6\r\n\r\n" + body]
