@@ -19,7 +19,7 @@ def write(results: dict[str, Any], out: Path, *, readme: Path | None = None) -> 
     written.append(out / "table.md")
     if readme is not None:
         brief = markdown(results, plots=[], brief=True) + (
-            f"\nEvery table of this run (open loop, request encodings, CPU split) and its plots: "
+            f"\nThis run in full (every phase it ran, the CPU split, the plots): "
             f"[{_relative(out, readme)}/table.md]({_relative(out, readme)}/table.md).\n"
         )
         if replace_section(readme, brief):
