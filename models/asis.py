@@ -100,37 +100,15 @@ def check_equal_length(
             try:
                 got = np.asarray(run(x))
             except Exception as exc:  # a graph traced at one length may refuse another
-                failures.append(
-                    Failure(
-                        name,
-                        b,
-                        len(x),
-                        0,
-                        x.shape[1],
-                        x.shape[1],
-                        float("inf"),
-                        tolerance,
-                        f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                    )
-                )
+                why = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                failures.append(Failure(name, b, len(x), 0, x.shape[1], x.shape[1], float("inf"), tolerance, why))
                 continue
             for i in range(len(x)):
                 want = expected[i]
                 row = got[i] if i < len(got) else np.array([])
                 if row.size != want.size:
-                    failures.append(
-                        Failure(
-                            name,
-                            b,
-                            len(x),
-                            i,
-                            x.shape[1],
-                            x.shape[1],
-                            float("inf"),
-                            tolerance,
-                            f"answer shape {list(row.shape)}, the module's {list(want.shape)}",
-                        )
-                    )
+                    why = f"answer shape {list(row.shape)}, the module's {list(want.shape)}"
+                    failures.append(Failure(name, b, len(x), i, x.shape[1], x.shape[1], float("inf"), tolerance, why))
                     break
                 diff = float(np.max(np.abs(row.reshape(want.shape).astype(np.float64) - want)))
                 if not np.isfinite(diff) or diff > tolerance:

@@ -46,22 +46,7 @@ class OnnxRuntime:
         # a recurrent step is a small matrix product, and a thread pool that splits each step
         # waits at a barrier per step, idling a core whenever one of its threads is preempted
         # (by the event loop, or by another process).
-        cores = cpu_cores()
-        self.concurrency = concurrency or (cores if device == "cpu" else 1)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = threads or max(1, cores // self.concurrency)
-        options.inter_op_num_threads = 1
-        # NOTE: spinning pool threads would compete with the event loop for the
-        # few cores of a typical replica between batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        self._session = ort.InferenceSession(str(path), options, providers=providers)
-        # NOTE: ONNX Runtime drops a provider it cannot enable and runs on the CPU without raising.
-        if device == "cuda" and "CUDAExecutionProvider" not in self._session.get_providers():
-            raise DeviceUnavailable("ONNX Runtime could not enable CUDAExecutionProvider")
+        self.concurrency, self._session = open_session(path, device, threads, concurrency)
         self.device: DeviceKind = device
 
         inputs = {i.name: i for i in self._session.get_inputs()}
@@ -118,19 +103,7 @@ class OnnxStreamRuntime:
         assert spec.streaming is not None
         stream = spec.streaming
         self._spec = spec
-        cores = cpu_cores()
-        self.concurrency = concurrency or (cores if device == "cpu" else 1)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = threads or max(1, cores // self.concurrency)
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OnnxRuntime
-        options.log_severity_level = 3
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        self._session = ort.InferenceSession(str(path), options, providers=providers)
-        if device == "cuda" and "CUDAExecutionProvider" not in self._session.get_providers():
-            raise DeviceUnavailable("ONNX Runtime could not enable CUDAExecutionProvider")
+        self.concurrency, self._session = open_session(path, device, threads, concurrency)
         self.device: DeviceKind = device
 
         inputs = {i.name: i for i in self._session.get_inputs()}
@@ -174,3 +147,26 @@ class OnnxStreamRuntime:
     def warmup(self, shapes: Sequence[tuple[int, int]]) -> None:
         for batch, time in shapes:
             self.predict(*zero_batch(self._spec, batch, time))
+
+
+def open_session(path: Path, device: DeviceKind, threads: int, concurrency: int) -> tuple[int, ort.InferenceSession]:
+    """An ONNX Runtime session for `path` on `device`, and how many batches run at once on it: `concurrency`
+    (0: one per CPU core on the CPU, one on a GPU), each on `threads` intra-op threads (0: the cores divided
+    among them)."""
+    cores = cpu_cores()
+    concurrency = concurrency or (cores if device == "cpu" else 1)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or max(1, cores // concurrency)
+    options.inter_op_num_threads = 1
+    # NOTE: spinning pool threads would compete with the event loop for the
+    # few cores of a typical replica between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    # NOTE: ONNX Runtime drops a provider it cannot enable and runs on the CPU without raising.
+    if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        raise DeviceUnavailable("ONNX Runtime could not enable CUDAExecutionProvider")
+    return concurrency, session
