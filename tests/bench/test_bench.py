@@ -34,7 +34,11 @@ def test_quick_run_writes_json_table_and_plots(tmp_path: Path) -> None:
     assert set(protocols) >= encodings and set(protocols["low"]) >= encodings and protocols["low"]["concurrency"] == 1
     assert all(protocols[e]["throughput_seq_s"] > 0 and protocols["low"][e]["throughput_seq_s"] > 0 for e in encodings)
     text = readme.read_text()
-    assert "old" not in text and "| c=4 |" in text and "| gRPC `ModelInfer`, raw contents |" in text and text.endswith("<!-- bench:end -->\n\nafter\n")
+    assert "old" not in text and "| c=4 |" in text and text.endswith("<!-- bench:end -->\n\nafter\n")
+    # The README keeps the summary and links the whole run; the table holds every encoding and the plots.
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| gRPC `ModelInfer`, raw contents |" in table and "| gRPC `ModelInfer`, raw contents |" not in text
+    assert "table.md" in text and "](./throughput_vs_concurrency.png)" in table
 
 
 def test_readme_section_replaced_only_between_markers(tmp_path: Path) -> None:
