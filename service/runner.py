@@ -156,6 +156,7 @@ def serve(
     """Run the server in this process: on `sockets` when given (an HTTP worker), else on settings' host and port.
     `peers`: this worker's view of the others' readiness, given the registry."""
     from service.api import InferenceFastPath, create_app
+    from service.api.direct import DirectInference
 
     app = create_app(settings)
     fit_fd_limit(settings.max_connections)
@@ -175,7 +176,7 @@ def serve(
         timeout_graceful_shutdown=int(max(1.0, settings.grace_period_seconds)),
         timeout_keep_alive=math.ceil(settings.keep_alive_seconds),
         server_header=False,
-        http=http_protocol(limits),
+        http=http_protocol(limits, DirectInference(app.state.seqserve)),
     )
     state = app.state.seqserve
     registry: ModelRegistry = state.registry

@@ -30,8 +30,9 @@ import http
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import orjson
 from uvicorn.config import Config
@@ -43,6 +44,9 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 from uvicorn.server import ServerState
+
+if TYPE_CHECKING:
+    from starlette.responses import Response
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +197,45 @@ class ConnectionReport:
 Part = Literal["head", "body"]
 
 
+class Direct(Protocol):
+    """Answers requests inside the protocol, past ASGI (`service.api.direct.DirectInference`)."""
+
+    def take(self, scope: Any) -> Any | None:
+        """What it needs to answer this request, its head read; None when it leaves the request to ASGI."""
+
+    def start(
+        self, call: Any, body: bytes, gone: asyncio.Future[None] | None, write: Callable[[Response], None]
+    ) -> bool:
+        """Answer `call` (its whole `body` in) through `write`; False, nothing done, to leave it to ASGI."""
+
+
+class DirectWriter:
+    """Writes a direct request's answer: whole when `WholeAnswer` can, else sent through ASGI by a task of its own
+    (writing paused: the ASGI `send` waits for the client to read)."""
+
+    __slots__ = ("_cycle", "_protocol")
+
+    def __init__(self, protocol: HttpProtocol, cycle: RequestResponseCycle) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+
+    def __call__(self, response: Response) -> None:
+        body = response.body
+        if isinstance(body, bytes) and WholeAnswer(self._cycle)(response.status_code, response.raw_headers, body):
+            return
+
+        async def send_answer(scope: Any, receive: Any, send: Any) -> None:
+            await response(scope, receive, send)
+
+        self._protocol.run_asgi(self._cycle, send_answer)
+
+
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol over a `CoalescingTransport`, with read timeouts and a connection limit."""
 
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
     report: ClassVar[ConnectionReport] = ConnectionReport()
+    direct: ClassVar[Direct | None] = None
 
     def __init__(
         self,
@@ -214,6 +252,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._gone: list[tuple[Any, asyncio.Future[None]]] = []  # (cycle, its `DISCONNECTED`) of unanswered POSTs
+        self._direct_body: tuple[RequestResponseCycle, Any, Any] | None = None  # (cycle, call, app) reading its body
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
@@ -229,6 +268,7 @@ class HttpProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
         self._reading = None
+        self._direct_body = None
         for _, gone in self._gone:
             if not gone.done():
                 gone.set_result(None)
@@ -263,6 +303,14 @@ class HttpProtocol(HttpToolsProtocol):
             assert self._socket is not None
             cycle.transport = self._socket
 
+    def on_body(self, body: bytes) -> None:
+        waiting = self._direct_body
+        if waiting is not None and waiting[0] is self.cycle:
+            # NOTE: not paused as for an app reading it: the direct path takes only bodies within max_body_bytes.
+            waiting[0].body += body
+            return
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._reading = None
@@ -271,6 +319,36 @@ class HttpProtocol(HttpToolsProtocol):
             # reads: after the last chunk it may stay paused, and a client that leaves would go unnoticed.
             # Nothing but a pipelined request (whose head pauses reading again) or the end can follow.
             self.flow.resume_reading()
+        waiting = self._direct_body
+        if waiting is not None and waiting[0] is self.cycle:
+            self._direct_body = None
+            self._start_direct(*waiting)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """Start answering a request whose head is in (at once, or after the answers before it when pipelined):
+        on the direct path when it takes the request, else as an ASGI task."""
+        direct = self.direct
+        if direct is not None and app is self.app and not cycle.access_log and not cycle.waiting_for_100_continue:
+            call = direct.take(cycle.scope)
+            if call is not None:
+                if cycle.more_body:
+                    self._direct_body = (cycle, call, app)  # started when its body is in
+                else:
+                    self._start_direct(cycle, call, app)
+                return
+        super()._start_asgi_task(cycle, app)
+
+    def run_asgi(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """Answer `cycle` by `app` as an ASGI task."""
+        super()._start_asgi_task(cycle, app)
+
+    def _start_direct(self, cycle: RequestResponseCycle, call: Any, app: Any) -> None:
+        assert self.direct is not None
+        if cycle.disconnected or cycle.response_complete:
+            return  # the client left, or its body timed out (answered 408)
+        gone: asyncio.Future[None] | None = cycle.scope.get(DISCONNECTED)  # type: ignore[assignment]
+        if not self.direct.start(call, bytes(cycle.body), gone, DirectWriter(self, cycle)):
+            super()._start_asgi_task(cycle, app)  # its body is still in `cycle.body`, for the app to receive
 
     def handle_websocket_upgrade(self) -> None:
         self._reading = None  # the connection is the WebSocket protocol's from here
@@ -363,6 +441,7 @@ class HttpProtocol(HttpToolsProtocol):
         return b"".join([*lines, b"\r\n", body])
 
 
-def http_protocol(limits: ConnectionLimits) -> type[HttpProtocol]:
-    """The protocol class for uvicorn's `http`, bound to `limits`, with a report of its own."""
-    return type("HttpProtocol", (HttpProtocol,), {"limits": limits, "report": ConnectionReport()})
+def http_protocol(limits: ConnectionLimits, direct: Direct | None = None) -> type[HttpProtocol]:
+    """The protocol class for uvicorn's `http`, bound to `limits`, with a report of its own; answering the requests
+    `direct` takes itself."""
+    return type("HttpProtocol", (HttpProtocol,), {"limits": limits, "report": ConnectionReport(), "direct": direct})

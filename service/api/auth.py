@@ -26,11 +26,15 @@ async def require_api_key(request: Request) -> None:
 
 def check_key(request: Request, expected: bytes | None) -> None:
     """Raise `Unauthorized` unless the request carries `expected` (a no-op when it is None)."""
-    if expected is None:
-        return
-    given = request.headers.get("x-api-key")
+    if expected is not None:
+        check_credentials(request.headers.get("x-api-key"), request.headers.get("authorization"), expected)
+
+
+def check_credentials(api_key: str | None, authorization: str | None, expected: bytes) -> None:
+    """Raise `Unauthorized` unless `X-API-Key` (`api_key`) or `Authorization: Bearer` carries `expected`."""
+    given = api_key
     if given is None:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        scheme, _, credentials = (authorization or "").partition(" ")
         given = credentials.strip() if scheme.lower() == "bearer" else None
     if given is None or not hmac.compare_digest(given.encode(), expected):
         raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or X-API-Key)")

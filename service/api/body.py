@@ -32,11 +32,7 @@ class Body:
 async def read_body(request: Request, limit: int, *, binary_extension: bool = False) -> Body:
     """The parsed body; raises 415, 413 or 400 class errors."""
     header_length = request.headers.get(BINARY_HEADER) if binary_extension else None
-    content_type = request.headers.get("content-type")
-    if content_type is not None and header_length is None:
-        media_type = content_type.split(";", 1)[0].strip().lower()
-        if media_type != "application/json" and not media_type.endswith("+json"):
-            raise UnsupportedMediaType(f"content type {media_type!r} is not supported; send application/json")
+    check_content_type(request.headers.get("content-type"), header_length)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
@@ -48,7 +44,20 @@ async def read_body(request: Request, limit: int, *, binary_extension: bool = Fa
                 raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
     except ClientDisconnect:  # the client left mid-body, or its body timed out (the protocol answered 408)
         raise Abandoned("the client went away before its body was read") from None
-    raw = bytes(received)
+    return split_body(bytes(received), header_length)
+
+
+def check_content_type(content_type: str | None, header_length: str | None) -> None:
+    """Raise 415 unless the body is JSON: no content type, `application/json` or `+json`; a binary tensor
+    body (`header_length`, the V2 extension's header, given) may have any."""
+    if content_type is not None and header_length is None:
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            raise UnsupportedMediaType(f"content type {media_type!r} is not supported; send application/json")
+
+
+def split_body(raw: bytes, header_length: str | None) -> Body:
+    """A whole body: all JSON, or (`header_length` given) its JSON header and the binary tensor data after it."""
     if header_length is None:
         return Body(raw)
     if not header_length.isdigit() or not 0 < int(header_length) <= len(raw):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,31 +63,62 @@ async def serve(request: Request, handler: Handler, name: str | None, version: s
     return response
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An inference request validated: its sequences, and how its answer is made from their outputs."""
+
+    sequences: Sequence[np.ndarray]
+    answer: Callable[[list[np.ndarray]], Response]
+
+
+def prepare_predict(model: ModelVersion, body: Body) -> Prepared:
+    """A /predict request's sequences and answer; raises the body's errors."""
+    assert model.validator is not None and model.formatter is not None
+    formatter = model.formatter
+
+    def answer(outputs: list[np.ndarray]) -> Response:
+        return json_response({"model": model.name, "version": model.version, "outputs": formatter.predict(outputs)})
+
+    return Prepared(model.validator.predict(body), answer)
+
+
+def prepare_infer(model: ModelVersion, body: Body) -> Prepared | None:
+    """A V2 infer request's sequences and answer; None for a stream's chunk (`sequence_id`), which
+    `infer` answers; raises the body's errors."""
+    assert model.validator is not None and model.formatter is not None
+    if sequence_parameters(body) is not None:
+        return None
+    formatter = model.formatter
+    parsed = model.validator.v2(body, known_outputs=formatter.v2_output_names())
+
+    def answer(outputs: list[np.ndarray]) -> Response:
+        document: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
+        if parsed.id is not None:
+            document["id"] = parsed.id
+        tensors = formatter.v2(outputs, parsed.outputs)
+        if not parsed.binary_outputs:
+            document["outputs"] = tensors
+            return json_response(document)
+        document["outputs"], chunks = v2_binary(tensors, parsed.binary_outputs)
+        return binary_response(document, chunks)
+
+    return Prepared(parsed.sequences, answer)
+
+
 async def predict(request: Request, model: ModelVersion, body: Body) -> Response:
     """POST /predict and /v1/models/{name}[/versions/{version}]/predict."""
-    assert model.validator is not None and model.formatter is not None
-    sequences = model.validator.predict(body)
-    outputs = await run_model(request, model, sequences)
-    return json_response({"model": model.name, "version": model.version, "outputs": model.formatter.predict(outputs)})
+    prepared = prepare_predict(model, body)
+    return prepared.answer(await run_model(request, model, prepared.sequences))
 
 
 async def infer(request: Request, model: ModelVersion, body: Body) -> Response:
     """POST /v2/models/{name}[/versions/{version}]/infer: Open Inference Protocol inference."""
-    assert model.validator is not None and model.formatter is not None
-    sequence = sequence_parameters(body)
-    if sequence is not None:
+    prepared = prepare_infer(model, body)
+    if prepared is None:
+        sequence = sequence_parameters(body)
+        assert sequence is not None
         return await v2_stream_chunk(request, model, body, sequence)
-    parsed = model.validator.v2(body, known_outputs=model.formatter.v2_output_names())
-    outputs = await run_model(request, model, parsed.sequences)
-    answer: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
-    if parsed.id is not None:
-        answer["id"] = parsed.id
-    tensors = model.formatter.v2(outputs, parsed.outputs)
-    if not parsed.binary_outputs:
-        answer["outputs"] = tensors
-        return json_response(answer)
-    answer["outputs"], chunks = v2_binary(tensors, parsed.binary_outputs)
-    return binary_response(answer, chunks)
+    return prepared.answer(await run_model(request, model, prepared.sequences))
 
 
 async def run_model(request: Request, model: ModelVersion, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:

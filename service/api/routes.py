@@ -19,8 +19,10 @@ from starlette.responses import Response
 
 from service.api import schemas
 from service.api.auth import API_KEY_SCHEMA
-from service.api.inference import Handler, infer, predict, serve
+from service.api.body import Body
+from service.api.inference import Handler, Prepared, infer, predict, prepare_infer, prepare_predict, serve
 from service.api.streams import v1_chunk
+from service.registry import ModelVersion
 
 _PARAMETER = re.compile(r"\{(\w+)\}")
 _REQUEST = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)
@@ -88,10 +90,14 @@ class Operation:
     """Open Inference Protocol: the V2 error shape, and the binary tensor extension for the body."""
     openapi: Mapping[str, Any]
     """The routes' OpenAPI description but the summary: response model, request body, responses, tags."""
+    prepare: Callable[[ModelVersion, Body], Prepared | None] | None = None
+    """What `handler` does before it waits for the batcher, for the direct path (`service.api.direct`): None
+    when a request may need more (a stream's chunk), which `handler` then answers."""
 
 
 PREDICT = Operation(
     predict,
+    prepare=prepare_predict,
     v2=False,
     openapi={
         "response_model": schemas.PredictResponse,
@@ -102,6 +108,7 @@ PREDICT = Operation(
 )
 INFER = Operation(
     infer,
+    prepare=prepare_infer,
     v2=True,
     openapi={
         "response_model": schemas.V2InferResponse,

@@ -202,6 +202,25 @@ class Batcher:
         self._wake.set()  # the task reports the new queue depth
         return request
 
+    def watch(
+        self,
+        sequences: Sequence[np.ndarray],
+        *,
+        timeout_seconds: float,
+        gone: asyncio.Future[Any] | None = None,
+        states: Sequence[np.ndarray] | None = None,
+    ) -> PendingRequest:
+        """`submit`, failing the request with `RequestTimeout` after `timeout_seconds` and cancelling it when `gone`
+        completes (its caller left); the caller calls its `release()` once it has its answer."""
+        request = self.submit(sequences, timeout_seconds=timeout_seconds, states=states)
+        # NOTE: callbacks on the request's own future rather than `asyncio.wait` (its sets, waiter future and
+        # callbacks on every future, per request): the timer fails it, the caller leaving cancels it.
+        request.timer = asyncio.get_running_loop().call_later(timeout_seconds, _time_out, request, timeout_seconds)
+        if gone is not None:
+            request.gone = gone
+            gone.add_done_callback(request.abandon)
+        return request
+
     async def infer(
         self,
         sequences: Sequence[np.ndarray],
@@ -212,25 +231,16 @@ class Batcher:
     ) -> list[np.ndarray]:
         """Submit and wait. If `gone` completes first (the client left) or the caller is cancelled,
         the request's queued sequences are dropped; `gone` first raises `Abandoned`."""
-        request = self.submit(sequences, timeout_seconds=timeout_seconds, states=states)
-        # NOTE: callbacks on the request's own future rather than `asyncio.wait` (its sets, waiter future and
-        # callbacks on every future, per request): the timer fails it, the caller leaving cancels it.
-        future = request.future
-        timer = asyncio.get_running_loop().call_later(timeout_seconds, _time_out, request, timeout_seconds)
-        if gone is not None:
-            gone.add_done_callback(request.abandon)
+        request = self.watch(sequences, timeout_seconds=timeout_seconds, gone=gone, states=states)
         try:
-            return await future
+            return await request.future
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if gone is not None and gone.done() and (task is None or not task.cancelling()):
                 raise Abandoned("the caller went away before its answer") from None
             raise
         finally:
-            request.cancel()  # a no-op once answered; else (the caller was cancelled) drops what is still queued
-            timer.cancel()
-            if gone is not None:
-                gone.remove_done_callback(request.abandon)
+            request.release()  # a no-op once answered; else (the caller was cancelled) drops what is still queued
 
     # -- the task that owns the queue --------------------------------------
 

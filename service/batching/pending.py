@@ -27,6 +27,10 @@ class PendingRequest:
     arrived_idle: bool
     states: Sequence[np.ndarray] | None = None
     """Stream chunks: each sequence's recurrent state `[S]` float32, carried into its batch row."""
+    timer: asyncio.TimerHandle | None = None
+    """What fails it at its timeout (`Batcher.watch`)."""
+    gone: asyncio.Future[object] | None = None
+    """Completes when its caller goes away, which cancels it (`Batcher.watch`)."""
     _results: list[np.ndarray | None] = field(default_factory=list)
     _remaining: int = 0
 
@@ -41,6 +45,14 @@ class PendingRequest:
     def abandon(self, _: object) -> None:
         """`cancel`, as a done callback of the future that completes when the caller goes away."""
         self.future.cancel()
+
+    def release(self) -> None:
+        """`cancel` (a no-op once answered), and stop watching its timeout and its caller."""
+        self.future.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.gone is not None:
+            self.gone.remove_done_callback(self.abandon)
 
     def _set_output(self, index: int, output: np.ndarray) -> None:
         if self.future.done():

@@ -213,3 +213,37 @@ def test_a_whole_answer_whose_body_ends_in_a_blank_line_is_not_held() -> None:
     body = b"\x00\x01\r\n\r\n"  # binary tensor data may end like a head
     assert WholeAnswer(cycle)(200, [(b"content-length", b"6")], body)  # type: ignore[arg-type]
     assert socket_writes.writes == [b"HTTP/1.1 200 OK\r\nserver: uvicorn\r\ncontent-length: 6\r\n\r\n" + body]
+
+
+class RecordingProtocol:
+    def __init__(self) -> None:
+        self.asgi: list[tuple[object, object]] = []
+
+    def run_asgi(self, cycle: object, app: object) -> None:
+        self.asgi.append((cycle, app))
+
+
+def test_a_direct_answer_that_cannot_go_whole_is_sent_through_asgi() -> None:
+    """Writing paused (the client reads slowly): the direct path's answer waits for it as ASGI's `send` does."""
+    from starlette.responses import Response
+
+    from service.wire import DirectWriter
+
+    protocol = RecordingProtocol()
+    cycle = FakeCycle()
+    DirectWriter(protocol, cycle)(Response(b"{}", media_type="application/json"))  # type: ignore[arg-type]
+    assert cycle.transport.writes[0].endswith(b"\r\n\r\n{}") and protocol.asgi == []
+    cycle = FakeCycle()
+    cycle.flow.write_paused = True
+    DirectWriter(protocol, cycle)(Response(b"{}", media_type="application/json"))  # type: ignore[arg-type]
+    assert cycle.transport.writes == [] and [c for c, _ in protocol.asgi] == [cycle]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    asyncio.run(protocol.asgi[0][1]({"type": "http"}, receive, send))  # type: ignore[operator]
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"] and sent[1]["body"] == b"{}"

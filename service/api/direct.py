@@ -1,0 +1,172 @@
+"""Inference requests answered inside seqserve's HTTP protocol, with no ASGI between them and the batcher.
+
+On a small model most of a request's CPU is the server's own: profiled on the
+`names` demo, the ASGI layers (the request's task, its coroutines, the scope,
+Starlette's `Request` and `Headers`, the `receive` messages of its body) took a
+sizeable share of the event loop per request. For the requests that make up the
+load, the protocol (`service.wire`) hands the whole request here instead: once
+its body is in, `DirectInference.start` checks the key, resolves the model,
+validates the body and queues its sequences, all at once; a callback on the
+batcher's future formats the answer and writes it whole. No task, no coroutine.
+
+It answers exactly as `inference.serve` does (the same checks in the same order,
+the same errors, the same metrics): the same functions do the work. What it
+does not take goes through ASGI as before (`InferenceFastPath`, then FastAPI):
+a stream's chunk, a body without `Content-Length` or over `max_body_bytes`
+(413 from there), `Expect: 100-continue`, any route but the inference ones,
+and every request while the access log is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Scope
+
+from service.api.auth import check_credentials
+from service.api.body import BINARY_HEADER, check_content_type, split_body
+from service.api.errors import error_answer
+from service.api.inference import Prepared
+from service.api.routes import INFERENCE_ROUTES, Operation, path_pattern
+from service.api.state import AppState
+from service.batching.pending import PendingRequest
+from service.errors import Abandoned, Draining, Unauthorized
+from service.registry import ModelVersion
+
+Write = Callable[[Response], None]
+"""Writes a request's answer (the protocol's: whole when it can, else through ASGI)."""
+
+_BINARY_HEADER = BINARY_HEADER.encode()
+_ROUTES: tuple[tuple[re.Pattern[str], Operation], ...] = tuple(
+    (path_pattern(route.path), route.operation) for route in INFERENCE_ROUTES if route.operation.prepare is not None
+)
+
+
+class Call:
+    """One request taken by the direct path: what its route and headers say."""
+
+    __slots__ = ("api_key", "authorization", "binary_length", "content_type", "name", "operation", "version")
+
+    def __init__(self, operation: Operation, name: str | None, version: str | None) -> None:
+        self.operation = operation
+        self.name = name
+        self.version = version
+        self.content_type: str | None = None
+        self.binary_length: str | None = None
+        self.api_key: str | None = None
+        self.authorization: str | None = None
+
+
+class DirectInference:
+    """The inference routes' answers, for seqserve's protocol (see the module's docstring)."""
+
+    def __init__(self, state: AppState) -> None:
+        self._state = state
+        self._limit = state.settings.max_body_bytes
+        self._timeout = state.settings.request_timeout_seconds
+
+    def take(self, scope: Scope) -> Call | None:
+        """The call when the direct path answers this request (its head read), else None."""
+        if scope["method"] != "POST":
+            return None
+        path = scope["path"]
+        for pattern, operation in _ROUTES:
+            match = pattern.fullmatch(path)
+            if match is not None:
+                params = match.groupdict()
+                call = Call(operation, params.get("name"), params.get("version"))
+                break
+        else:
+            return None
+        length: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if length is not None:
+                    return None  # repeated: left to the parser and ASGI
+                length = value
+            elif name == b"content-type":
+                call.content_type = value.decode("latin-1")
+            elif name == b"transfer-encoding":
+                return None
+            elif name == b"x-api-key":
+                call.api_key = value.decode("latin-1")
+            elif name == b"authorization":
+                call.authorization = value.decode("latin-1")
+            elif name == _BINARY_HEADER:
+                call.binary_length = value.decode("latin-1")
+        if length is None or not length.isdigit() or int(length) > self._limit:
+            return None  # the ASGI path reads it, or answers 413
+        return call
+
+    def start(self, call: Call, body: bytes, gone: asyncio.Future[None] | None, write: Write) -> bool:
+        """Answer `call`, whose whole `body` is in: at once for an error, else when the batcher answers. `gone`
+        completes when the client leaves. False, with nothing done, when the request needs the ASGI path."""
+        state = self._state
+        operation = call.operation
+        v2 = operation.v2
+        try:
+            if state.api_key is not None:
+                check_credentials(call.api_key, call.authorization, state.api_key)
+        except Unauthorized as exc:
+            write(error_answer(exc, v2=v2))
+            return True
+        started = time.perf_counter()
+        labels = ("", "")
+        try:
+            if state.registry.draining:
+                raise Draining("the server is shutting down; retry on another replica")
+            model = state.registry.resolve(call.name, call.version)
+            labels = (model.name, str(model.version))
+            assert model.batcher is not None and operation.prepare is not None  # resolve() returns ready versions
+            with model.batcher.reading():  # sheds before the body is parsed
+                binary_length = call.binary_length if v2 else None
+                check_content_type(call.content_type, binary_length)
+                prepared = operation.prepare(model, split_body(body, binary_length))
+            if prepared is None:
+                return False
+            request = model.batcher.watch(prepared.sequences, timeout_seconds=self._timeout, gone=gone)
+        except Exception as exc:
+            self._answer(write, error_answer(exc, v2=v2), labels, started)
+            return True
+        request.future.add_done_callback(_Answer(self, request, prepared, model, write, started, v2))
+        return True
+
+    def _answer(self, write: Write, response: Response, labels: tuple[str, str], started: float) -> None:
+        seconds = time.perf_counter() - started if labels[0] else None
+        self._state.metrics.answered(*labels, response.status_code, seconds)
+        write(response)
+
+
+class _Answer:
+    """The done callback of a queued request's future: its answer, formatted and written."""
+
+    __slots__ = ("_direct", "_model", "_prepared", "_request", "_started", "_v2", "_write")
+
+    def __init__(
+        self,
+        direct: DirectInference,
+        request: PendingRequest,
+        prepared: Prepared,
+        model: ModelVersion,
+        write: Write,
+        started: float,
+        v2: bool,
+    ) -> None:
+        self._direct, self._request, self._prepared, self._model = direct, request, prepared, model
+        self._write, self._started, self._v2 = write, started, v2
+
+    def __call__(self, future: asyncio.Future[list[Any]]) -> None:
+        self._request.release()
+        try:
+            if future.cancelled():  # only the client leaving cancels it
+                raise Abandoned("the caller went away before its answer")
+            response = self._prepared.answer(future.result())
+        except Exception as exc:
+            response = error_answer(exc, v2=self._v2)
+        model = self._model
+        self._direct._answer(self._write, response, (model.name, str(model.version)), self._started)
