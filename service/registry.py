@@ -595,15 +595,14 @@ class ModelRegistry:
         self._metrics.ready.set(1 if self.readiness()[0] else 0)
 
     def model_versions(self, name: str) -> dict[int, ModelVersion]:
-        versions = self._models.get(name) if NAME_PATTERN.match(name) else None
+        versions = self._models.get(name)  # NOTE: every name held matches NAME_PATTERN (checked when loaded)
         if versions is None:
             raise ModelNotFound(f"model '{name}' not found")
         return versions
 
     def default_version(self, name: str) -> int | None:
         """The version answering requests that name none: the highest one ready."""
-        ready = [number for number, v in self.model_versions(name).items() if v.state == "ready"]
-        return max(ready) if ready else None
+        return max((number for number, v in self.model_versions(name).items() if v.state == "ready"), default=None)
 
     def lookup(self, name: str, version: str | int | None = None) -> ModelVersion:
         """A version in any state: pinned, else the default one, else the highest not unloaded."""

@@ -120,6 +120,7 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, once started
         self._threads: ComputeThreads[list[Item], Outcome] = ComputeThreads(
             workers,
             self._worker.compute,
@@ -132,7 +133,9 @@ class Batcher:
 
     def start(self) -> None:
         """Start the task that owns the queue; needs a running event loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._name}")
+        # NOTE: kept: `asyncio.get_running_loop()` is a getpid() system call per call on Python 3.11
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name=f"batcher-{self._name}")
         self._task.add_done_callback(self._task_ended)
 
     def begin_drain(self) -> None:
@@ -186,7 +189,7 @@ class Batcher:
         if (states is not None) != self._stream or (states is not None and len(states) != len(sequences)):
             raise ValueError("a stream batcher takes one state per sequence; a whole-sequence batcher none")
         self._admission.admit(len(sequences), sum(map(len, sequences)))
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
         request = PendingRequest(
             sequences=sequences,
@@ -215,7 +218,8 @@ class Batcher:
         request = self.submit(sequences, timeout_seconds=timeout_seconds, states=states)
         # NOTE: callbacks on the request's own future rather than `asyncio.wait` (its sets, waiter future and
         # callbacks on every future, per request): the timer fails it, the caller leaving cancels it.
-        request.timer = asyncio.get_running_loop().call_later(timeout_seconds, _time_out, request, timeout_seconds)
+        loop = self._loop or asyncio.get_running_loop()
+        request.timer = loop.call_later(timeout_seconds, _time_out, request, timeout_seconds)
         if gone is not None:
             request.gone = gone
             gone.add_done_callback(request.abandon)
