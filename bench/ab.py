@@ -4,8 +4,9 @@
     python -m bench.ab '{"source": "../old"}' '{}'                 # an older checkout (git worktree) against this one
     python -m bench.ab '{}' '{"max_delay_ms": 0}' --rate 400       # open loop at 400 seq/s instead of a closed loop
 
-Each variant is a JSON object of `seqserve serve` settings, plus an optional
-`source` (a checkout whose `service` package runs instead). Rounds alternate
+Each variant is a JSON object of `seqserve serve` settings over the base
+(`max_batch_size` 32, `max_batch_tokens` 8192, one HTTP process), plus an
+optional `source` (a checkout whose `service` package runs instead). Rounds alternate
 the variants, so the machine's drift falls on all of them alike; each round
 starts a fresh server on 127.0.0.1, warms it, measures, and stops it. Load:
 the benchmark's reference model and workload (one sequence per request,
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[list[dict[str, float]]] = [[] for _ in args.variants]
     for round_ in range(args.rounds):
         for index, variant in enumerate(args.variants):
-            settings: dict[str, Any] = {"max_batch_size": 32, "max_batch_tokens": 8192, **variant}
+            settings: dict[str, Any] = {"max_batch_size": 32, "max_batch_tokens": 8192, "http_workers": 1, **variant}
             source = settings.pop("source", None)
             server = Server(
                 repository,

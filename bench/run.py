@@ -200,7 +200,8 @@ class Bench:
                                               grpc=c.binary_check, **limits, **_env_settings(c.server_env),
                                               http_workers=c.http_workers)
             self.servers["floor"] = Server(repository, name="floor", log_path=c.out / "floor.log",
-                                           **{**limits, "max_batch_size": 1}, **_env_settings(c.server_env))
+                                           **{**limits, "max_batch_size": 1}, **_env_settings(c.server_env),
+                                           http_workers=c.http_workers)
             for server in self.servers.values():
                 server.wait_ready()
             self._reference()

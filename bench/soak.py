@@ -164,7 +164,7 @@ def run(
     workload = Workload.generate(model, c.count)
     progress("starting seqserve")
     server = Server(repository, name="soak", log_path=args.work / "soak-server.log",
-                    max_batch_size=c.max_batch_size, max_batch_tokens=c.max_batch_tokens)
+                    max_batch_size=c.max_batch_size, max_batch_tokens=c.max_batch_tokens, http_workers=1)
     try:
         server.wait_ready()
         requests = encode_requests(f"/v1/models/{REFERENCE_NAME}/predict", workload.json_bodies(), server.port)

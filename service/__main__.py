@@ -60,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from service.workers import serve_workers, worker_count
 
-    count = worker_count(settings)
+    count, why = worker_count(settings)
+    log = logging.getLogger("service")
+    log.info("%d HTTP process%s: %s", count, "" if count == 1 else "es", why)
     if count > 1:  # NOTE: the parent only supervises: it never imports the server (uvicorn, gRPC, the runtimes)
         return serve_workers(settings, count)
     from service.runner import serve
 
-    serve(settings)
+    serve(settings.model_copy(update={"http_workers": 1}))
     return 0
 
 

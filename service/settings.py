@@ -7,7 +7,7 @@ Each field is read from a `--flag` (see `__main__`), then the matching
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,13 +84,16 @@ class Settings(BaseSettings):
     core for ONNX Runtime on the CPU (cores this process may run on, capped by a container's CPU quota;
     each batch single-threaded), one on a GPU and for TorchScript."""
 
-    http_workers: int = Field(default=1, ge=0, le=256)
+    http_workers: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = "auto"
     """Server processes sharing the HTTP port (SO_REUSEPORT), each with its own event loop and its own batcher per
     model version, so HTTP work spreads over cores. The queue limits (max_queue, max_queued_tokens) are divided among
     them, so they hold in total (max_connections stays per process); each loads its own copy of every model; the
     CPU cores are divided among them for the batch workers; gRPC is served by the first; metrics and readiness
-    cover them all; SIGTERM drains them all. 0: one per CPU core. Not with repository_api (a load or unload would
-    reach one process only)."""
+    cover them all; SIGTERM drains them all. 0: one per CPU core. auto: one per CPU core, as many as half the
+    available memory holds (about 150 MiB per process plus twice the repository's model files), and 1 with
+    repository_api (a load or unload would reach one process only), a visible NVIDIA GPU (one CUDA context, whole
+    batches) or a model that streams while state_url is unset (its streams' state lives in one process); the
+    server logs what it chose and why."""
 
     onnx_threads: int = Field(default=0, ge=0, le=1024)
     """ONNX Runtime intra-op threads per batch; 0: the CPU cores divided among the batch workers (1 by default)."""
@@ -172,6 +175,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_process_for_the_repository_api(self) -> Settings:
-        if self.repository_api and self.http_workers != 1:
+        if self.repository_api and self.http_workers not in (1, "auto"):
             raise ValueError("repository_api needs http_workers=1: a load or unload would reach one process only")
         return self

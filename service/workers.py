@@ -27,6 +27,9 @@ What holds across them:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -38,6 +41,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -49,13 +53,92 @@ PUBLISH_SECONDS = 0.1
 """How often a worker writes its readiness into the shared array."""
 
 
-def worker_count(settings: Settings) -> int:
-    """The HTTP worker processes `settings` ask for (0: one per CPU core)."""
-    if settings.http_workers:
-        return settings.http_workers
+PROCESS_BYTES = 150 << 20
+"""A server process without its models, rounded up (a process serving the demo repository: ~130 MB RSS)."""
+
+
+def worker_count(settings: Settings) -> tuple[int, str]:
+    """The HTTP worker processes `settings` ask for, and why that many (0: one per CPU core; auto: see
+    `auto_worker_count`)."""
     from service.runtime.cpu import cpu_cores
 
-    return cpu_cores()
+    if settings.http_workers == "auto":
+        return auto_worker_count(settings, cpu_cores(), _available_memory(), _gpu_visible())
+    if settings.http_workers:
+        return settings.http_workers, "http_workers"
+    return cpu_cores(), "http_workers=0: one per CPU core"
+
+
+def auto_worker_count(settings: Settings, cores: int, memory: int | None, gpu: bool) -> tuple[int, str]:
+    """`http_workers=auto`: one process per core (each HTTP process can use one core; measured on the demo models
+    and the benchmark's BiLSTM on 2 cores, two processes served more than one), unless one process is what works:
+    the repository API, a GPU, or streams without shared state; and no more than half of `memory` (bytes
+    available, None: unknown) holds."""
+    if settings.repository_api:
+        return 1, "repository_api needs one process"
+    if cores <= 1:
+        return 1, "one CPU core"
+    if gpu and settings.device != "cpu":
+        return 1, "a GPU is visible: one process keeps one CUDA context and whole batches"
+    if settings.state_url is None:
+        streaming = _streaming_models(settings.repository)
+        if streaming:
+            return (
+                1,
+                f"{', '.join(streaming)} can stream and state_url is unset: streams keep their state in one process",
+            )
+    if memory is None:
+        return cores, f"one per CPU core ({cores})"
+    per_process = PROCESS_BYTES + 2 * _model_bytes(settings.repository)
+    fits = max(1, memory // 2 // per_process)
+    if fits < cores:
+        return fits, f"{fits} of {cores} cores: half the available memory holds {fits} at ~{per_process >> 20} MiB each"
+    return cores, f"one per CPU core ({cores}; ~{per_process >> 20} MiB each)"
+
+
+def _streaming_models(repository: Path) -> list[str]:
+    """The models of `repository` with a version whose model.json has a `streaming` section."""
+    from service.repository import version_dirs
+
+    found: set[str] = set()
+    for (name, _), path in version_dirs(repository, warn=False).items():
+        with contextlib.suppress(OSError, ValueError):
+            document = json.loads((path / "model.json").read_text())
+            if isinstance(document, dict) and document.get("streaming"):
+                found.add(name)
+    return sorted(found)
+
+
+def _model_bytes(repository: Path) -> int:
+    """Bytes of the model graphs under `repository` (what each process loads)."""
+    total = 0
+    for path in repository.rglob("*"):
+        if path.suffix in (".onnx", ".pt", ".data") and path.is_file():
+            total += path.stat().st_size
+    return total
+
+
+def _available_memory() -> int | None:
+    """Bytes this process can still use: the kernel's MemAvailable, less within a cgroup's memory limit."""
+    available: int | None = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError):
+        root = Path("/sys/fs/cgroup")
+        limit = (root / "memory.max").read_text().strip()
+        if limit != "max":
+            room = int(limit) - int((root / "memory.current").read_text())
+            available = room if available is None else min(available, room)
+    return available
+
+
+def _gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is visible to this process (its device nodes; no runtime is imported)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def worker_settings(settings: Settings, count: int, index: int, port: int) -> Settings:
@@ -63,6 +146,7 @@ def worker_settings(settings: Settings, count: int, index: int, port: int) -> Se
     gRPC on the first worker only."""
     return settings.model_copy(
         update={
+            "http_workers": count,
             "port": port,
             "max_queue": max(1, settings.max_queue // count),
             "max_queued_tokens": max(1, settings.max_queued_tokens // count),
@@ -113,7 +197,7 @@ def serve_workers(settings: Settings, count: int) -> int:
         for index in range(count):
             process = context.Process(
                 target=_worker_main,
-                args=(worker_settings(settings, count, index, port), index, count, flags),
+                args=(worker_settings(settings, count, index, port), index, count, flags, os.getpid()),
                 name=f"seqserve-http-{index}",
             )
             process.start()
@@ -159,9 +243,10 @@ def _mark_dead(pid: int | None) -> None:
     multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-def _worker_main(settings: Settings, index: int, count: int, flags: Any) -> None:
+def _worker_main(settings: Settings, index: int, count: int, flags: Any, parent: int) -> None:
     """A worker process: the whole server, on the shared port, publishing its readiness."""
     os.setpgid(0, 0)  # signals come from the parent only (a terminal's Ctrl-C reaches the parent, which passes it on)
+    _end_with(parent)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s [http {index}]: %(message)s",
@@ -173,6 +258,18 @@ def _worker_main(settings: Settings, index: int, count: int, flags: Any) -> None
     sock = listening_socket(settings.host, settings.port)
     serve(settings, sockets=[sock], peers=lambda registry: Peers(flags, index, registry.local_readiness))
     sys.exit(0)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _end_with(parent: int) -> None:
+    """SIGTERM this worker when its parent dies (Linux), so that it drains and ends rather than keep serving on the
+    port as an orphan: a parent killed by SIGKILL (an OOM kill, a supervisor's last resort) passes no signal on."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Peers:

@@ -127,7 +127,8 @@ class StreamService:
                 max_streams=settings.max_streams, idle_seconds=settings.stream_idle_seconds, retention_seconds=retention
             )
         refusal = None
-        if settings.state_url is None and settings.http_workers != 1:
+        # NOTE: the command resolves "auto" to a count; an app made directly (`create_app`) is one process
+        if settings.state_url is None and settings.http_workers not in (1, "auto"):
             refusal = (
                 "this server runs several HTTP worker processes (http_workers) and keeps stream state in each one, "
                 "so a stream's chunks could reach different processes: set SEQSERVE_STATE_URL (Redis) to serve "

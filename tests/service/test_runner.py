@@ -30,7 +30,7 @@ def test_a_drain_that_raises_is_logged_answers_what_is_queued_and_exits(
     port = free_port()
     flags = ["--repository", str(root), "--port", str(port), "--max-batch-size", "1", "--batch-workers", "1"]
     flags += ["--grace-period-seconds", "60", "--max-queue", "8192", "--max-sequences-per-request", "4096"]
-    flags += ["--max-body-bytes", str(64 << 20), "--grpc-port", "0"]
+    flags += ["--max-body-bytes", str(64 << 20), "--grpc-port", "0", "--http-workers", "1"]
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SEQSERVE_")}
     environment.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
     log_path = tmp_path / "server.log"

@@ -4,6 +4,7 @@ its orchestrator."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -16,9 +17,10 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from service.runtime.cpu import cpu_cores
 from service.settings import Settings
-from service.workers import Peers, worker_settings
-from tests.service.api.conftest import run_server, sample_value, sigterm_while_queued, softmax
+from service.workers import PROCESS_BYTES, Peers, auto_worker_count, worker_count, worker_settings
+from tests.service.api.conftest import run_server, sample_value, sigterm_while_queued, softmax, wait_until
 from tests.service.conftest import BuiltRepository
 
 
@@ -116,4 +118,74 @@ def test_readiness_needs_every_worker() -> None:
 def test_the_repository_api_needs_one_process() -> None:
     with pytest.raises(ValidationError, match="repository_api needs http_workers=1"):
         Settings(repository_api=True, http_workers=2)
-    assert Settings(repository_api=True).http_workers == 1
+    assert worker_count(Settings(repository_api=True)) == (1, "repository_api needs one process")
+
+
+def test_auto_is_one_process_per_core_unless_one_is_what_works(
+    test_repository: BuiltRepository, tmp_path: Path
+) -> None:
+    feat = _feat_only(test_repository, tmp_path)
+    plenty = 64 << 30
+
+    def auto(repository: Path, cores: int = 8, memory: int | None = plenty, gpu: bool = False, **kw: object) -> int:
+        return auto_worker_count(Settings(repository=repository, **kw), cores, memory, gpu)[0]  # type: ignore[arg-type]
+
+    assert auto(feat) == 8 and auto(feat, cores=1) == 1 and auto(feat, memory=None) == 8
+    assert auto(feat, repository_api=True) == 1
+    assert auto(feat, gpu=True) == 1 and auto(feat, gpu=True, device="cpu") == 8
+    # The test repository's unidirectional models stream: their state needs one process, or Redis.
+    count, why = auto_worker_count(Settings(repository=test_repository.path), 8, plenty, False)
+    assert count == 1 and "state_url" in why
+    assert auto(test_repository.path, state_url="redis://127.0.0.1:6379/0") == 8
+    # Half the available memory bounds the count: ~150 MiB per process plus twice the model files.
+    model_bytes = sum(f.stat().st_size for f in feat.rglob("*") if f.suffix in (".onnx", ".pt"))
+    per_process = PROCESS_BYTES + 2 * model_bytes
+    assert auto(feat, memory=2 * 3 * per_process) == 3 and auto(feat, memory=per_process) == 1
+
+
+def test_the_default_serves_a_small_repository_from_a_process_per_core(
+    test_repository: BuiltRepository, tmp_path: Path
+) -> None:
+    cores = cpu_cores()
+    with run_server(_feat_only(test_repository, tmp_path), "--log-level", "info", log_dir=tmp_path) as server:
+        answer = httpx.post(f"{server.url}/v1/models/feat/predict", json={"inputs": [[[0.1] * 5] * 4]}, timeout=30)
+        assert answer.status_code == 200
+        log = server.log()
+    assert f"{cores} HTTP process" in log, log
+    assert ("[http 1]" in log) == (cores > 1)
+
+
+def _children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_end_when_their_parent_is_killed(test_repository: BuiltRepository, tmp_path: Path) -> None:
+    """A parent killed by SIGKILL passes no signal on: its workers must not keep serving the port as orphans."""
+    with run_server(_feat_only(test_repository, tmp_path), "--http-workers", "2", log_dir=tmp_path) as server:
+        workers = [pid for pid in _children(server.process.pid) if "resource_tracker" not in _name(pid)]
+        assert len(workers) == 2, _children(server.process.pid)
+        try:
+            server.process.kill()
+            server.process.wait(timeout=10)
+            wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=30)
+        finally:
+            for pid in workers:  # only this test's own workers, by PID
+                with contextlib.suppress(ProcessLookupError):
+                    if _alive(pid):
+                        os.kill(pid, signal.SIGKILL)
+
+
+def _name(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return ""

@@ -25,7 +25,8 @@ def feat_only(test_repository: BuiltRepository, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="module")
 def small_queue_server(feat_only: Path) -> Iterator[Server]:
-    flags = ("--max-queue", "8", "--max-batch-size", "1", "--max-delay-ms", "0")
+    # NOTE: one HTTP process: these are one queue's limits (several processes divide them)
+    flags = ("--max-queue", "8", "--max-batch-size", "1", "--max-delay-ms", "0", "--http-workers", "1")
     with run_server(feat_only, *flags, log_dir=feat_only.parent) as running:
         yield running
 
@@ -74,7 +75,7 @@ def test_overload_gets_503_with_retry_after_and_every_request_one_answer(
 def test_a_client_that_leaves_has_its_queued_work_dropped(feat_only: Path, tmp_path: Path) -> None:
     """A request of 2048 sequences runs as 2048 batches of one; the client stops waiting after 0.3 s."""
     sequences = np.random.default_rng(22).normal(size=(2048, 40, 5)).round(3).tolist()
-    flags = ("--max-batch-size", "1", "--max-sequences-per-request", "4096", "--max-queue", "4096")
+    flags = ("--max-batch-size", "1", "--max-sequences-per-request", "4096", "--max-queue", "4096", "--http-workers", "1")
     with run_server(feat_only, *flags, "--max-body-bytes", str(64 << 20), log_dir=tmp_path) as server:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(
@@ -96,7 +97,7 @@ def test_a_client_that_leaves_has_its_queued_work_dropped(feat_only: Path, tmp_p
 def test_a_request_past_its_timeout_gets_504_and_its_work_is_dropped(feat_only: Path, tmp_path: Path) -> None:
     """2048 sequences as batches of one take longer than the 0.2 s request timeout."""
     sequences = np.random.default_rng(23).normal(size=(2048, 40, 5)).round(3).tolist()
-    flags = ("--max-batch-size", "1", "--max-sequences-per-request", "4096", "--max-queue", "4096")
+    flags = ("--max-batch-size", "1", "--max-sequences-per-request", "4096", "--max-queue", "4096", "--http-workers", "1")
     flags += ("--request-timeout-seconds", "0.2", "--max-body-bytes", str(64 << 20))
     with run_server(feat_only, *flags, log_dir=tmp_path) as server:
         response = httpx.post(f"{server.url}/v1/models/feat/predict", json={"inputs": sequences}, timeout=60)
@@ -115,7 +116,7 @@ def test_a_request_larger_than_the_queue_is_refused_as_too_large(small_queue_ser
 
 
 def test_queued_time_steps_are_bounded_over_http(feat_only: Path, tmp_path: Path) -> None:
-    flags = ("--max-queued-tokens", "60", "--max-batch-size", "1", "--max-delay-ms", "0")
+    flags = ("--max-queued-tokens", "60", "--max-batch-size", "1", "--max-delay-ms", "0", "--http-workers", "1")
     with run_server(feat_only, *flags, log_dir=tmp_path) as server:
         too_many = {"inputs": [[[0.0] * 5] * 31, [[0.0] * 5] * 30]}  # max_length is 40
         response = httpx.post(f"{server.url}/predict", json=too_many, timeout=30)

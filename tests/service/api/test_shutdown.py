@@ -80,7 +80,7 @@ def test_past_the_grace_period_what_is_left_gets_503_and_the_process_exits_0(
     root = tmp_path / "repository"
     shutil.copytree(test_repository.path / "feat", root / "feat")
     sequences = np.random.default_rng(32).normal(size=(4096, 40, 5)).round(3).tolist()
-    flags = ("--max-batch-size", "1", "--grace-period-seconds", "0.5", "--max-queue", "8192")
+    flags = ("--max-batch-size", "1", "--grace-period-seconds", "0.5", "--max-queue", "8192", "--http-workers", "1")
     flags += ("--max-sequences-per-request", "4096", "--max-body-bytes", str(64 << 20))
     with run_server(root, *flags, log_dir=tmp_path) as server:
         response = sigterm_while_queued(server, sequences)
