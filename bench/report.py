@@ -53,6 +53,15 @@ def _f(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _processes(settings: dict[str, Any]) -> str:
+    """The HTTP processes of seqserve and the floor, as recorded (runs before 2026-11-29 22:00 had one, unrecorded)."""
+    count = settings.get("http_workers")
+    if count is None:
+        return ""
+    plural = "" if count == 1 else "es"
+    return f" seqserve and the floor: {count} HTTP process{plural} ({settings.get('http_workers_reason', '')})."
+
+
 def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs/bench", brief: bool = False) -> str:
     """The run as Markdown; ``brief``: without the open loop, the request encodings and the CPU split (the
     README's section, which links the whole table)."""
@@ -67,7 +76,8 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
         f"Reference model: 2-layer BiLSTM, 32 features, hidden 128, 5 classes (seed 0); one sequence per request, "
         f"lengths uniform in [10, 200] (seeded); limits `max_batch_size={settings['max_batch_size']}`, "
         f"`max_batch_tokens={settings['max_batch_tokens']}`. Phases of {settings['phase_seconds']:g} s after "
-        f"{settings['warmup_seconds']:g} s of warm-up; closed loop best of {settings['rounds']} rounds.",
+        f"{settings['warmup_seconds']:g} s of warm-up; closed loop best of {settings['rounds']} rounds."
+        + _processes(settings),
         "",
     ]
     if not summary:

@@ -49,8 +49,9 @@ class Config:
     max_batch_size: int = 32
     max_batch_tokens: int = 8192
     server_env: dict[str, str] = field(default_factory=dict)
-    http_workers: int = 1
-    """HTTP worker processes of the seqserve server of the reference and demo phases (the floor has one)."""
+    http_workers: int | str = "auto"
+    """HTTP processes of the seqserve server and the floor in the reference and demo phases; auto: what `seqserve
+    serve` chooses for the bench's repository (recorded with its reason)."""
     scaling_model: str = "names"
     """The demo model of the scaling phase: the same closed loop with 1, 2, ... HTTP worker processes."""
     scaling_workers: tuple[int, ...] = field(default_factory=lambda: scaling_counts(cpu_cores()))
@@ -194,14 +195,16 @@ class Bench:
         self.results["meta"] = _meta(c)
         self.results["meta"]["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
         limits = {"max_batch_size": c.max_batch_size, "max_batch_tokens": c.max_batch_tokens}
+        processes, why = _http_workers(c, repository)
+        self.results["meta"]["settings"].update(http_workers=processes, http_workers_reason=why)
         try:
             self.progress("starting seqserve and the floor")
             self.servers["seqserve"] = Server(repository, name="seqserve", log_path=c.out / "seqserve.log",
                                               grpc=c.binary_check, **limits, **_env_settings(c.server_env),
-                                              http_workers=c.http_workers)
+                                              http_workers=processes)
             self.servers["floor"] = Server(repository, name="floor", log_path=c.out / "floor.log",
                                            **{**limits, "max_batch_size": 1}, **_env_settings(c.server_env),
-                                           http_workers=c.http_workers)
+                                           http_workers=processes)
             for server in self.servers.values():
                 server.wait_ready()
             self._reference()
@@ -354,6 +357,18 @@ def _per_request(result: dict[str, Any], per_request: int, runtime_ms_per_seq: f
     return result
 
 
+def _http_workers(c: Config, repository: Path) -> tuple[int, str]:
+    """The HTTP processes of the reference and demo phases' servers, and why: as asked, or `seqserve serve`'s auto."""
+    if c.http_workers != "auto":
+        return int(c.http_workers), "--http-workers"
+    from service.settings import Settings
+    from service.workers import worker_count
+
+    settings = Settings(repository=repository, max_batch_size=c.max_batch_size, max_batch_tokens=c.max_batch_tokens,
+                        **_env_settings(c.server_env))  # type: ignore[arg-type]
+    return worker_count(settings.model_copy(update={"http_workers": "auto"}))
+
+
 def _env_settings(env: dict[str, str]) -> dict[str, str]:
     return {k.removeprefix("SEQSERVE_").lower(): v for k, v in env.items()}
 
@@ -462,8 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="seconds instead of minutes (a smoke run)")
     parser.add_argument("--targets", action="store_true",
                         help="only what the targets read: reference c=1 and c=64, demo models, scaling (minutes)")
-    parser.add_argument("--http-workers", type=int, default=None,
-                        help="HTTP worker processes of the seqserve server (reference and demo phases) [1]")
+    parser.add_argument("--http-workers", default=None,
+                        help="HTTP processes of the seqserve server and the floor (reference and demo phases), "
+                             "a number or auto [auto: as seqserve serve chooses]")
     parser.add_argument("--scaling-workers", default=None,
                         help="HTTP worker counts of the scaling phase, e.g. 1,2 [1, 2, 4, ... up to the cores]")
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per phase")
@@ -483,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.concurrency:
         overrides["concurrency"] = tuple(int(x) for x in args.concurrency.split(","))
     if args.http_workers is not None:
-        overrides["http_workers"] = args.http_workers
+        overrides["http_workers"] = args.http_workers if args.http_workers == "auto" else int(args.http_workers)
     if args.scaling_workers:
         overrides["scaling_workers"] = tuple(int(x) for x in args.scaling_workers.split(","))
     args.work.mkdir(parents=True, exist_ok=True)
