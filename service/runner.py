@@ -152,13 +152,15 @@ def serve(
     *,
     sockets: list[socket.socket] | None = None,
     peers: Callable[[ModelRegistry], Peers] | None = None,
+    forward_streams_to: str | None = None,
 ) -> None:
     """Run the server in this process: on `sockets` when given (an HTTP worker), else on settings' host and port.
-    `peers`: this worker's view of the others' readiness, given the registry."""
+    `peers`: this worker's view of the others' readiness, given the registry. `forward_streams_to`: the Unix
+    socket of the HTTP process that holds the streams, for this one to forward stream requests to."""
     from service.api import InferenceFastPath, create_app
     from service.api.direct import DirectInference
 
-    app = create_app(settings)
+    app = create_app(settings, streams_forwarded=forward_streams_to is not None)
     fit_fd_limit(settings.max_connections)
     limits = ConnectionLimits(
         head_timeout_seconds=settings.head_timeout_seconds,
@@ -176,7 +178,7 @@ def serve(
         timeout_graceful_shutdown=int(max(1.0, settings.grace_period_seconds)),
         timeout_keep_alive=math.ceil(settings.keep_alive_seconds),
         server_header=False,
-        http=http_protocol(limits, DirectInference(app.state.seqserve)),
+        http=http_protocol(limits, DirectInference(app.state.seqserve, forward_streams_to=forward_streams_to)),
     )
     state = app.state.seqserve
     registry: ModelRegistry = state.registry

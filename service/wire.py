@@ -200,8 +200,9 @@ Part = Literal["head", "body"]
 class Direct(Protocol):
     """Answers requests inside the protocol, past ASGI (`service.api.direct.DirectInference`)."""
 
-    def take(self, scope: Any) -> Any | None:
-        """What it needs to answer this request, its head read; None when it leaves the request to ASGI."""
+    def take(self, scope: Any, *, forward_only: bool = False) -> Any | None:
+        """What it needs to answer this request, its head read; None when it leaves the request to ASGI.
+        `forward_only`: only a request it forwards elsewhere (the access log is on: the rest goes through ASGI)."""
 
     def start(
         self, call: Any, body: bytes, gone: asyncio.Future[None] | None, write: Callable[[Response], None]
@@ -328,9 +329,14 @@ class HttpProtocol(HttpToolsProtocol):
         """Start answering a request whose head is in (at once, or after the answers before it when pipelined):
         on the direct path when it takes the request, else as an ASGI task."""
         direct = self.direct
-        if direct is not None and app is self.app and not cycle.access_log and not cycle.waiting_for_100_continue:
-            call = direct.take(cycle.scope)
+        if direct is not None and app is self.app:
+            # NOTE: with the access log on, or a client waiting for `100 Continue` (ASGI sends it when the app first
+            # reads, so a refusal costs no body), only what the direct path forwards elsewhere is taken
+            call = direct.take(cycle.scope, forward_only=cycle.access_log or cycle.waiting_for_100_continue)
             if call is not None:
+                if cycle.waiting_for_100_continue and not self.transport.is_closing():
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    cycle.waiting_for_100_continue = False
                 if cycle.more_body:
                     self._direct_body = (cycle, call, app)  # started when its body is in
                 else:

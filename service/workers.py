@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -71,22 +70,15 @@ def worker_count(settings: Settings) -> tuple[int, str]:
 
 def auto_worker_count(settings: Settings, cores: int, memory: int | None, gpu: bool) -> tuple[int, str]:
     """`http_workers=auto`: one process per core (each HTTP process can use one core; measured on the demo models
-    and the benchmark's BiLSTM on 2 cores, two processes served more than one), unless one process is what works:
-    the repository API, a GPU, or streams without shared state; and no more than half of `memory` (bytes
-    available, None: unknown) holds."""
+    and the benchmark's BiLSTM on 2 cores, two processes served more than one), unless one process is what works
+    (the repository API, a GPU), and no more than half of `memory` (bytes available, None: unknown) holds.
+    Streams work with any count: without Redis the first process holds them and the others forward to it."""
     if settings.repository_api:
         return 1, "repository_api needs one process"
     if cores <= 1:
         return 1, "one CPU core"
     if gpu and settings.device != "cpu":
         return 1, "a GPU is visible: one process keeps one CUDA context and whole batches"
-    if settings.state_url is None:
-        streaming = _streaming_models(settings.repository)
-        if streaming:
-            return (
-                1,
-                f"{', '.join(streaming)} can stream and state_url is unset: streams keep their state in one process",
-            )
     if memory is None:
         return cores, f"one per CPU core ({cores})"
     per_process = PROCESS_BYTES + 2 * _model_bytes(settings.repository)
@@ -94,19 +86,6 @@ def auto_worker_count(settings: Settings, cores: int, memory: int | None, gpu: b
     if fits < cores:
         return fits, f"{fits} of {cores} cores: half the available memory holds {fits} at ~{per_process >> 20} MiB each"
     return cores, f"one per CPU core ({cores}; ~{per_process >> 20} MiB each)"
-
-
-def _streaming_models(repository: Path) -> list[str]:
-    """The models of `repository` with a version whose model.json has a `streaming` section."""
-    from service.repository import version_dirs
-
-    found: set[str] = set()
-    for (name, _), path in version_dirs(repository, warn=False).items():
-        with contextlib.suppress(OSError, ValueError):
-            document = json.loads((path / "model.json").read_text())
-            if isinstance(document, dict) and document.get("streaming"):
-                found.add(name)
-    return sorted(found)
 
 
 def _model_bytes(repository: Path) -> int:
@@ -177,6 +156,8 @@ def serve_workers(settings: Settings, count: int) -> int:
     port = int(reserved.getsockname()[1])
     metrics_dir = tempfile.mkdtemp(prefix="seqserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the workers, read at their start
+    # NOTE: without Redis the first worker holds every stream; the others forward stream requests to it here
+    streams = os.path.join(metrics_dir, "streams.sock") if settings.state_url is None else None
     context = multiprocessing.get_context("spawn")
     flags = context.RawArray("b", count)
     workers: list[multiprocessing.process.BaseProcess] = []
@@ -197,7 +178,7 @@ def serve_workers(settings: Settings, count: int) -> int:
         for index in range(count):
             process = context.Process(
                 target=_worker_main,
-                args=(worker_settings(settings, count, index, port), index, count, flags, os.getpid()),
+                args=(worker_settings(settings, count, index, port), index, count, flags, os.getpid(), streams),
                 name=f"seqserve-http-{index}",
             )
             process.start()
@@ -243,8 +224,9 @@ def _mark_dead(pid: int | None) -> None:
     multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-def _worker_main(settings: Settings, index: int, count: int, flags: Any, parent: int) -> None:
-    """A worker process: the whole server, on the shared port, publishing its readiness."""
+def _worker_main(settings: Settings, index: int, count: int, flags: Any, parent: int, streams: str | None) -> None:
+    """A worker process: the whole server, on the shared port, publishing its readiness. `streams`: the Unix socket
+    where the first worker takes the others' stream requests (None: they are served where they arrive)."""
     os.setpgid(0, 0)  # signals come from the parent only (a terminal's Ctrl-C reaches the parent, which passes it on)
     _end_with(parent)
     logging.basicConfig(
@@ -255,9 +237,26 @@ def _worker_main(settings: Settings, index: int, count: int, flags: Any, parent:
     from service.runtime.cpu import share_cores
 
     share_cores(count)
-    sock = listening_socket(settings.host, settings.port)
-    serve(settings, sockets=[sock], peers=lambda registry: Peers(flags, index, registry.local_readiness))
+    sockets = [listening_socket(settings.host, settings.port)]
+    if streams is not None and index == 0:
+        sockets.append(_unix_listener(streams))
+    serve(
+        settings,
+        sockets=sockets,
+        peers=lambda registry: Peers(flags, index, registry.local_readiness),
+        forward_streams_to=streams if index > 0 else None,
+    )
     sys.exit(0)
+
+
+def _unix_listener(path: str) -> socket.socket:
+    """A Unix socket at `path` (readable by this user only: the server's own processes forward to it)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, 0o600)
+    return sock
 
 
 PR_SET_PDEATHSIG = 1

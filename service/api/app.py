@@ -24,10 +24,11 @@ from service.streams.service import StreamService
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI:
+def create_app(settings: Settings, *, metrics: Metrics | None = None, streams_forwarded: bool = False) -> FastAPI:
+    """The app; `streams_forwarded`: this process forwards stream requests to the one holding the streams."""
     metrics = metrics if metrics is not None else Metrics()
     registry = ModelRegistry(settings, metrics)
-    stream_service = StreamService.from_settings(settings, metrics)
+    stream_service = StreamService.from_settings(settings, metrics, forwarded=streams_forwarded)
     registry.streams = stream_service
     api_key = settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
 

@@ -9,6 +9,12 @@ its body is in, `DirectInference.start` checks the key, resolves the model,
 validates the body and queues its sequences, all at once; a callback on the
 batcher's future formats the answer and writes it whole. No task, no coroutine.
 
+With several HTTP processes and stream state kept in the processes (no
+`state_url`), the first process holds every stream: in the others, the direct
+path forwards each stream request (the `/v1` stream routes, and V2 infer bodies
+naming a `sequence_id`) over a Unix socket to the first, and writes its answer
+back as it came.
+
 It answers exactly as `inference.serve` does (the same checks in the same order,
 the same errors, the same metrics): the same functions do the work. What it
 does not take goes through ASGI as before (`InferenceFastPath`, then FastAPI):
@@ -32,16 +38,22 @@ from service.api.auth import check_credentials
 from service.api.body import BINARY_HEADER, check_content_type, split_body
 from service.api.errors import error_answer
 from service.api.inference import Prepared
-from service.api.routes import INFERENCE_ROUTES, Operation, path_pattern
+from service.api.routes import INFERENCE_ROUTES, STREAM, Operation, path_pattern
 from service.api.state import AppState
 from service.batching.pending import PendingRequest
-from service.errors import Abandoned, Draining, Unauthorized
+from service.errors import Abandoned, Draining, StateUnavailable, Unauthorized
 from service.registry import ModelVersion
 
 Write = Callable[[Response], None]
 """Writes a request's answer (the protocol's: whole when it can, else through ASGI)."""
 
 _BINARY_HEADER = BINARY_HEADER.encode()
+_STREAM_PATHS = tuple(path_pattern(route.path) for route in INFERENCE_ROUTES if route.operation is STREAM)
+_NOT_FORWARDED = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade"}
+    | {b"expect", b"content-length", b"date", b"server"}
+)
+"""Headers a forwarded request or answer does not carry over: hop-by-hop ones, and those written anew."""
 _ROUTES: tuple[tuple[re.Pattern[str], Operation], ...] = tuple(
     (path_pattern(route.path), route.operation) for route in INFERENCE_ROUTES if route.operation.prepare is not None
 )
@@ -50,12 +62,18 @@ _ROUTES: tuple[tuple[re.Pattern[str], Operation], ...] = tuple(
 class Call:
     """One request taken by the direct path: what its route and headers say."""
 
-    __slots__ = ("api_key", "authorization", "binary_length", "content_type", "name", "operation", "version")
+    __slots__ = (
+        "api_key", "authorization", "binary_length", "content_type", "forward", "forward_only", "name", "operation",
+        "scope", "version",
+    )  # fmt: skip
 
-    def __init__(self, operation: Operation, name: str | None, version: str | None) -> None:
+    def __init__(self, operation: Operation, name: str | None, version: str | None, scope: Scope) -> None:
         self.operation = operation
         self.name = name
         self.version = version
+        self.scope = scope
+        self.forward = False  # a stream request, for the process that holds the streams
+        self.forward_only = False  # taken only to be forwarded if it is a stream's chunk
         self.content_type: str | None = None
         self.binary_length: str | None = None
         self.api_key: str | None = None
@@ -65,21 +83,29 @@ class Call:
 class DirectInference:
     """The inference routes' answers, for seqserve's protocol (see the module's docstring)."""
 
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: AppState, *, forward_streams_to: str | None = None) -> None:
         self._state = state
         self._limit = state.settings.max_body_bytes
         self._timeout = state.settings.request_timeout_seconds
+        self._forward_to = forward_streams_to
+        self._forwarding: set[asyncio.Task[None]] = set()
 
-    def take(self, scope: Scope) -> Call | None:
-        """The call when the direct path answers this request (its head read), else None."""
-        if scope["method"] != "POST":
+    def take(self, scope: Scope, *, forward_only: bool = False) -> Call | None:
+        """The call when the direct path answers this request (its head read), else None; `forward_only`: only a
+        stream request it forwards (the access log is on)."""
+        method, path = scope["method"], scope["path"]
+        forwarding = self._forward_to is not None and method in ("POST", "GET", "DELETE")
+        if forwarding and any(pattern.fullmatch(path) for pattern in _STREAM_PATHS):
+            call = Call(STREAM, None, None, scope)
+            call.forward = True
+            return call if _forwardable(scope, self._limit, has_body=method == "POST") else None
+        if method != "POST":
             return None
-        path = scope["path"]
         for pattern, operation in _ROUTES:
             match = pattern.fullmatch(path)
             if match is not None:
                 params = match.groupdict()
-                call = Call(operation, params.get("name"), params.get("version"))
+                call = Call(operation, params.get("name"), params.get("version"), scope)
                 break
         else:
             return None
@@ -101,6 +127,10 @@ class DirectInference:
                 call.binary_length = value.decode("latin-1")
         if length is None or not length.isdigit() or int(length) > self._limit:
             return None  # the ASGI path reads it, or answers 413
+        if forward_only:
+            if self._forward_to is None or not call.operation.v2:
+                return None
+            call.forward_only = True  # a V2 stream chunk is forwarded; anything else goes through ASGI
         return call
 
     def start(self, call: Call, body: bytes, gone: asyncio.Future[None] | None, write: Write) -> bool:
@@ -109,6 +139,13 @@ class DirectInference:
         state = self._state
         operation = call.operation
         v2 = operation.v2
+        if call.forward or (self._forward_to is not None and v2 and b"sequence_id" in body):
+            task = asyncio.get_running_loop().create_task(self._forward(call, body, write))
+            self._forwarding.add(task)
+            task.add_done_callback(self._forwarding.discard)
+            return True
+        if call.forward_only:
+            return False
         try:
             if state.api_key is not None:
                 check_credentials(call.api_key, call.authorization, state.api_key)
@@ -135,6 +172,31 @@ class DirectInference:
             return True
         request.future.add_done_callback(_Answer(self, request, prepared, model, write, started, v2))
         return True
+
+    async def _forward(self, call: Call, body: bytes, write: Write) -> None:
+        """Send a stream request to the process that holds the streams and write its answer back; it checks the
+        key, answers and counts the request there."""
+        assert self._forward_to is not None
+        scope = call.scope
+        target = scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b"")
+        parts = [scope["method"].encode(), b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in scope["headers"]:
+            if name not in _NOT_FORWARDED:
+                parts += (name, b": ", value, b"\r\n")
+        parts += (b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body)
+        try:
+            async with asyncio.timeout(self._timeout + 5.0):
+                reader, writer = await asyncio.open_unix_connection(self._forward_to)
+                try:
+                    writer.write(b"".join(parts))
+                    answer = await reader.read()  # to the end: the answer closes the connection
+                finally:
+                    writer.close()
+            response = _forwarded_answer(answer)
+        except (OSError, TimeoutError, ValueError) as exc:
+            why = f"the HTTP process that holds the streams did not answer ({exc or type(exc).__name__})"
+            response = error_answer(StateUnavailable(why), v2=call.operation.v2 or scope["path"].startswith("/v2/"))
+        write(response)
 
     def _answer(self, write: Write, response: Response, labels: tuple[str, str], started: float) -> None:
         seconds = time.perf_counter() - started if labels[0] else None
@@ -170,3 +232,43 @@ class _Answer:
             response = error_answer(exc, v2=self._v2)
         model = self._model
         self._direct._answer(self._write, response, (model.name, str(model.version)), self._started)
+
+
+def _forwardable(scope: Scope, limit: int, *, has_body: bool) -> bool:
+    """Whether a stream request can be forwarded whole: a body with its Content-Length within `limit` (none for a
+    GET or DELETE), not chunked."""
+    length: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding":
+            return False
+        if name == b"content-length":
+            if length is not None:
+                return False
+            length = value
+    if length is None:
+        return not has_body
+    return length.isdigit() and int(length) <= limit
+
+
+def _forwarded_answer(raw: bytes) -> Response:
+    """The answer the streams' process wrote (one HTTP/1.1 answer, then the end), to write back."""
+    head, blank, rest = raw.partition(b"\r\n\r\n")
+    if not blank:
+        raise ValueError("its answer ended early")
+    status_line, *lines = head.split(b"\r\n")
+    status = int(status_line.split(b" ", 2)[1])
+    headers: list[tuple[bytes, bytes]] = []
+    length: int | None = None
+    for line in lines:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"content-length":
+            length = int(value)
+        elif name not in _NOT_FORWARDED:
+            headers.append((name, value))
+    body = rest if length is None else rest[:length]
+    if length is not None and len(body) < length:
+        raise ValueError("its answer ended early")
+    response = Response(body, status_code=status)
+    response.raw_headers = [*headers, (b"content-length", b"%d" % len(body))]
+    return response

@@ -109,8 +109,10 @@ class StreamService:
             raise StreamingUnsupported(self.refusal)
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics) -> StreamService:
-        """The store the settings choose: Redis at `state_url`, else this process."""
+    def from_settings(cls, settings: Settings, metrics: Metrics, *, forwarded: bool = False) -> StreamService:
+        """The store the settings choose: Redis at `state_url`, else this process. `forwarded`: this is an HTTP
+        process whose stream requests go to the process that holds the streams (`service.api.direct`); what cannot
+        be forwarded is refused here."""
         retention = settings.stream_idle_seconds
         store: StateStore
         if settings.state_url is not None:
@@ -127,14 +129,12 @@ class StreamService:
                 max_streams=settings.max_streams, idle_seconds=settings.stream_idle_seconds, retention_seconds=retention
             )
         refusal = None
-        # NOTE: the command resolves "auto" to a count; an app made directly (`create_app`) is one process
-        if settings.state_url is None and settings.http_workers not in (1, "auto"):
+        if forwarded and settings.state_url is None:
             refusal = (
-                "this server runs several HTTP worker processes (http_workers) and keeps stream state in each one, "
-                "so a stream's chunks could reach different processes: set SEQSERVE_STATE_URL (Redis) to serve "
-                "streams, or SEQSERVE_HTTP_WORKERS=1"
+                "this server runs several HTTP processes and keeps stream state in the first one; this process "
+                "forwards stream requests to it only with a Content-Length body (not chunked), so send one, or set "
+                "SEQSERVE_STATE_URL (Redis) to serve streams from every process"
             )
-            log.warning("streams are refused: %s", refusal)
         return cls(store, metrics, idle_seconds=settings.stream_idle_seconds, refusal=refusal)
 
     # -- lifecycle -------------------------------------------------------------

@@ -4,14 +4,16 @@ chunkings, through /v1 and through tritonclient's V2 sequence parameters; and th
 from __future__ import annotations
 
 import concurrent.futures
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import tritonclient.http as triton
 
-from tests.service.api.conftest import Server, sample_value
+from tests.service.api.conftest import Server, run_server, sample_value
 from tests.service.streams.client import (
     TOLERANCE,
     check_random_chunkings,
@@ -267,3 +269,54 @@ def test_a_retry_without_offset_is_known_by_its_request_id(
         assert np.abs(np.asarray(again.json()["output"]["values"]) - want).max() <= TOLERANCE
         applied = client.post(url, json={"steps": sequence[3:].tolist()}, headers={"X-Request-ID": "r3"})
         assert applied.json()["replayed"] is False and applied.json()["position"] == 9  # a new request: applied
+
+
+def test_streams_across_http_processes_without_redis(stream_repository: StreamRepository, tmp_path: Path) -> None:
+    """Two HTTP processes and no Redis: the first holds every stream, the other forwards its stream requests to it.
+    Every request on a new connection (the kernel spreads them over both processes): each chunk's answer, over /v1
+    and through tritonclient (binary outputs too), equals the user's module; a stream's status and its end work
+    from either process; each chunk is applied and counted once; a chunked body, which cannot be forwarded whole,
+    is answered by the first process or refused by the other, saying what to send."""
+    entry = stream_repository.entries["gru-tagger"]
+    rng = np.random.default_rng(2024)
+    with run_server(stream_repository.path, "--http-workers", "2", "--max-delay-ms", "2", log_dir=tmp_path) as server:
+        host = server.url.removeprefix("http://")
+
+        def over_v1(stream: str, steps: Any, start: bool, end: bool, offset: int) -> np.ndarray:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                return v1_sender(client, entry)(stream, steps, start, end, offset)
+
+        def over_triton(stream: str, steps: Any, start: bool, end: bool, offset: int) -> np.ndarray:
+            client = triton.InferenceServerClient(host)
+            try:
+                return triton_sender(client, entry, binary=offset % 2 == 1)(stream, steps, start, end, offset)
+            finally:
+                client.close()
+
+        sent = 0
+        for stream, send in (("fwd-v1", over_v1), ("fwd-v2", over_triton), (31337, over_triton)):
+            sequence = random_sequence(entry, 40, rng)
+            sizes = [1] * 8 + random_chunking(32, rng, largest=6)
+            assert check_stream(entry, send, stream, sequence, sizes) <= TOLERANCE  # type: ignore[arg-type]
+            sent += len(sizes)
+        live = random_sequence(entry, 5, rng)
+        assert over_v1("fwd-live", live, True, False, 0).shape[0] == 5
+        sent += 1
+        for _ in range(8):
+            status = httpx.get(f"{server.url}/v1/models/{entry.name}/streams/fwd-live", timeout=30)
+            assert status.status_code == 200 and status.json()["position"] == 5, status.text
+        assert httpx.delete(f"{server.url}/v1/models/{entry.name}/streams/fwd-live", timeout=30).status_code == 200
+        for _ in range(4):
+            status = httpx.get(f"{server.url}/v1/models/{entry.name}/streams/fwd-live", timeout=30)
+            assert status.json()["status"] == "ended", status.text
+        applied = sample_value(server.metrics(), "seqserve_stream_chunks_total", {"outcome": "applied"})
+        assert applied == sent
+        statuses = set()
+        for i in range(8):  # chunked: the first process answers it; the other cannot forward it and says why
+            body = iter([orjson.dumps({"steps": random_sequence(entry, 2, rng), "start": True, "end": True})])
+            answer = httpx.post(f"{server.url}/v1/models/{entry.name}/streams/chunked-{i}", content=body, timeout=30)
+            statuses.add(answer.status_code)
+            assert answer.status_code == 200 or "Content-Length" in answer.json()["error"]["message"], answer.text
+        assert statuses <= {200, 400}
+        log = server.log()
+    assert "[http 1]" in log

@@ -113,20 +113,22 @@ def test_a_stream_keeps_its_version() -> None:
     asyncio.run(main())
 
 
-def test_several_http_processes_without_redis_refuse_streams_naming_the_setting() -> None:
+def test_a_forwarding_process_refuses_what_it_cannot_forward_naming_the_setting() -> None:
+    """With several HTTP processes and no Redis, the first holds the streams and the others forward to it; a
+    stream request one of them cannot forward (a chunked body) is refused, naming the way out."""
     from service.errors import StreamingUnsupported
     from service.settings import Settings
 
     async def main() -> None:
-        alone = StreamService.from_settings(Settings(http_workers=1), Metrics())
-        assert alone.refusal is None
-        shared = StreamService.from_settings(Settings(http_workers=2), Metrics())
+        holder = StreamService.from_settings(Settings(http_workers=2), Metrics())
+        assert holder.refusal is None
+        forwarding = StreamService.from_settings(Settings(http_workers=2), Metrics(), forwarded=True)
         model = RunningSum()
         with pytest.raises(StreamingUnsupported, match="SEQSERVE_STATE_URL"):
-            await shared.apply(model, chunk([1.0], 0, start=True), pinned=False, version_of=lambda v: model)
-        with pytest.raises(StreamingUnsupported, match="http_workers"):
-            await shared.end("m", "s")
-        with_redis = StreamService.from_settings(Settings(http_workers=2, state_url="redis://127.0.0.1:1/0"), Metrics())
-        assert with_redis.refusal is None
+            await forwarding.apply(model, chunk([1.0], 0, start=True), pinned=False, version_of=lambda v: model)
+        with pytest.raises(StreamingUnsupported, match="Content-Length"):
+            await forwarding.end("m", "s")
+        settings = Settings(http_workers=2, state_url="redis://127.0.0.1:1/0")
+        assert StreamService.from_settings(settings, Metrics(), forwarded=True).refusal is None
 
     asyncio.run(main())
