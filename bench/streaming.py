@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path=work / "server.log",
         max_streams=max(args.live) + 64,
         max_queued_tokens=1 << 22,
+        http_workers=1,  # the recorded figures' server: one process holding the streams, none forwarded
     )
     try:
         server.wait_ready()

@@ -592,7 +592,9 @@ class ModelRegistry:
         return not blocking, blocking + failed
 
     def _update_ready_metric(self) -> None:
-        self._metrics.ready.set(1 if self.readiness()[0] else 0)
+        # NOTE: this process's own: with several HTTP processes the gauge's minimum over them (livemin) is the
+        # whole server's, and no process's figure waits on its view of the others
+        self._metrics.ready.set(1 if self.local_readiness()[0] else 0)
 
     def model_versions(self, name: str) -> dict[int, ModelVersion]:
         versions = self._models.get(name)  # NOTE: every name held matches NAME_PATTERN (checked when loaded)

@@ -95,8 +95,8 @@ class DrainingServer(uvicorn.Server):
         from service.workers import PUBLISH_SECONDS
 
         assert self._peers is not None and self._loop is not None
+        self._metrics.ready.set(1 if self._registry.local_readiness()[0] else 0)  # before the flag the others read
         self._peers.publish()
-        self._metrics.ready.set(1 if self._registry.readiness()[0] else 0)  # the others' readiness may have changed
         if not self.should_exit:
             self._loop.call_later(PUBLISH_SECONDS, self._publish_readiness)
 
@@ -133,9 +133,21 @@ class DrainingServer(uvicorn.Server):
             log.exception("draining failed: answering what is still queued 503 draining, then exiting with status 1")
             await self._stop_models(deadline)
         finally:
+            if self._peers is not None:
+                await self._wait_for_peers(deadline)
             # What is left of the grace period bounds uvicorn's wait for the answers to go out.
             self.config.timeout_graceful_shutdown = int(max(1.0, deadline - loop.time()))
             self.should_exit = True
+
+    async def _wait_for_peers(self, deadline: float) -> None:
+        """With several HTTP processes, keep listening (answering 503 draining) until every one has drained, within
+        the grace period: a process that closed its socket first would have the kernel reset the connections
+        queued on it, while the others still drain."""
+        assert self._peers is not None
+        loop = asyncio.get_running_loop()
+        self._peers.mark_drained()
+        while not self._peers.all_drained() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _stop_models(self, deadline: float) -> None:
         """Stop every batcher, answering what is still queued 503 `draining`; bounded, so the exit never waits on it."""

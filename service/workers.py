@@ -160,6 +160,7 @@ def serve_workers(settings: Settings, count: int) -> int:
     streams = os.path.join(metrics_dir, "streams.sock") if settings.state_url is None else None
     context = multiprocessing.get_context("spawn")
     flags = context.RawArray("b", count)
+    drained = context.RawArray("b", count)  # set by each worker once drained, and here once it ended
     workers: list[multiprocessing.process.BaseProcess] = []
     stopping = False
     signalled = 0  # workers started when the first signal came: those started later get it once they are
@@ -178,7 +179,15 @@ def serve_workers(settings: Settings, count: int) -> int:
         for index in range(count):
             process = context.Process(
                 target=_worker_main,
-                args=(worker_settings(settings, count, index, port), index, count, flags, os.getpid(), streams),
+                args=(
+                    worker_settings(settings, count, index, port),
+                    index,
+                    count,
+                    flags,
+                    drained,
+                    os.getpid(),
+                    streams,
+                ),
                 name=f"seqserve-http-{index}",
             )
             process.start()
@@ -195,6 +204,7 @@ def serve_workers(settings: Settings, count: int) -> int:
                 worker.join()
                 index = workers.index(worker)
                 flags[index] = 0
+                drained[index] = 1  # nobody waits for a worker that has ended
                 _mark_dead(worker.pid)
                 clean = worker.exitcode == 0 or (stopping and worker.exitcode in (-signal.SIGTERM, -signal.SIGINT))
                 if not clean:
@@ -224,7 +234,9 @@ def _mark_dead(pid: int | None) -> None:
     multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-def _worker_main(settings: Settings, index: int, count: int, flags: Any, parent: int, streams: str | None) -> None:
+def _worker_main(
+    settings: Settings, index: int, count: int, flags: Any, drained: Any, parent: int, streams: str | None
+) -> None:
     """A worker process: the whole server, on the shared port, publishing its readiness. `streams`: the Unix socket
     where the first worker takes the others' stream requests (None: they are served where they arrive)."""
     os.setpgid(0, 0)  # signals come from the parent only (a terminal's Ctrl-C reaches the parent, which passes it on)
@@ -243,7 +255,7 @@ def _worker_main(settings: Settings, index: int, count: int, flags: Any, parent:
     serve(
         settings,
         sockets=sockets,
-        peers=lambda registry: Peers(flags, index, registry.local_readiness),
+        peers=lambda registry: Peers(flags, index, registry.local_readiness, drained),
         forward_streams_to=streams if index > 0 else None,
     )
     sys.exit(0)
@@ -274,13 +286,23 @@ def _end_with(parent: int) -> None:
 class Peers:
     """Readiness across the workers: this worker's, published into `flags[index]`, and the others', read there."""
 
-    def __init__(self, flags: Any, index: int, local: Callable[[], tuple[bool, list[str]]]) -> None:
+    def __init__(
+        self, flags: Any, index: int, local: Callable[[], tuple[bool, list[str]]], drained: Any = None
+    ) -> None:
         self._flags = flags
         self._index = index
         self._local = local
+        self._drained = drained  # per worker: 1 once it has drained (or ended); None: not shared
 
     def publish(self) -> None:
         self._flags[self._index] = 1 if self._local()[0] else 0
+
+    def mark_drained(self) -> None:
+        if self._drained is not None:
+            self._drained[self._index] = 1
+
+    def all_drained(self) -> bool:
+        return self._drained is None or all(self._drained)
 
     def __call__(self) -> list[str]:
         """Why the other workers are not ready; empty when they all are."""

@@ -94,7 +94,7 @@ class DirectInference:
         """The call when the direct path answers this request (its head read), else None; `forward_only`: only a
         stream request it forwards (the access log is on)."""
         method, path = scope["method"], scope["path"]
-        forwarding = self._forward_to is not None and method in ("POST", "GET", "DELETE")
+        forwarding = self._forward_to is not None and method in ("POST", "GET", "HEAD", "DELETE")
         if forwarding and any(pattern.fullmatch(path) for pattern in _STREAM_PATHS):
             call = Call(STREAM, None, None, scope)
             call.forward = True
@@ -192,7 +192,7 @@ class DirectInference:
                     answer = await reader.read()  # to the end: the answer closes the connection
                 finally:
                     writer.close()
-            response = _forwarded_answer(answer)
+            response = _forwarded_answer(answer, to_head=scope["method"] == "HEAD")
         except (OSError, TimeoutError, ValueError) as exc:
             why = f"the HTTP process that holds the streams did not answer ({exc or type(exc).__name__})"
             response = error_answer(StateUnavailable(why), v2=call.operation.v2 or scope["path"].startswith("/v2/"))
@@ -250,8 +250,9 @@ def _forwardable(scope: Scope, limit: int, *, has_body: bool) -> bool:
     return length.isdigit() and int(length) <= limit
 
 
-def _forwarded_answer(raw: bytes) -> Response:
-    """The answer the streams' process wrote (one HTTP/1.1 answer, then the end), to write back."""
+def _forwarded_answer(raw: bytes, *, to_head: bool = False) -> Response:
+    """The answer the streams' process wrote (one HTTP/1.1 answer, then the end), to write back; to a HEAD, its
+    head alone, its Content-Length kept (the protocol writes no body)."""
     head, blank, rest = raw.partition(b"\r\n\r\n")
     if not blank:
         raise ValueError("its answer ended early")
@@ -266,6 +267,10 @@ def _forwarded_answer(raw: bytes) -> Response:
             length = int(value)
         elif name not in _NOT_FORWARDED:
             headers.append((name, value))
+    if to_head:
+        response = Response(b"", status_code=status)
+        response.raw_headers = [*headers, *([(b"content-length", b"%d" % length)] if length is not None else [])]
+        return response
     body = rest if length is None else rest[:length]
     if length is not None and len(body) < length:
         raise ValueError("its answer ended early")

@@ -80,8 +80,9 @@ def test_closing_flushes_a_held_head() -> None:
 
 
 def test_the_server_sends_each_answer_in_one_write(test_repository: BuiltRepository, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """strace counts the server's socket writes: one per answer, head and body together."""
-    with run_server(test_repository.path, log_dir=tmp_path) as server:
+    """strace counts the server's socket writes: one per answer, head and body together (one HTTP process: the
+    one strace follows)."""
+    with run_server(test_repository.path, "--http-workers", "1", log_dir=tmp_path) as server:
         port = int(server.url.rsplit(":", 1)[1])
         trace = tmp_path / "writes.txt"
         tracer = subprocess.Popen(

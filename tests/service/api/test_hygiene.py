@@ -230,7 +230,8 @@ def test_slow_heads_and_bodies_get_408_and_are_closed_while_good_requests_are_se
 
 @pytest.fixture(scope="module")
 def limited_server(test_repository: BuiltRepository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    flags = ["--max-connections", str(MAX_CONNECTIONS), "--keep-alive-seconds", "6"]
+    # NOTE: one HTTP process: max_connections is each process's (the file descriptors it guards are)
+    flags = ["--max-connections", str(MAX_CONNECTIONS), "--keep-alive-seconds", "6", "--http-workers", "1"]
     with run_server(test_repository.path, *flags, log_dir=tmp_path_factory.mktemp("limited")) as running:
         yield running
 
