@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--live", type=int, nargs="+", default=[1, 64, 512])
     parser.add_argument("--load-chunk", type=int, default=4)
+    parser.add_argument(
+        "--http-workers", type=int, default=1, help="HTTP processes of the server (more: the first holds the streams)"
+    )
     parser.add_argument("--seconds", type=float, default=8.0, help="per load level")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", type=Path, default=OUTPUT)
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path=work / "server.log",
         max_streams=max(args.live) + 64,
         max_queued_tokens=1 << 22,
-        http_workers=1,  # the recorded figures' server: one process holding the streams, none forwarded
+        http_workers=args.http_workers,  # the recorded figures': 1, one process holding the streams, none forwarded
     )
     try:
         server.wait_ready()
