@@ -18,9 +18,10 @@ back as it came.
 It answers exactly as `inference.serve` does (the same checks in the same order,
 the same errors, the same metrics): the same functions do the work. What it
 does not take goes through ASGI as before (`InferenceFastPath`, then FastAPI):
-a stream's chunk, a body without `Content-Length` or over `max_body_bytes`
-(413 from there), `Expect: 100-continue`, any route but the inference ones,
-and every request while the access log is on.
+a stream's chunk it does not forward, a body without `Content-Length` or over
+`max_body_bytes` (413 from there), any route but the inference ones, and, but
+for what it forwards, `Expect: 100-continue` and every request while the access
+log is on.
 """
 
 from __future__ import annotations
