@@ -209,6 +209,9 @@ class Direct(Protocol):
     ) -> bool:
         """Answer `call` (its whole `body` in) through `write`; False, nothing done, to leave it to ASGI."""
 
+    def abandoned(self, call: Any) -> None:
+        """`call`'s client left before its whole body came."""
+
 
 class DirectWriter:
     """Writes a direct request's answer: whole when `WholeAnswer` can, else sent through ASGI by a task of its own
@@ -269,7 +272,9 @@ class HttpProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
         self._reading = None
-        self._direct_body = None
+        waiting, self._direct_body = self._direct_body, None
+        if waiting is not None and self.direct is not None and not waiting[0].response_complete:
+            self.direct.abandoned(waiting[1])  # its client left (or timed out) before the whole body came
         for _, gone in self._gone:
             if not gone.done():
                 gone.set_result(None)

@@ -65,7 +65,7 @@ class Call:
 
     __slots__ = (
         "api_key", "authorization", "binary_length", "content_type", "forward", "forward_only", "name", "operation",
-        "scope", "version",
+        "scope", "started", "version",
     )  # fmt: skip
 
     def __init__(self, operation: Operation, name: str | None, version: str | None, scope: Scope) -> None:
@@ -73,6 +73,7 @@ class Call:
         self.name = name
         self.version = version
         self.scope = scope
+        self.started = time.perf_counter()  # its head read: where the ASGI path starts its clock too
         self.forward = False  # a stream request, for the process that holds the streams
         self.forward_only = False  # taken only to be forwarded if it is a stream's chunk
         self.content_type: str | None = None
@@ -153,7 +154,7 @@ class DirectInference:
         except Unauthorized as exc:
             write(error_answer(exc, v2=v2))
             return True
-        started = time.perf_counter()
+        started = call.started
         labels = ("", "")
         try:
             if state.registry.draining:
@@ -173,6 +174,32 @@ class DirectInference:
             return True
         request.future.add_done_callback(_Answer(self, request, prepared, model, write, started, v2))
         return True
+
+    def abandoned(self, call: Call) -> None:
+        """Count a request whose client left before its whole body came, as the ASGI path counts it: nothing
+        without a valid key, else the status of what stops it first (draining, an unknown model, overload), else
+        499."""
+        state = self._state
+        if call.forward or call.forward_only:
+            return  # counted where it would have been answered, or by the ASGI path
+        if state.api_key is not None:
+            try:
+                check_credentials(call.api_key, call.authorization, state.api_key)
+            except Unauthorized:
+                return
+        labels = ("", "")
+        try:
+            if state.registry.draining:
+                raise Draining("the server is shutting down; retry on another replica")
+            model = state.registry.resolve(call.name, call.version)
+            labels = (model.name, str(model.version))
+            assert model.batcher is not None
+            with model.batcher.reading():
+                raise Abandoned("the client went away before its body was read")
+        except Exception as exc:
+            status = error_answer(exc, v2=call.operation.v2).status_code
+        seconds = time.perf_counter() - call.started if labels[0] else None
+        state.metrics.answered(*labels, status, seconds)
 
     async def _forward(self, call: Call, body: bytes, write: Write) -> None:
         """Send a stream request to the process that holds the streams and write its answer back; it checks the

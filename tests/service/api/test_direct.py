@@ -26,7 +26,7 @@ from service.api import InferenceFastPath, create_app
 from service.api.direct import DirectInference
 from service.settings import Settings
 from service.wire import ConnectionLimits, http_protocol
-from tests.service.api.conftest import free_port, sample_value
+from tests.service.api.conftest import free_port, sample_value, wait_until
 from tests.service.conftest import BuiltRepository
 
 KEY = "direct-key"
@@ -238,3 +238,21 @@ def test_what_the_direct_path_leaves_to_asgi(test_repository: BuiltRepository, o
         [(status, _, _)] = exchange(port, raw)
         assert status == (413 if oversized else 200)
         assert direct.started == 0
+
+
+def test_a_client_that_leaves_mid_body_is_counted_the_same_on_both_paths(test_repository: BuiltRepository) -> None:
+    body = orjson.dumps({"inputs": FEATURES})
+    with serving(test_repository.path) as (port, direct):
+
+        def left() -> float:
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            return sample_value(metrics, "seqserve_requests_total", {"model": "feat", "status": "499"})
+
+        for chunked in (False, True):
+            raw = request_bytes("/v1/models/feat/predict", body, {}, chunked=chunked)
+            before, started = left(), direct.started
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(raw[: len(raw) - len(body) // 2])  # the head and about half the body, then gone
+                time.sleep(0.2)
+            wait_until(lambda: left() == before + 1, timeout=10)  # noqa: B023 (read at once, in this iteration)
+            assert direct.started == started  # never started: its body never came
