@@ -138,7 +138,6 @@ class DirectInference:
     def start(self, call: Call, body: bytes, gone: asyncio.Future[None] | None, write: Write) -> bool:
         """Answer `call`, whose whole `body` is in: at once for an error, else when the batcher answers. `gone`
         completes when the client leaves. False, with nothing done, when the request needs the ASGI path."""
-        state = self._state
         operation = call.operation
         v2 = operation.v2
         if call.forward or (self._forward_to is not None and v2 and b"sequence_id" in body):
@@ -149,17 +148,14 @@ class DirectInference:
         if call.forward_only:
             return False
         try:
-            if state.api_key is not None:
-                check_credentials(call.api_key, call.authorization, state.api_key)
+            self._check_key(call)
         except Unauthorized as exc:
             write(error_answer(exc, v2=v2))
             return True
         started = call.started
         labels = ("", "")
         try:
-            if state.registry.draining:
-                raise Draining("the server is shutting down; retry on another replica")
-            model = state.registry.resolve(call.name, call.version)
+            model = self._serving(call)
             labels = (model.name, str(model.version))
             assert model.batcher is not None and operation.prepare is not None  # resolve() returns ready versions
             with model.batcher.reading():  # sheds before the body is parsed
@@ -179,19 +175,15 @@ class DirectInference:
         """Count a request whose client left before its whole body came, as the ASGI path counts it: nothing
         without a valid key, else the status of what stops it first (draining, an unknown model, overload), else
         499."""
-        state = self._state
         if call.forward or call.forward_only:
             return  # counted where it would have been answered, or by the ASGI path
-        if state.api_key is not None:
-            try:
-                check_credentials(call.api_key, call.authorization, state.api_key)
-            except Unauthorized:
-                return
+        try:
+            self._check_key(call)
+        except Unauthorized:
+            return
         labels = ("", "")
         try:
-            if state.registry.draining:
-                raise Draining("the server is shutting down; retry on another replica")
-            model = state.registry.resolve(call.name, call.version)
+            model = self._serving(call)
             labels = (model.name, str(model.version))
             assert model.batcher is not None
             with model.batcher.reading():
@@ -199,7 +191,20 @@ class DirectInference:
         except Exception as exc:
             status = error_answer(exc, v2=call.operation.v2).status_code
         seconds = time.perf_counter() - call.started if labels[0] else None
-        state.metrics.answered(*labels, status, seconds)
+        self._state.metrics.answered(*labels, status, seconds)
+
+    def _check_key(self, call: Call) -> None:
+        """Raise `Unauthorized` unless the call carries the API key (when one is set)."""
+        expected = self._state.api_key
+        if expected is not None:
+            check_credentials(call.api_key, call.authorization, expected)
+
+    def _serving(self, call: Call) -> ModelVersion:
+        """The version that answers `call`, as `inference.serve` finds it: refused while draining, else resolved."""
+        registry = self._state.registry
+        if registry.draining:
+            raise Draining("the server is shutting down; retry on another replica")
+        return registry.resolve(call.name, call.version)
 
     async def _forward(self, call: Call, body: bytes, write: Write) -> None:
         """Send a stream request to the process that holds the streams and write its answer back; it checks the
