@@ -3,6 +3,7 @@
     python -m bench.ab '{}' '{"batch_workers": 1}'                 # settings against the defaults
     python -m bench.ab '{"source": "../old"}' '{}'                 # an older checkout (git worktree) against this one
     python -m bench.ab '{}' '{"max_delay_ms": 0}' --rate 400       # open loop at 400 seq/s instead of a closed loop
+    python -m bench.ab '{}' '{"http_workers": 2}' --ceiling        # each against the round's in-process ceiling
 
 Each variant is a JSON object of `seqserve serve` settings over the base
 (`max_batch_size` 32, `max_batch_tokens` 8192, one HTTP process), plus an
@@ -13,7 +14,10 @@ the benchmark's reference model and workload (one sequence per request,
 lengths 10-200), closed loop at `--concurrency` or open loop at `--rate`.
 Per phase it prints throughput, the server's event-loop and worker CPU per
 sequence, the share of the machine it used, p50 and p99; then each variant's
-means.
+means. With `--ceiling`, each round first measures the in-process ceiling
+(`bench.ceiling`, the `window` plan at `--concurrency` in flight) and each
+variant's sequences per second are also given as a share of it: the machine's
+drift between rounds then cancels out of the ratio.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--demo-repository", type=Path, default=Path("repository"))
     parser.add_argument("--per-request", type=int, default=1, help="sequences per request (/predict JSON)")
+    parser.add_argument(
+        "--ceiling", action="store_true", help="measure the in-process ceiling each round and give each variant's share"
+    )
     args = parser.parse_args(argv)
 
     if args.model == REFERENCE_NAME:
@@ -69,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     bodies = workload.json_bodies(args.per_request) if args.body == "json" else getattr(workload, bodies_of)()
     results: list[list[dict[str, float]]] = [[] for _ in args.variants]
     for round_ in range(args.rounds):
+        ceiling = _ceiling(repository, args.model, args.concurrency, args.seconds / 3) if args.ceiling else None
+        if ceiling is not None:
+            print(
+                f"round {round_ + 1} ceiling: {ceiling['throughput_seq_s']:.0f} seq/s, "
+                f"runtime {ceiling['runtime_cpu_ms_per_seq']:.3f} ms/seq",
+                flush=True,
+            )
         for index, variant in enumerate(args.variants):
             settings: dict[str, Any] = {"max_batch_size": 32, "max_batch_tokens": 8192, "http_workers": 1, **variant}
             source = settings.pop("source", None)
@@ -102,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 "p99_ms": load.percentile(99),
                 "errors": load.errors,
             }
+            if ceiling is not None:
+                figures["of_ceiling"] = figures["seq_s"] / ceiling["throughput_seq_s"]
             results[index].append(figures)
             print(f"round {round_ + 1} variant {index} {json.dumps(variant)}: " + _line(figures), flush=True)
     for index, variant in enumerate(args.variants):
@@ -110,9 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _ceiling(repository: Path, model: str, in_flight: int, seconds: float) -> dict[str, Any]:
+    """The in-process ceiling's `window` plan: `in_flight` sequences at a time, each window cut by the planner,
+    the best of two repeats of at least `seconds` each."""
+    command = [sys.executable, "-m", "bench.ceiling", "--repository", str(repository), "--model", model]
+    command += ["--plans", "window", "--window", str(in_flight), "--max-batch-size", "32", "--max-batch-tokens", "8192"]
+    command += ["--repeats", "2", "--min-seconds", str(seconds)]
+    answer = subprocess.run(command, check=True, capture_output=True, text=True)
+    window: dict[str, Any] = json.loads(answer.stdout)["window"]
+    return window
+
+
 def _line(f: dict[str, float]) -> str:
+    share = f" ({f['of_ceiling']:.3f} of the ceiling)" if "of_ceiling" in f else ""
     return (
-        f"{f['req_s']:.0f} req/s, {f['seq_s']:.0f} seq/s, loop {f['loop_ms']:.3f} ms/seq, "
+        f"{f['req_s']:.0f} req/s, {f['seq_s']:.0f} seq/s{share}, loop {f['loop_ms']:.3f} ms/seq, "
         f"workers {f['worker_ms']:.3f} ms/seq, "
         f"machine {f['machine_share']:.2f}, p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms, "
         f"errors {f['errors']:.0f}"

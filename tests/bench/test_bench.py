@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -64,11 +65,20 @@ def test_ab_alternates_variants_and_reports_each(tmp_path: Path, capsys: pytest.
 
     root = Path(__file__).resolve().parents[2]
     variants = ["{}", json.dumps({"source": str(root), "max_delay_ms": 0})]
-    assert ab.main([*variants, "--rounds", "1", "--seconds", "0.5", "--concurrency", "2", "--work", str(tmp_path)]) == 0
+    assert (
+        ab.main([*variants, "--rounds", "1", "--seconds", "0.5", "--concurrency", "2", "--work", str(tmp_path), "--ceiling"])
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     means = [line for line in lines if ", mean of 1: " in line]
     assert [line.split(" ", 2)[1] for line in means] == ["0", "1"]
-    assert all(" seq/s, loop " in line and line.endswith("errors 0") for line in means)
+    assert all(" seq/s (" in line and " of the ceiling), loop " in line and line.endswith("errors 0") for line in means)
+    # each variant's share is its throughput over the ceiling measured in the same round
+    ceiling = float(next(line for line in lines if line.startswith("round 1 ceiling: ")).split()[3])
+    for line in means:
+        found = re.search(r" (\d+) seq/s \(([\d.]+) of the ceiling\)", line)
+        assert found is not None
+        assert float(found[2]) == pytest.approx(float(found[1]) / ceiling, abs=0.002)
     assert (tmp_path / "variant-1.log").is_file()
 
 
