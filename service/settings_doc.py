@@ -14,7 +14,9 @@ import argparse
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import SecretStr
@@ -45,13 +47,20 @@ def _number(value: object) -> str:
 
 
 def kind(field: FieldInfo) -> str:
-    """The type, its choices for a Literal, and its bounds."""
+    """The type, its choices for a Literal, and its bounds; each alternative of a union (`int` bounded, or `auto`)."""
     annotation = field.annotation
-    optional = False
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(annotation))
-        annotation = args[0] if len(args) == 1 else annotation
+    union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    alternatives = list(typing.get_args(annotation)) if union else [annotation]
+    optional = type(None) in alternatives
+    alternatives = [a for a in alternatives if a is not type(None)]
+    metadata = field.metadata if len(alternatives) == 1 else ()  # the field's own bounds bound a lone type
+    return " or ".join(_kind(a, metadata) for a in alternatives) + (", optional" if optional else "")
+
+
+def _kind(annotation: Any, metadata: Sequence[Any]) -> str:
+    if typing.get_origin(annotation) is typing.Annotated:  # its Field(...) holds its bounds
+        inner = [b for m in annotation.__metadata__ for b in (m.metadata if isinstance(m, FieldInfo) else [m])]
+        return _kind(typing.get_args(annotation)[0], [*inner, *metadata])
     if typing.get_origin(annotation) is typing.Literal:
         text = ", ".join(f"`{choice}`" for choice in typing.get_args(annotation))
     elif annotation is SecretStr:
@@ -65,7 +74,7 @@ def kind(field: FieldInfo) -> str:
     else:
         text = str(annotation)
     low = high = ""
-    for bound in field.metadata:
+    for bound in metadata:
         if isinstance(bound, Ge):
             low = f"{_number(bound.ge)} <= "
         elif isinstance(bound, Gt):
@@ -74,9 +83,7 @@ def kind(field: FieldInfo) -> str:
             high = f" <= {_number(bound.le)}"
         elif isinstance(bound, Lt):
             high = f" < {_number(bound.lt)}"
-    if low or high:
-        text = f"{low}{text}{high}"
-    return text + (", optional" if optional else "")
+    return f"{low}{text}{high}"
 
 
 def default(field: FieldInfo) -> str:

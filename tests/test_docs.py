@@ -80,6 +80,14 @@ def test_settings_table_matches_settings_py() -> None:
     )
 
 
+def test_settings_table_writes_each_type_for_a_reader() -> None:
+    # a union of a bounded int and a choice reads as both, bounds kept; no Python type's repr leaks in
+    rows = {line.split(" | ")[0].strip("| `"): line.split(" | ")[2] for line in settings_doc.table().splitlines()[2:]}
+    assert rows["--http-workers"] == "0 <= int <= 256 or `auto`"
+    assert rows["--batch-workers"] == "0 <= int <= 256"
+    assert not [row for row in rows.values() if "typing." in row or "FieldInfo" in row or "Annotated" in row]
+
+
 def test_settings_table_has_one_row_per_field_with_the_servers_flag_and_variable() -> None:
     options = build_parser()._option_string_actions
     rows = [line for line in settings_doc.table().splitlines()[2:]]
