@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from service.errors import Draining, LoadFailed, ModelNotFound, ModelNotReady, S
 from service.metrics import Metrics
 from service.model_json import NAME_PATTERN, VERSION_PATTERN, ModelJson, RuntimeKind
 from service.outputs import OutputFormatter
+from service.queue_totals import QueueCounter, QueueTable, queue_key
 from service.repository import Entry, read_entry, scan_model, scan_repository, signature, version_dirs
 from service.runtime import (
     Runtime,
@@ -118,6 +120,9 @@ class ModelRegistry:
         self.streams: StreamService | None = None
         """The streams of these models and where their state lives; set by the app that serves them (both
         edges, HTTP and gRPC, reach it here)."""
+        self.queues: QueueTable | None = None
+        """With several HTTP worker processes: the table where every process's queues are counted, so that the
+        queue limits hold for the whole server (`service.queue_totals`)."""
 
     # -- lifecycle (owned by the app's lifespan) ---------------------------
 
@@ -180,12 +185,13 @@ class ModelRegistry:
         if self._draining:  # NOTE: a batcher started now would outlive `stop()`
             self._fail(version, "the server is shutting down")
             return
+        counter, max_queue, max_queued_tokens = self._queue_limits(queue_key(spec.name, spec.version))
         policy = BatchPolicy(
             max_batch_size=min(self._settings.max_batch_size, runtime.fixed_batch or self._settings.max_batch_size),
             max_batch_tokens=self._settings.max_batch_tokens,
             max_delay_ms=self._settings.max_delay_ms,
-            max_queue=self._settings.max_queue,
-            max_queued_tokens=self._settings.max_queued_tokens,
+            max_queue=max_queue,
+            max_queued_tokens=max_queued_tokens,
             equal_length=spec.padding == "equal-length",
         )
         batcher = Batcher(
@@ -198,12 +204,16 @@ class ModelRegistry:
             name=f"{spec.name}/{spec.version}",
             compute_nice=self._settings.compute_nice,
             workers=runtime.concurrency,
+            counter=counter,
         )
         batcher.start()
         if stream is not None:
+            stream_counter, stream_queue, stream_tokens = self._queue_limits(
+                queue_key(spec.name, spec.version, streams=True)
+            )
             version.stream_batcher = Batcher(
                 stream,
-                policy,
+                dataclasses.replace(policy, max_queue=stream_queue, max_queued_tokens=stream_tokens),
                 pad_value=spec.input.pad_value,
                 dtype=input_dtype(spec),
                 uses_lengths=True,
@@ -212,11 +222,12 @@ class ModelRegistry:
                 compute_nice=self._settings.compute_nice,
                 workers=stream.concurrency,
                 stream=True,
+                counter=stream_counter,
             )
             version.stream_batcher.start()
         version.runtime, version.device_reason, version.batcher = runtime, reason, batcher
         # NOTE: a request larger than the queue could never be queued: refuse it as too large.
-        max_sequences = min(self._settings.max_sequences_per_request, self._settings.max_queue)
+        max_sequences = min(self._settings.max_sequences_per_request, max_queue)
         version.validator = InputValidator(spec, max_sequences=max_sequences, fixed_length=runtime.fixed_length)
         version.formatter = OutputFormatter(spec)
         version.state = "ready"
@@ -230,6 +241,16 @@ class ModelRegistry:
             reason,
             spec.padding,
         )
+
+    def _queue_limits(self, key: str) -> tuple[QueueCounter | None, int, int]:
+        """A queue's row in the table the HTTP processes share, and the limits it is held to: the configured
+        ones for their sum; for a queue the others cannot see (a version found by a later poll), its process's
+        share of them."""
+        table = self.queues
+        counter = table.counter(key) if table is not None else None
+        share = table.processes if table is not None and counter is None else 1
+        settings = self._settings
+        return counter, max(1, settings.max_queue // share), max(1, settings.max_queued_tokens // share)
 
     def _open_and_warm(self, entry: Entry) -> tuple[Runtime, str]:
         """Blocking: open the entry with the preferred runtime that works, warm it up, check its outputs."""

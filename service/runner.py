@@ -31,6 +31,7 @@ from service.settings import Settings
 from service.wire import ConnectionLimits, http_protocol
 
 if TYPE_CHECKING:
+    from service.queue_totals import QueueTable
     from service.workers import Peers
 
 log = logging.getLogger(__name__)
@@ -164,10 +165,12 @@ def serve(
     *,
     sockets: list[socket.socket] | None = None,
     peers: Callable[[ModelRegistry], Peers] | None = None,
+    queues: QueueTable | None = None,
     forward_streams_to: str | None = None,
 ) -> None:
     """Run the server in this process: on `sockets` when given (an HTTP worker), else on settings' host and port.
-    `peers`: this worker's view of the others' readiness, given the registry. `forward_streams_to`: the Unix
+    `peers`: this worker's view of the others' readiness, given the registry. `queues`: the table where the HTTP
+    processes count what they have queued. `forward_streams_to`: the Unix
     socket of the HTTP process that holds the streams, for this one to forward stream requests to."""
     from service.api import InferenceFastPath, create_app
     from service.api.direct import DirectInference
@@ -196,6 +199,7 @@ def serve(
     registry: ModelRegistry = state.registry
     view = peers(registry) if peers is not None else None
     registry.peers = view
+    registry.queues = queues
     server = DrainingServer(
         config, registry, settings.grace_period_seconds, settings=settings, metrics=state.metrics, peers=view
     )

@@ -10,9 +10,11 @@ version, its own copy of every model (the memory cost: N times the runtime's).
 
 What holds across them:
 
-- Limits: `max_queue` and `max_queued_tokens` are divided among the workers, so
-  the sequences queued in all of them stay within the configured totals; the
-  CPU cores are divided among them for the batch workers (`share_cores`).
+- Limits: `max_queue` and `max_queued_tokens` hold for the sequences queued in
+  all of them: each worker publishes its queues' counts into a table they share
+  and admits against the sums (`service.queue_totals`), so one request may
+  be as large, and the queue as full, as with one process. The CPU cores are
+  divided among them for the batch workers (`share_cores`).
   Settings, the API key included, are the same in all.
 - Metrics: prometheus_client's multiprocess mode; any worker's `/metrics`
   shows the sums over all of them (`service.metrics`).
@@ -121,16 +123,10 @@ def _gpu_visible() -> bool:
 
 
 def worker_settings(settings: Settings, count: int, index: int, port: int) -> Settings:
-    """What worker `index` of `count` runs with: the queue limits divided (they hold in total), the port fixed,
-    gRPC on the first worker only."""
+    """What worker `index` of `count` runs with: the port fixed, gRPC on the first worker only. The queue limits
+    stay whole: the workers hold them together through the queue table (`service.queue_totals`)."""
     return settings.model_copy(
-        update={
-            "http_workers": count,
-            "port": port,
-            "max_queue": max(1, settings.max_queue // count),
-            "max_queued_tokens": max(1, settings.max_queued_tokens // count),
-            "grpc_port": settings.grpc_port if index == 0 else 0,
-        }
+        update={"http_workers": count, "port": port, "grpc_port": settings.grpc_port if index == 0 else 0}
     )
 
 
@@ -161,6 +157,10 @@ def serve_workers(settings: Settings, count: int) -> int:
     context = multiprocessing.get_context("spawn")
     flags = context.RawArray("b", count)
     drained = context.RawArray("b", count)  # set by each worker once drained, and here once it ended
+    from service import queue_totals as totals  # NOTE: here, not at the top: the supervising parent imports little
+
+    queue_keys = totals.queue_keys(settings.repository)
+    queue_cells = context.RawArray("q", totals.table_size(queue_keys, count))
     workers: list[multiprocessing.process.BaseProcess] = []
     stopping = False
     signalled = 0  # workers started when the first signal came: those started later get it once they are
@@ -185,6 +185,7 @@ def serve_workers(settings: Settings, count: int) -> int:
                     count,
                     flags,
                     drained,
+                    (queue_cells, queue_keys),
                     os.getpid(),
                     streams,
                 ),
@@ -235,16 +236,25 @@ def _mark_dead(pid: int | None) -> None:
 
 
 def _worker_main(
-    settings: Settings, index: int, count: int, flags: Any, drained: Any, parent: int, streams: str | None
+    settings: Settings,
+    index: int,
+    count: int,
+    flags: Any,
+    drained: Any,
+    queues: tuple[Any, list[str]],
+    parent: int,
+    streams: str | None,
 ) -> None:
-    """A worker process: the whole server, on the shared port, publishing its readiness. `streams`: the Unix socket
-    where the first worker takes the others' stream requests (None: they are served where they arrive)."""
+    """A worker process: the whole server, on the shared port, publishing its readiness. `queues`: the queue
+    table's cells and keys. `streams`: the Unix socket where the first worker takes the others' stream requests
+    (None: they are served where they arrive)."""
     os.setpgid(0, 0)  # signals come from the parent only (a terminal's Ctrl-C reaches the parent, which passes it on)
     _end_with(parent)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s [http {index}]: %(message)s",
     )
+    from service import queue_totals as totals
     from service.runner import serve
     from service.runtime.cpu import share_cores
 
@@ -256,6 +266,7 @@ def _worker_main(
         settings,
         sockets=sockets,
         peers=lambda registry: Peers(flags, index, registry.local_readiness, drained),
+        queues=totals.QueueTable(*queues, index, count),
         forward_streams_to=streams if index > 0 else None,
     )
     sys.exit(0)

@@ -12,12 +12,18 @@ import contextlib
 from service.batching.pending import PendingQueue
 from service.batching.planner import BatchPolicy
 from service.errors import Draining, Overloaded, PayloadTooLarge
+from service.queue_totals import QueueCounter
 
 
 class Admission:
-    def __init__(self, policy: BatchPolicy, queue: PendingQueue, *, name: str) -> None:
+    def __init__(
+        self, policy: BatchPolicy, queue: PendingQueue, *, name: str, counter: QueueCounter | None = None
+    ) -> None:
+        """`counter`: what every HTTP process has queued for this model version, which the limits then hold for
+        (None: this process's `queue` alone)."""
         self._policy = policy
         self._queue = queue
+        self._counter = counter
         self._name = name
         self.closing = False  # draining or stopped: every request is refused
         self._reading = 0  # requests admitted by `reading()` whose bodies are still being read
@@ -40,7 +46,7 @@ class Admission:
         """
         if self.closing:
             raise Draining("the server is shutting down")
-        queued, queued_tokens = self._queue.sequences, self._queue.tokens
+        queued, queued_tokens = self._queued()
         incoming = self._reading + 1
         policy = self._policy
         over = None
@@ -60,20 +66,24 @@ class Admission:
             raise Draining("the server is shutting down")
         if count == 0:
             raise ValueError("a request needs at least one sequence")
-        policy, queue = self._policy, self._queue
-        limit = policy.max_queued_tokens
+        limit, most = self._policy.max_queued_tokens, self._policy.max_queue
         if tokens > limit:
             raise PayloadTooLarge(f"request has {tokens} time steps in all; max_queued_tokens is {limit}")
-        if queue.sequences + count > policy.max_queue:
-            raise Overloaded(
-                f"model {self._name} has {queue.sequences} sequences queued (limit {policy.max_queue}); retry later"
-            )
-        if queue.tokens + tokens > limit:
-            raise Overloaded(f"model {self._name} has {queue.tokens} time steps queued (limit {limit}); retry later")
+        queued, queued_tokens = self._queued()
+        if queued + count > most:
+            raise Overloaded(f"model {self._name} has {queued} sequences queued (limit {most}); retry later")
+        if queued_tokens + tokens > limit:
+            raise Overloaded(f"model {self._name} has {queued_tokens} time steps queued (limit {limit}); retry later")
         self._admitted += 1
         weight = max(0.1, 1.0 / self._admitted)
         self._mean_sequences += weight * (count - self._mean_sequences)
         self._mean_tokens += weight * (tokens - self._mean_tokens)
+
+    def _queued(self) -> tuple[int, int]:
+        """Sequences and time steps queued: in every HTTP process when they share their counts."""
+        if self._counter is not None:
+            return self._counter.totals()
+        return self._queue.sequences, self._queue.tokens
 
 
 class _Read:

@@ -31,6 +31,7 @@ from service.batching.planner import BatchPolicy, batch_cost, capacity, plan_pos
 from service.batching.threads import ComputeThreads
 from service.batching.worker import BatchWorker, Outcome
 from service.errors import Abandoned, Draining, InferenceFailed, RequestTimeout
+from service.queue_totals import QueueCounter
 from service.runtime import Runtime, StreamRuntime, lower_thread_priority
 
 log = logging.getLogger(__name__)
@@ -96,16 +97,19 @@ class Batcher:
         compute_nice: int = 0,
         workers: int = 1,
         stream: bool = False,
+        counter: QueueCounter | None = None,
     ) -> None:
         """`stream`: `runtime` is a stream graph; requests carry each chunk's state (`submit(states=...)`)
-        and each answer is packed as `service.batching.worker.unpack_stream` reads it."""
+        and each answer is packed as `service.batching.worker.unpack_stream` reads it. `counter`: the queue's
+        row in the table the HTTP processes share (`service.queue_totals`); the policy's queue limits then
+        hold for their sum."""
         if workers < 1:
             raise ValueError("a batcher needs at least one worker")
         self._policy = policy
         self._observer: BatchObserver = observer or _NullObserver()
         self._name = name
-        self._queue = PendingQueue()
-        self._admission = Admission(policy, self._queue, name=name)
+        self._queue = PendingQueue(counter)
+        self._admission = Admission(policy, self._queue, name=name, counter=counter)
         self._worker = BatchWorker(
             runtime, pad_value=pad_value, dtype=dtype, uses_lengths=uses_lengths, name=name, stream=stream
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import RequestTimeout
+from service.queue_totals import QueueCounter
 
 
 @dataclass(eq=False)
@@ -105,12 +106,14 @@ class PendingQueue:
     sequences; `take`, `drop` and `clear` (once per batch, or once a request ended) rebuild
     the list and rescan the deadlines of what stays."""
 
-    __slots__ = ("earliest_deadline", "items", "tokens")
+    __slots__ = ("_counter", "earliest_deadline", "items", "tokens")
 
-    def __init__(self) -> None:
+    def __init__(self, counter: QueueCounter | None = None) -> None:
+        """`counter`: where to publish the counts for the other HTTP processes' admissions (None: nobody reads them)."""
         self.items: list[Item] = []  # arrival order
         self.tokens = 0
         self.earliest_deadline = float("inf")
+        self._counter = counter
 
     @property
     def sequences(self) -> int:
@@ -128,6 +131,8 @@ class PendingQueue:
         self.items.extend(Item(request, i, len(seq)) for i, seq in enumerate(request.sequences))
         self.tokens += sum(map(len, request.sequences))
         self.earliest_deadline = min(self.earliest_deadline, request.deadline)
+        if self._counter is not None:
+            self._counter.publish(len(self.items), self.tokens)
 
     def take(self, indices: np.ndarray | Sequence[int]) -> list[Item]:
         """Remove and return the items at `indices` (positions in arrival order, ascending)."""
@@ -157,3 +162,5 @@ class PendingQueue:
         self.items = kept
         self.tokens -= sum(item.length for item in removed)
         self.earliest_deadline = min((item.request.deadline for item in kept), default=float("inf"))
+        if self._counter is not None:
+            self._counter.publish(len(kept), self.tokens)

@@ -91,14 +91,41 @@ def test_a_worker_that_dies_takes_the_server_down_with_status_1(
     assert "ended on its own" in server.log()
 
 
-def test_queue_limits_hold_in_total_and_grpc_is_served_once() -> None:
+def test_each_worker_keeps_the_whole_queue_limits_and_grpc_is_served_once() -> None:
+    # the workers hold the limits together through their shared queue table (tests/service/batching/test_queue_totals.py)
     settings = Settings(max_queue=1000, max_queued_tokens=90_001, grpc_port=8001, http_workers=3)
     workers = [worker_settings(settings, 3, index, 8123) for index in range(3)]
-    assert sum(w.max_queue for w in workers) <= 1000
-    assert sum(w.max_queued_tokens for w in workers) <= 90_001
+    assert {(w.max_queue, w.max_queued_tokens) for w in workers} == {(1000, 90_001)}
     assert [w.grpc_port for w in workers] == [8001, 0, 0]
     assert {w.port for w in workers} == {8123}
     assert {w.api_key for w in workers} == {settings.api_key}
+
+
+def test_a_request_may_be_as_large_with_several_workers_as_with_one(
+    test_repository: BuiltRepository, tmp_path: Path
+) -> None:
+    # Divided among 4 processes, max_queue 64 let a request hold 16 sequences and max_queued_tokens 400 let it
+    # hold 100 time steps. Each process must take what one process takes, from any of them, and refuse past it.
+    root = _feat_only(test_repository, tmp_path)
+    rng = np.random.default_rng(7)
+    limits = ("--max-queue", "64", "--max-queued-tokens", "400", "--max-sequences-per-request", "256")
+    with run_server(root, "--http-workers", "4", *limits, log_dir=tmp_path) as server:
+        for _ in range(4):  # a connection per request: the kernel spreads them over the processes
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                many = [rng.normal(size=(5, 5)).round(3).tolist() for _ in range(40)]  # 40 sequences, 200 steps
+                answer = client.post("/v1/models/feat/predict", content=orjson.dumps({"inputs": many}))
+                assert answer.status_code == 200, answer.text
+                assert len(answer.json()["outputs"]) == 40
+                long = [rng.normal(size=(38, 5)).round(3).tolist() for _ in range(10)]  # 380 time steps in all
+                answer = client.post("/v1/models/feat/predict", content=orjson.dumps({"inputs": long}))
+                assert answer.status_code == 200, answer.text
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            too_many = [[[0.5] * 5] for _ in range(65)]
+            refused = client.post("/v1/models/feat/predict", content=orjson.dumps({"inputs": too_many}))
+            assert refused.status_code == 422 and "at most 64 per request" in refused.text, refused.text
+            too_long = [rng.normal(size=(40, 5)).round(3).tolist() for _ in range(10)] + [[[0.5] * 5]]  # 401 steps
+            refused = client.post("/v1/models/feat/predict", content=orjson.dumps({"inputs": too_long}))
+            assert refused.status_code == 413 and "max_queued_tokens is 400" in refused.text, refused.text
 
 
 def test_readiness_needs_every_worker() -> None:
