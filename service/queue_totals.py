@@ -42,6 +42,12 @@ def table_size(keys: Sequence[str], processes: int) -> int:
     return max(1, len(keys) * processes * 2)
 
 
+def forget(cells: Any, processes: int, index: int) -> None:
+    """Zero process `index`'s counts in every row: it has ended, and queues nothing any more."""
+    for first in range(2 * index, len(cells) - 1, 2 * processes):
+        cells[first] = cells[first + 1] = 0
+
+
 class QueueTable:
     """The shared table as process `index` of `processes` sees it; `cells`: a shared array of `table_size` signed
     64-bit integers (`multiprocessing` `RawArray("q", ...)`), zeroed."""

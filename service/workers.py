@@ -206,6 +206,7 @@ def serve_workers(settings: Settings, count: int) -> int:
                 index = workers.index(worker)
                 flags[index] = 0
                 drained[index] = 1  # nobody waits for a worker that has ended
+                totals.forget(queue_cells, count, index)  # nor counts what it had queued
                 _mark_dead(worker.pid)
                 clean = worker.exitcode == 0 or (stopping and worker.exitcode in (-signal.SIGTERM, -signal.SIGINT))
                 if not clean:

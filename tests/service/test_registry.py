@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 
-from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
+from service.errors import InvalidInput, ModelNotFound, ModelNotReady, VersionNotFound
 from service.metrics import Metrics
+from service.queue_totals import QueueTable, queue_key, table_size
 from service.registry import ModelRegistry
 from service.settings import Settings
 from tests.service.conftest import BuiltRepository
@@ -129,3 +132,36 @@ def test_draining_turns_readiness_off(test_repository: BuiltRepository, tmp_path
         await registry.drain()
 
     with_registry(root, check)
+
+
+def test_with_a_queue_table_a_version_holds_the_whole_limits_or_its_share_without_a_row(
+    test_repository: BuiltRepository, tmp_path: Path
+) -> None:
+    # The HTTP processes hold the queue limits together through their table; a version with no row there (one a
+    # repository poll found after the start) keeps to its process's share, as nobody else sees its queue.
+    root = copy_of(test_repository, tmp_path, "feat")
+    keys = [queue_key("feat", 1), queue_key("feat", 1, streams=True)]
+    cells = multiprocessing.get_context("spawn").RawArray("q", table_size(keys, 2))
+    six = {"inputs": [[[0.5] * 5] for _ in range(6)]}
+
+    async def scenario() -> None:
+        registry = ModelRegistry(Settings(repository=root, max_queue=10), Metrics())
+        registry.queues = QueueTable(cells, keys, 1, 2)
+        registry.start()
+        try:
+            while registry.readiness()[1] and "loading models" in registry.readiness()[1]:
+                await asyncio.sleep(0.01)
+            assert len(registry.resolve("feat", "1").validator.predict_document(six)) == 6
+            with pytest.raises(InvalidInput, match="6 sequences, at most 5 per request"):
+                registry.resolve("feat", "2").validator.predict_document(six)
+            # feat/1's queue publishes into its row (row 0), in this process's cells (process 1 of 2)
+            batcher = registry.resolve("feat", "1").batcher
+            assert batcher is not None
+            request = batcher.watch([np.zeros((3, 5), np.float32)] * 2, timeout_seconds=30)
+            assert list(cells[:4]) == [0, 0, 2, 6]  # queued: 2 sequences of 3 steps; process 0's cells untouched
+            await request.future
+            assert list(cells[:4]) == [0, 0, 0, 0]
+        finally:
+            await registry.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))

@@ -14,7 +14,7 @@ from service.batching import BatchPolicy, PendingRequest
 from service.batching.admission import Admission
 from service.batching.pending import PendingQueue
 from service.errors import Overloaded, PayloadTooLarge
-from service.queue_totals import QueueTable, queue_key, queue_keys, table_size
+from service.queue_totals import QueueTable, forget, queue_key, queue_keys, table_size
 
 NewRequest = Callable[..., PendingRequest]
 KEYS = [queue_key("fake", 1), queue_key("fake", 1, streams=True), queue_key("other", 2)]
@@ -77,6 +77,18 @@ def test_the_counts_follow_every_change_of_a_queue(new_request: NewRequest) -> N
     assert counter.totals() == (1, 6)
     queue.clear()
     assert counter.totals() == (0, 0)
+
+
+def test_a_process_that_ended_is_forgotten_in_every_row(new_request: NewRequest) -> None:
+    cells = multiprocessing.get_context("spawn").RawArray("q", table_size(KEYS, 3))
+    views = [QueueTable(cells, KEYS, index, 3) for index in range(3)]
+    queues = {(index, key): PendingQueue(views[index].counter(key)) for index in range(3) for key in KEYS}
+    for queue in queues.values():
+        queue.add(new_request(2, 3))
+    forget(cells, 3, 1)  # what the parent does once process 1 has ended
+    for key in KEYS:
+        counter = views[0].counter(key)
+        assert counter is not None and counter.totals() == (4, 10)
 
 
 def test_rows_are_apart_for_each_queue_and_a_queue_without_a_row_has_no_counter(new_request: NewRequest) -> None:
