@@ -41,8 +41,8 @@ SEQUENCES, STEPS = 64, 40
 def server(test_repository: BuiltRepository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("open-loop") / "repository"
     shutil.copytree(test_repository.path / "feat", root / "feat")
-    # NOTE: one HTTP process: the closed loop keeps 512 sequences in flight, what one queue of 512 holds (several
-    # processes divide it, and connections need not spread evenly)
+    # NOTE: one HTTP process: the closed loop keeps 512 sequences in flight, what a queue of 512 holds; the
+    # saturation rate and the shedding measured are one event loop's
     flags = ("--max-queue", "512", "--max-sequences-per-request", "64", "--http-workers", "1")
     with run_server(root, *flags, log_dir=root.parent) as running:
         yield running

@@ -25,8 +25,8 @@ def feat_only(test_repository: BuiltRepository, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="module")
 def small_queue_server(feat_only: Path) -> Iterator[Server]:
-    # NOTE: one HTTP process: these are one queue's limits (several processes divide them)
-    flags = ("--max-queue", "8", "--max-batch-size", "1", "--max-delay-ms", "0", "--http-workers", "1")
+    # NOTE: two HTTP processes: the limits hold for both queues together (service/queue_totals.py)
+    flags = ("--max-queue", "8", "--max-batch-size", "1", "--max-delay-ms", "0", "--http-workers", "2")
     with run_server(feat_only, *flags, log_dir=feat_only.parent) as running:
         yield running
 
@@ -116,7 +116,7 @@ def test_a_request_larger_than_the_queue_is_refused_as_too_large(small_queue_ser
 
 
 def test_queued_time_steps_are_bounded_over_http(feat_only: Path, tmp_path: Path) -> None:
-    flags = ("--max-queued-tokens", "60", "--max-batch-size", "1", "--max-delay-ms", "0", "--http-workers", "1")
+    flags = ("--max-queued-tokens", "60", "--max-batch-size", "1", "--max-delay-ms", "0", "--http-workers", "2")
     with run_server(feat_only, *flags, log_dir=tmp_path) as server:
         too_many = {"inputs": [[[0.0] * 5] * 31, [[0.0] * 5] * 30]}  # max_length is 40
         response = httpx.post(f"{server.url}/predict", json=too_many, timeout=30)
