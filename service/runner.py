@@ -170,8 +170,8 @@ def serve(
 ) -> None:
     """Run the server in this process: on `sockets` when given (an HTTP worker), else on settings' host and port.
     `peers`: this worker's view of the others' readiness, given the registry. `queues`: the table where the HTTP
-    processes count what they have queued. `forward_streams_to`: the Unix
-    socket of the HTTP process that holds the streams, for this one to forward stream requests to."""
+    processes count what they have queued. `forward_streams_to`: the Unix socket of the HTTP process that holds
+    the streams, for this one to forward stream requests to."""
     from service.api import InferenceFastPath, create_app
     from service.api.direct import DirectInference
 

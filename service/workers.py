@@ -46,6 +46,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from service.queue_totals import QueueTable, forget, queue_keys, table_size
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -157,10 +158,8 @@ def serve_workers(settings: Settings, count: int) -> int:
     context = multiprocessing.get_context("spawn")
     flags = context.RawArray("b", count)
     drained = context.RawArray("b", count)  # set by each worker once drained, and here once it ended
-    from service import queue_totals as totals  # NOTE: here, not at the top: the supervising parent imports little
-
-    queue_keys = totals.queue_keys(settings.repository)
-    queue_cells = context.RawArray("q", totals.table_size(queue_keys, count))
+    keys = queue_keys(settings.repository)
+    queue_cells = context.RawArray("q", table_size(keys, count))
     workers: list[multiprocessing.process.BaseProcess] = []
     stopping = False
     signalled = 0  # workers started when the first signal came: those started later get it once they are
@@ -185,7 +184,7 @@ def serve_workers(settings: Settings, count: int) -> int:
                     count,
                     flags,
                     drained,
-                    (queue_cells, queue_keys),
+                    (queue_cells, keys),
                     os.getpid(),
                     streams,
                 ),
@@ -206,7 +205,7 @@ def serve_workers(settings: Settings, count: int) -> int:
                 index = workers.index(worker)
                 flags[index] = 0
                 drained[index] = 1  # nobody waits for a worker that has ended
-                totals.forget(queue_cells, count, index)  # nor counts what it had queued
+                forget(queue_cells, count, index)  # nor counts what it had queued
                 _mark_dead(worker.pid)
                 clean = worker.exitcode == 0 or (stopping and worker.exitcode in (-signal.SIGTERM, -signal.SIGINT))
                 if not clean:
@@ -255,7 +254,6 @@ def _worker_main(
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s [http {index}]: %(message)s",
     )
-    from service import queue_totals as totals
     from service.runner import serve
     from service.runtime.cpu import share_cores
 
@@ -267,7 +265,7 @@ def _worker_main(
         settings,
         sockets=sockets,
         peers=lambda registry: Peers(flags, index, registry.local_readiness, drained),
-        queues=totals.QueueTable(*queues, index, count),
+        queues=QueueTable(*queues, index, count),
         forward_streams_to=streams if index > 0 else None,
     )
     sys.exit(0)
