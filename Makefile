@@ -45,10 +45,11 @@ serve: models
 test: install prerequisites lint
 	$(PY) -m pytest -q
 
-# ruff (lint and format) and mypy --strict over the code that ships; configured in pyproject.toml.
+# ruff (lint and format) over the code, its tests and benchmarks; mypy --strict over the code that ships;
+# configured in pyproject.toml.
 lint: install
-	$(VENV)/bin/ruff check service models seqserve
-	$(VENV)/bin/ruff format --check service models seqserve
+	$(VENV)/bin/ruff check service models seqserve tests bench
+	$(VENV)/bin/ruff format --check service models seqserve tests bench
 	$(VENV)/bin/mypy
 
 # docs/settings.md's table, from service/settings.py (tests/test_docs.py fails when it drifts).

@@ -64,8 +64,15 @@ def window_plan(lengths: np.ndarray, policy: BatchPolicy, window: int) -> list[n
     return batches
 
 
-def measure(runtime: OnnxRuntime, inputs: list[np.ndarray], lengths: np.ndarray, batches: list[np.ndarray],
-            pad_value: float | int, repeats: int, min_seconds: float) -> dict[str, float]:
+def measure(
+    runtime: OnnxRuntime,
+    inputs: list[np.ndarray],
+    lengths: np.ndarray,
+    batches: list[np.ndarray],
+    pad_value: float | int,
+    repeats: int,
+    min_seconds: float,
+) -> dict[str, float]:
     feeds = []
     for rows in batches:
         longest = int(lengths[rows].max())
@@ -176,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             for layout, runtime in runtimes.items()
         }
         layout, best = max(by_layout.items(), key=lambda kv: kv[1]["throughput_seq_s"])
-        out[name] = {**best, "layout": layout, "cores": cores,
-                     "by_layout": {k: v["throughput_seq_s"] for k, v in by_layout.items()}}
+        out[name] = {
+            **best,
+            "layout": layout,
+            "cores": cores,
+            "by_layout": {k: v["throughput_seq_s"] for k, v in by_layout.items()},
+        }
     json.dump(out, sys.stdout)
     return 0
 

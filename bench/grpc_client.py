@@ -36,14 +36,20 @@ def encode_infer_requests(model: str, sequences: Sequence[np.ndarray]) -> list[b
 
 
 async def grpc_closed_loop(
-    port: int, requests: Sequence[bytes], concurrency: int, seconds: float, warmup_seconds: float,
+    port: int,
+    requests: Sequence[bytes],
+    concurrency: int,
+    seconds: float,
+    warmup_seconds: float,
     on_window: tuple[Window, Window] | None = None,
 ) -> LoadResult:
     """`concurrency` calls in a closed loop; only answers inside the window after warm-up count."""
     # NOTE: a local subchannel pool per channel, else channels to one address share one connection.
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)]
-    channels = [aio.insecure_channel(f"127.0.0.1:{port}", options=options)
-                for _ in range(max(1, -(-concurrency // CALLS_PER_CHANNEL)))]
+    channels = [
+        aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+        for _ in range(max(1, -(-concurrency // CALLS_PER_CHANNEL)))
+    ]
     calls = [channel.unary_unary(MODEL_INFER) for channel in channels]  # bytes in, bytes out
     for channel in channels:
         await asyncio.wait_for(channel.channel_ready(), 30)

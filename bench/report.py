@@ -104,15 +104,19 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
             f"| {100 * r['other_processes_cpu_share']:.0f}% |"
         )
     ref = results["reference"]
-    lines += [] if brief or not ref["open"]["seqserve"] else [
-        "",
-        f"Open loop (fixed offered rates; saturation = seqserve's best closed-loop rate, "
-        f"{_f(ref['saturation_seq_s'])} seq/s; latency from each request's scheduled start):",
-        "",
-        "| offered seq/s | share of saturation | server | answered seq/s | p50 ms | p99 ms | p99 / p50 "
-        "| errors or late |",
-        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    lines += (
+        []
+        if brief or not ref["open"]["seqserve"]
+        else [
+            "",
+            f"Open loop (fixed offered rates; saturation = seqserve's best closed-loop rate, "
+            f"{_f(ref['saturation_seq_s'])} seq/s; latency from each request's scheduled start):",
+            "",
+            "| offered seq/s | share of saturation | server | answered seq/s | p50 ms | p99 ms | p99 / p50 "
+            "| errors or late |",
+            "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+    )
     for name in ("seqserve", "floor"):
         for r in [] if brief else ref["open"][name]:
             ratio = r["p99_ms"] / r["p50_ms"] if r["p50_ms"] else float("nan")
@@ -125,38 +129,56 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
         sizes = protocols.get("body_bytes_mean", {})
         low = protocols.get("low", {})
         top_c = protocols.get("concurrency", summary["closed"][-1]["concurrency"])
-        lines += ["", f"Request encodings, seqserve, closed loop at c={top_c}"
-                  + (f" and c={low['concurrency']}" if low else "") + " (client CPU: the load generator's share of the "
-                  "machine; gRPC's server threads count as worker CPU, not loop):", "",
-                  f"| encoding | mean request bytes | c={top_c} seq/s | p50 ms | p99 ms | server loop CPU ms/seq "
-                  "| client CPU |" + (f" c={low['concurrency']} seq/s | p99 ms |" if low else ""),
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if low else "")]
-        for name, title in (("v1_json", "HTTP `/predict` JSON"), ("v2_json", "HTTP V2 `/infer` JSON"),
-                            ("v2_binary", "HTTP V2 `/infer` binary tensor extension"),
-                            ("grpc", "gRPC `ModelInfer`, raw contents")):
+        lines += [
+            "",
+            f"Request encodings, seqserve, closed loop at c={top_c}"
+            + (f" and c={low['concurrency']}" if low else "")
+            + " (client CPU: the load generator's share of the "
+            "machine; gRPC's server threads count as worker CPU, not loop):",
+            "",
+            f"| encoding | mean request bytes | c={top_c} seq/s | p50 ms | p99 ms | server loop CPU ms/seq "
+            "| client CPU |" + (f" c={low['concurrency']} seq/s | p99 ms |" if low else ""),
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if low else ""),
+        ]
+        for name, title in (
+            ("v1_json", "HTTP `/predict` JSON"),
+            ("v2_json", "HTTP V2 `/infer` JSON"),
+            ("v2_binary", "HTTP V2 `/infer` binary tensor extension"),
+            ("grpc", "gRPC `ModelInfer`, raw contents"),
+        ):
             if name in protocols:
                 r = protocols[name]
-                line = (f"| {title} | {_f(sizes.get(name, 0))} | {_f(r['throughput_seq_s'])} | {r['p50_ms']:.1f} "
-                        f"| {r['p99_ms']:.1f} | {r['server_loop_cpu_ms_per_seq']:.3f} "
-                        f"| {100 * r['client_cpu_share']:.1f}% |")
+                line = (
+                    f"| {title} | {_f(sizes.get(name, 0))} | {_f(r['throughput_seq_s'])} | {r['p50_ms']:.1f} "
+                    f"| {r['p99_ms']:.1f} | {r['server_loop_cpu_ms_per_seq']:.3f} "
+                    f"| {100 * r['client_cpu_share']:.1f}% |"
+                )
                 if low:
                     r_low = low.get(name)
                     line += f" {_f(r_low['throughput_seq_s'])} | {r_low['p99_ms']:.1f} |" if r_low else " | |"
                 lines.append(line)
     top = summary["closed"][-1]
-    lines += [] if brief else [
-        "",
-        f"Server CPU per sequence at c={top['concurrency']}: event loop (HTTP, parsing, validation, answers) "
-        f"{top['seqserve_loop_cpu_ms_per_seq']:.3f} ms; batch worker and ONNX Runtime (padding, runtime) "
-        f"{top['seqserve_worker_cpu_ms_per_seq']:.3f} ms. The load generator used "
-        f"{100 * top['client_cpu_share']:.1f}% of the machine's CPU.",
-    ]
+    lines += (
+        []
+        if brief
+        else [
+            "",
+            f"Server CPU per sequence at c={top['concurrency']}: event loop (HTTP, parsing, validation, answers) "
+            f"{top['seqserve_loop_cpu_ms_per_seq']:.3f} ms; batch worker and ONNX Runtime (padding, runtime) "
+            f"{top['seqserve_worker_cpu_ms_per_seq']:.3f} ms. The load generator used "
+            f"{100 * top['client_cpu_share']:.1f}% of the machine's CPU.",
+        ]
+    )
     if results.get("demos"):
-        lines += ["", "Demo models (closed loop, one sequence per request; CPU outside the runtime: the server's CPU "
-                  "per request less the in-process runtime CPU of its sequence, from the 64-in-flight ceiling):", "",
-                  "| model | lengths | concurrency | seqserve req/s | ceiling seq/s | / ceiling | floor req/s "
-                  "| / floor | p50 ms | p99 ms | server CPU ms/req | outside the runtime ms/req |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "Demo models (closed loop, one sequence per request; CPU outside the runtime: the server's CPU "
+            "per request less the in-process runtime CPU of its sequence, from the 64-in-flight ceiling):",
+            "",
+            "| model | lengths | concurrency | seqserve req/s | ceiling seq/s | / ceiling | floor req/s "
+            "| / floor | p50 ms | p99 ms | server CPU ms/req | outside the runtime ms/req |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for name, d in results["demos"].items():
             s, f, ceil = d["seqserve"], d["floor"], d["ceiling"]["sorted"]["throughput_seq_s"]
             cpu = s.get("server_cpu_ms_per_req", s["server_cpu_ms_per_seq"])
@@ -165,23 +187,32 @@ def markdown(results: dict[str, Any], *, plots: list[str], plot_dir: str = "docs
                 f"| {name} | {d['lengths'][0]}-{d['lengths'][1]} | {int(s['level'])} | {_f(s['throughput_seq_s'])} "
                 f"| {_f(ceil)} | {s['throughput_seq_s'] / ceil:.2f} | {_f(f['throughput_seq_s'])} "
                 f"| {s['throughput_seq_s'] / max(f['throughput_seq_s'], 1e-9):.2f} | {s['p50_ms']:.1f} "
-                f"| {s['p99_ms']:.1f} | {cpu:.3f} | {'' if outside is None else f'{outside:.3f}'} |")
+                f"| {s['p99_ms']:.1f} | {cpu:.3f} | {'' if outside is None else f'{outside:.3f}'} |"
+            )
     scaling = results.get("scaling")
     if scaling:
         rows = scaling["rows"]
-        lines += ["", f"HTTP worker processes (`--http-workers`), {scaling['model']}, closed loop at "
-                  f"c={scaling['concurrency']}, each count its own server, rounds alternating (best of):", "",
-                  "| sequences per request | HTTP processes | req/s | seq/s | / 1 process | p50 ms | p99 ms "
-                  "| server CPU ms/req | outside the runtime ms/req | server's share of the machine |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            f"HTTP worker processes (`--http-workers`), {scaling['model']}, closed loop at "
+            f"c={scaling['concurrency']}, each count its own server, rounds alternating (best of):",
+            "",
+            "| sequences per request | HTTP processes | req/s | seq/s | / 1 process | p50 ms | p99 ms "
+            "| server CPU ms/req | outside the runtime ms/req | server's share of the machine |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in rows:
-            one = next(o for o in rows if o["per_request"] == r["per_request"] and o["http_workers"] == min(
-                x["http_workers"] for x in rows))
+            one = next(
+                o
+                for o in rows
+                if o["per_request"] == r["per_request"] and o["http_workers"] == min(x["http_workers"] for x in rows)
+            )
             lines.append(
                 f"| {r['per_request']} | {r['http_workers']} | {_f(r['throughput_req_s'])} "
                 f"| {_f(r['throughput_seq_s'])} | {r['throughput_req_s'] / max(one['throughput_req_s'], 1e-9):.2f} "
                 f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['server_cpu_ms_per_req']:.3f} "
-                f"| {r['server_cpu_outside_runtime_ms_per_req']:.3f} | {r['server_cpu_share']:.2f} |")
+                f"| {r['server_cpu_outside_runtime_ms_per_req']:.3f} | {r['server_cpu_share']:.2f} |"
+            )
     lines += ["", "| target | value | met |", "| --- | ---: | :---: |"]
     for name, t in summary["targets"].items():
         lines.append(f"| {name} | {t['value']:.2f} | {'yes' if t['met'] else '**no**'} |")

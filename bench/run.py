@@ -63,8 +63,14 @@ class Config:
         """Minutes, not many: only what the targets read (the reference at c=1 and c=64 with its ceiling, the demo
         models at c=64, the scaling phase), 3 rounds of 5 s."""
         settings: dict[str, Any] = dict(
-            out=out, concurrency=(1, 64), load_fractions=(), seconds=5.0, rounds=3, binary_check=False,
-            ceiling_repeats=2, demo_seconds=5.0,
+            out=out,
+            concurrency=(1, 64),
+            load_fractions=(),
+            seconds=5.0,
+            rounds=3,
+            binary_check=False,
+            ceiling_repeats=2,
+            demo_seconds=5.0,
         )
         settings.update(overrides)
         return cls(**settings)
@@ -73,8 +79,17 @@ class Config:
     def quick(cls, out: Path, **overrides: Any) -> Config:
         """Seconds, not minutes: for the smoke test and a first look."""
         settings: dict[str, Any] = dict(
-            out=out, concurrency=(1, 8), load_fractions=(0.5,), seconds=1.0, warmup_seconds=0.3, rounds=1,
-            count=64, ceiling_repeats=1, ceiling_seconds=0.3, demo_seconds=1.0, scaling_per_request=(1,),
+            out=out,
+            concurrency=(1, 8),
+            load_fractions=(0.5,),
+            seconds=1.0,
+            warmup_seconds=0.3,
+            rounds=1,
+            count=64,
+            ceiling_repeats=1,
+            ceiling_seconds=0.3,
+            demo_seconds=1.0,
+            scaling_per_request=(1,),
         )
         settings.update(overrides)
         return cls(**settings)
@@ -101,9 +116,14 @@ class Bench:
 
     # -- one measured phase -------------------------------------------------
 
-    def _phase(self, server: Server, label: str, run: Callable[[tuple[Callable[[], None], Callable[[], None]]],
-                                                               Coroutine[Any, Any, LoadResult]],
-               *, grpc: bool = False) -> dict[str, Any]:
+    def _phase(
+        self,
+        server: Server,
+        label: str,
+        run: Callable[[tuple[Callable[[], None], Callable[[], None]]], Coroutine[Any, Any, LoadResult]],
+        *,
+        grpc: bool = False,
+    ) -> dict[str, Any]:
         self.progress(label)
         marks: dict[str, Any] = {}
 
@@ -115,8 +135,9 @@ class Bench:
             marks["server"] = server.cpu() - marks["server"]
             busy, idle = _Machine.busy_idle()
             marks["machine"] = (busy - marks["machine"][0], idle - marks["machine"][1])
-            marks["others"] = sum((s.cpu() - marks["others"][n]).total for n, s in self.servers.items()
-                                  if s is not server)
+            marks["others"] = sum(
+                (s.cpu() - marks["others"][n]).total for n, s in self.servers.items() if s is not server
+            )
 
         load_before = os.getloadavg()[0]
         result = (asyncio.run if grpc else client_run)(run((start, stop)))  # grpc.aio wants asyncio's loop
@@ -140,21 +161,34 @@ class Bench:
         self.results["phases"].append(summary)
         return summary
 
-    def _closed(self, server: Server, requests: list[bytes], concurrency: int, label: str,
-                seconds: float | None = None) -> dict[str, Any]:
+    def _closed(
+        self, server: Server, requests: list[bytes], concurrency: int, label: str, seconds: float | None = None
+    ) -> dict[str, Any]:
         c = self.config
-        return self._phase(server, label, lambda w: closed_loop(
-            server.port, requests, concurrency, seconds or c.seconds, c.warmup_seconds, on_window=w))
+        return self._phase(
+            server,
+            label,
+            lambda w: closed_loop(
+                server.port, requests, concurrency, seconds or c.seconds, c.warmup_seconds, on_window=w
+            ),
+        )
 
     def _grpc_closed(self, server: Server, requests: list[bytes], concurrency: int, label: str) -> dict[str, Any]:
         c = self.config
-        return self._phase(server, label, lambda w: grpc_closed_loop(
-            server.grpc_port, requests, concurrency, c.seconds, c.warmup_seconds, on_window=w), grpc=True)
+        return self._phase(
+            server,
+            label,
+            lambda w: grpc_closed_loop(
+                server.grpc_port, requests, concurrency, c.seconds, c.warmup_seconds, on_window=w
+            ),
+            grpc=True,
+        )
 
     def _open(self, server: Server, requests: list[bytes], rate: float, label: str) -> dict[str, Any]:
         c = self.config
-        return self._phase(server, label, lambda w: open_loop(
-            server.port, requests, rate, c.seconds, c.warmup_seconds, on_window=w))
+        return self._phase(
+            server, label, lambda w: open_loop(server.port, requests, rate, c.seconds, c.warmup_seconds, on_window=w)
+        )
 
     def _ceiling(self, repository: Path, model: str, plans: str, count: int, seconds: float) -> dict[str, Any]:
         c = self.config
@@ -163,11 +197,30 @@ class Bench:
         busy0, idle0 = _Machine.busy_idle()
         started = time.perf_counter()
         answer = subprocess.run(
-            [sys.executable, "-m", "bench.ceiling", "--repository", str(repository), "--model", model,
-             "--count", str(count), "--max-batch-size", str(c.max_batch_size),
-             "--max-batch-tokens", str(c.max_batch_tokens), "--repeats", str(c.ceiling_repeats),
-             "--min-seconds", str(seconds), "--plans", plans],
-            check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "bench.ceiling",
+                "--repository",
+                str(repository),
+                "--model",
+                model,
+                "--count",
+                str(count),
+                "--max-batch-size",
+                str(c.max_batch_size),
+                "--max-batch-tokens",
+                str(c.max_batch_tokens),
+                "--repeats",
+                str(c.ceiling_repeats),
+                "--min-seconds",
+                str(seconds),
+                "--plans",
+                plans,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         busy1, idle1 = _Machine.busy_idle()
         result: dict[str, Any] = json.loads(answer.stdout)
@@ -199,12 +252,23 @@ class Bench:
         self.results["meta"]["settings"].update(http_workers=processes, http_workers_reason=why)
         try:
             self.progress("starting seqserve and the floor")
-            self.servers["seqserve"] = Server(repository, name="seqserve", log_path=c.out / "seqserve.log",
-                                              grpc=c.binary_check, **limits, **_env_settings(c.server_env),
-                                              http_workers=processes)
-            self.servers["floor"] = Server(repository, name="floor", log_path=c.out / "floor.log",
-                                           **{**limits, "max_batch_size": 1}, **_env_settings(c.server_env),
-                                           http_workers=processes)
+            self.servers["seqserve"] = Server(
+                repository,
+                name="seqserve",
+                log_path=c.out / "seqserve.log",
+                grpc=c.binary_check,
+                **limits,
+                **_env_settings(c.server_env),
+                http_workers=processes,
+            )
+            self.servers["floor"] = Server(
+                repository,
+                name="floor",
+                log_path=c.out / "floor.log",
+                **{**limits, "max_batch_size": 1},
+                **_env_settings(c.server_env),
+                http_workers=processes,
+            )
             for server in self.servers.values():
                 server.wait_ready()
             self._reference()
@@ -228,17 +292,20 @@ class Bench:
         path = f"/v1/models/{REFERENCE_NAME}/predict"
         json_requests = encode_requests(path, workload.json_bodies(), seqserve.port)
         floor_requests = encode_requests(path, workload.json_bodies(), floor.port)
-        ceilings = [self._ceiling(repository, REFERENCE_NAME, "sorted,window,single", min(c.count, 512),
-                                  c.ceiling_seconds)]
+        ceilings = [
+            self._ceiling(repository, REFERENCE_NAME, "sorted,window,single", min(c.count, 512), c.ceiling_seconds)
+        ]
         closed: dict[str, dict[int, list[dict[str, Any]]]] = {"seqserve": {}, "floor": {}}
         for round_ in range(c.rounds):
             for concurrency in c.concurrency:
                 for server, requests in ((seqserve, json_requests), (floor, floor_requests)):
-                    result = self._closed(server, requests, concurrency,
-                                          f"closed c={concurrency} {server.name} (round {round_ + 1})")
+                    result = self._closed(
+                        server, requests, concurrency, f"closed c={concurrency} {server.name} (round {round_ + 1})"
+                    )
                     closed[server.name].setdefault(concurrency, []).append(result)
-        ceilings.append(self._ceiling(repository, REFERENCE_NAME, "sorted,window,single", min(c.count, 512),
-                                      c.ceiling_seconds))
+        ceilings.append(
+            self._ceiling(repository, REFERENCE_NAME, "sorted,window,single", min(c.count, 512), c.ceiling_seconds)
+        )
         saturation = max(r["throughput_seq_s"] for runs in closed["seqserve"].values() for r in runs)
         floor_saturation = max(r["throughput_seq_s"] for runs in closed["floor"].values() for r in runs)
         open_runs: dict[str, list[dict[str, Any]]] = {"seqserve": [], "floor": []}
@@ -264,8 +331,9 @@ class Bench:
                 at["v1_json"] = max(closed["seqserve"][concurrency], key=lambda r: r["throughput_seq_s"])
                 for name, requests in encoded.items():
                     at[name] = self._closed(seqserve, requests, concurrency, f"closed c={concurrency} seqserve {name}")
-                at["grpc"] = self._grpc_closed(seqserve, grpc_requests, concurrency,
-                                               f"closed c={concurrency} seqserve grpc")
+                at["grpc"] = self._grpc_closed(
+                    seqserve, grpc_requests, concurrency, f"closed c={concurrency} seqserve grpc"
+                )
             protocols["concurrency"] = top
             protocols["body_bytes_mean"] = {
                 "v1_json": round(sum(map(len, workload.json_bodies())) / c.count),
@@ -290,14 +358,23 @@ class Bench:
         workload = Workload.generate(model, min(c.count, 512))
         path = f"/v1/models/{name}/predict"
         out: dict[str, Any] = {"lengths": [int(workload.lengths.min()), int(workload.lengths.max())]}
-        out["ceiling"] = self._ceiling(repository, name, "sorted,window,single", min(c.count, 512),
-                                       c.ceiling_seconds / 2)
+        out["ceiling"] = self._ceiling(
+            repository, name, "sorted,window,single", min(c.count, 512), c.ceiling_seconds / 2
+        )
         runtime_ms = out["ceiling"]["window"]["runtime_cpu_ms_per_seq"]
         for server in (self.servers["seqserve"], self.servers["floor"]):
             requests = encode_requests(path, workload.json_bodies(), server.port)
-            out[server.name] = _per_request(self._closed(
-                server, requests, c.demo_concurrency, f"demo {name} c={c.demo_concurrency} {server.name}",
-                c.demo_seconds), 1, runtime_ms)
+            out[server.name] = _per_request(
+                self._closed(
+                    server,
+                    requests,
+                    c.demo_concurrency,
+                    f"demo {name} c={c.demo_concurrency} {server.name}",
+                    c.demo_seconds,
+                ),
+                1,
+                runtime_ms,
+            )
         self.results.setdefault("demos", {})[name] = out
 
     def _scaling(self, repository: Path, name: str) -> None:
@@ -311,26 +388,40 @@ class Bench:
         runs: dict[tuple[int, int], list[dict[str, Any]]] = {}
         for round_ in range(c.rounds):
             for workers in c.scaling_workers:
-                server = Server(repository, name=f"seqserve-{workers}w", log_path=c.out / f"seqserve-{workers}w.log",
-                                **limits, **_env_settings(c.server_env), http_workers=workers)
+                server = Server(
+                    repository,
+                    name=f"seqserve-{workers}w",
+                    log_path=c.out / f"seqserve-{workers}w.log",
+                    **limits,
+                    **_env_settings(c.server_env),
+                    http_workers=workers,
+                )
                 try:
                     server.wait_ready()
                     for per_request in c.scaling_per_request:
-                        requests = encode_requests(f"/v1/models/{name}/predict", workload.json_bodies(per_request),
-                                                   server.port)
-                        label = (f"scaling {name} {per_request}/request c={c.demo_concurrency} {workers} HTTP "
-                                 f"processes (round {round_ + 1})")
+                        requests = encode_requests(
+                            f"/v1/models/{name}/predict", workload.json_bodies(per_request), server.port
+                        )
+                        label = (
+                            f"scaling {name} {per_request}/request c={c.demo_concurrency} {workers} HTTP "
+                            f"processes (round {round_ + 1})"
+                        )
                         result = self._closed(server, requests, c.demo_concurrency, label, c.demo_seconds)
                         runs.setdefault((per_request, workers), []).append(
-                            _per_request(result, per_request, runtime_ms))
+                            _per_request(result, per_request, runtime_ms)
+                        )
                 finally:
                     server.stop()
         rows = []
         for (per_request, workers), results in sorted(runs.items()):
             best = max(results, key=lambda r: r["throughput_seq_s"])
             rows.append({"http_workers": workers, "per_request": per_request, **best})
-        self.results["scaling"] = {"model": name, "concurrency": c.demo_concurrency,
-                                   "runtime_cpu_ms_per_seq": runtime_ms, "rows": rows}
+        self.results["scaling"] = {
+            "model": name,
+            "concurrency": c.demo_concurrency,
+            "runtime_cpu_ms_per_seq": runtime_ms,
+            "rows": rows,
+        }
 
 
 def scaling_counts(cores: int) -> tuple[int, ...]:
@@ -364,8 +455,12 @@ def _http_workers(c: Config, repository: Path) -> tuple[int, str]:
     from service.settings import Settings
     from service.workers import worker_count
 
-    settings = Settings(repository=repository, max_batch_size=c.max_batch_size, max_batch_tokens=c.max_batch_tokens,
-                        **_env_settings(c.server_env))  # type: ignore[arg-type]
+    settings = Settings(
+        repository=repository,
+        max_batch_size=c.max_batch_size,
+        max_batch_tokens=c.max_batch_tokens,
+        **_env_settings(c.server_env),
+    )  # type: ignore[arg-type]
     return worker_count(settings.model_copy(update={"http_workers": "auto"}))
 
 
@@ -387,14 +482,29 @@ def _meta(c: Config) -> dict[str, Any]:
         pass
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(
-            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "gpu": None},
-        "versions": {"seqserve": service.__version__, "python": platform.python_version(),
-                     "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__},
-        "settings": {"concurrency": list(c.concurrency), "load_fractions": list(c.load_fractions),
-                     "phase_seconds": c.seconds, "warmup_seconds": c.warmup_seconds, "rounds": c.rounds,
-                     "sequences": c.count, "max_batch_size": c.max_batch_size,
-                     "max_batch_tokens": c.max_batch_tokens, "server_env": c.server_env},
+        "machine": {
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "gpu": None,
+        },
+        "versions": {
+            "seqserve": service.__version__,
+            "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__,
+            "numpy": numpy.__version__,
+        },
+        "settings": {
+            "concurrency": list(c.concurrency),
+            "load_fractions": list(c.load_fractions),
+            "phase_seconds": c.seconds,
+            "warmup_seconds": c.warmup_seconds,
+            "rounds": c.rounds,
+            "sequences": c.count,
+            "max_batch_size": c.max_batch_size,
+            "max_batch_tokens": c.max_batch_tokens,
+            "server_env": c.server_env,
+        },
     }
 
 
@@ -415,37 +525,52 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         f = max(ref["closed"]["floor"][concurrency], key=lambda r: r["throughput_seq_s"])
         s_p50 = min(r["p50_ms"] for r in ref["closed"]["seqserve"][concurrency])
         f_p50 = min(r["p50_ms"] for r in ref["closed"]["floor"][concurrency])
-        rows.append({
-            "concurrency": int(concurrency),
-            "seqserve_seq_s": s["throughput_seq_s"], "floor_seq_s": f["throughput_seq_s"],
-            "seqserve_p50_ms": s_p50, "seqserve_p99_ms": s["p99_ms"],
-            "floor_p50_ms": f_p50, "floor_p99_ms": f["p99_ms"],
-            "to_ceiling": round(s["throughput_seq_s"] / ceiling_sorted, 3),
-            "to_ceiling_window": round(s["throughput_seq_s"] / ceiling_window, 3),
-            "to_floor": round(s["throughput_seq_s"] / max(f["throughput_seq_s"], 1e-9), 3),
-            "p50_to_floor": round(s_p50 / max(f_p50, 1e-9), 3),
-            "seqserve_loop_cpu_ms_per_seq": s["server_loop_cpu_ms_per_seq"],
-            "seqserve_worker_cpu_ms_per_seq": s["server_worker_cpu_ms_per_seq"],
-            "client_cpu_share": s["client_cpu_share"],
-            "other_processes_cpu_share": s["other_processes_cpu_share"],
-        })
+        rows.append(
+            {
+                "concurrency": int(concurrency),
+                "seqserve_seq_s": s["throughput_seq_s"],
+                "floor_seq_s": f["throughput_seq_s"],
+                "seqserve_p50_ms": s_p50,
+                "seqserve_p99_ms": s["p99_ms"],
+                "floor_p50_ms": f_p50,
+                "floor_p99_ms": f["p99_ms"],
+                "to_ceiling": round(s["throughput_seq_s"] / ceiling_sorted, 3),
+                "to_ceiling_window": round(s["throughput_seq_s"] / ceiling_window, 3),
+                "to_floor": round(s["throughput_seq_s"] / max(f["throughput_seq_s"], 1e-9), 3),
+                "p50_to_floor": round(s_p50 / max(f_p50, 1e-9), 3),
+                "seqserve_loop_cpu_ms_per_seq": s["server_loop_cpu_ms_per_seq"],
+                "seqserve_worker_cpu_ms_per_seq": s["server_worker_cpu_ms_per_seq"],
+                "client_cpu_share": s["client_cpu_share"],
+                "other_processes_cpu_share": s["other_processes_cpu_share"],
+            }
+        )
     top, low = rows[-1], rows[0]
     half = min(ref["open"]["seqserve"], key=lambda r: abs(r["fraction_of_saturation"] - 0.5), default=None)
     overhead = top["seqserve_loop_cpu_ms_per_seq"] / max(top["seqserve_worker_cpu_ms_per_seq"], 1e-9)
     targets = {
         f"c={top['concurrency']} throughput >= 0.85 x ceiling": {
-            "value": top["to_ceiling"], "met": top["to_ceiling"] >= 0.85},
+            "value": top["to_ceiling"],
+            "met": top["to_ceiling"] >= 0.85,
+        },
         f"c={top['concurrency']} throughput >= 2 x floor": {"value": top["to_floor"], "met": top["to_floor"] >= 2.0},
         f"c={low['concurrency']} p50 <= 1.2 x floor p50": {
-            "value": low["p50_to_floor"], "met": low["p50_to_floor"] <= 1.2},
+            "value": low["p50_to_floor"],
+            "met": low["p50_to_floor"] <= 1.2,
+        },
         "server CPU outside the runtime < 0.15 x runtime CPU (per sequence)": {
-            "value": round(overhead, 3), "met": overhead < 0.15},
+            "value": round(overhead, 3),
+            "met": overhead < 0.15,
+        },
     }
     if half is not None:  # no open loop in a --targets run
         targets["open loop at half saturation: p99 <= 3 x p50"] = {
-            "value": round(half["p99_ms"] / max(half["p50_ms"], 1e-9), 3), "met": half["p99_ms"] <= 3 * half["p50_ms"]}
+            "value": round(half["p99_ms"] / max(half["p50_ms"], 1e-9), 3),
+            "met": half["p99_ms"] <= 3 * half["p50_ms"],
+        }
     targets[f"c={top['concurrency']} throughput >= 0.85 x planner ceiling (64 in flight)"] = {
-        "value": top["to_ceiling_window"], "met": top["to_ceiling_window"] >= 0.85}
+        "value": top["to_ceiling_window"],
+        "met": top["to_ceiling_window"] >= 0.85,
+    }
     scaling = results.get("scaling")
     if scaling:
         ones = [r for r in scaling["rows"] if r["per_request"] == 1]
@@ -454,34 +579,64 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             name, cc, workers = scaling["model"], scaling["concurrency"], best["http_workers"]
             outside = best["server_cpu_outside_runtime_ms_per_req"]
             processes = f"{workers} HTTP process" + ("es" if workers > 1 else "")
-            target = (f"{name}, one per request, c={cc} ({processes}): server CPU outside the runtime "
-                      "<= 0.15 ms per request")
+            target = (
+                f"{name}, one per request, c={cc} ({processes}): server CPU outside the runtime <= 0.15 ms per request"
+            )
             targets[target] = {"value": outside, "met": outside <= 0.15}
     return {
-        "ceiling_seq_s": ceiling_sorted, "ceiling_window_seq_s": ceiling_window,
-        "ceiling_single_seq_s": ceiling_single, "ceiling_runtime_cpu_ms_per_seq": runtime_cpu,
-        "closed": rows, "open_half": half, "targets": targets,
+        "ceiling_seq_s": ceiling_sorted,
+        "ceiling_window_seq_s": ceiling_window,
+        "ceiling_single_seq_s": ceiling_single,
+        "ceiling_runtime_cpu_ms_per_seq": runtime_cpu,
+        "closed": rows,
+        "open_half": half,
+        "targets": targets,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="seqserve bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/bench"),
-                        help="where results.json, table.md and the plots go [docs/bench]")
-    parser.add_argument("--work", type=Path, default=Path("build/bench"),
-                        help="scratch: the rebuilt reference repository and server logs [build/bench]")
-    parser.add_argument("--demo-repository", type=Path, default=Path("repository"),
-                        help="also bench the models of this repository when it exists [repository]")
-    parser.add_argument("--readme", type=Path, default=None,
-                        help="replace the text between <!-- bench:start --> and <!-- bench:end --> in this file")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/bench"),
+        help="where results.json, table.md and the plots go [docs/bench]",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("build/bench"),
+        help="scratch: the rebuilt reference repository and server logs [build/bench]",
+    )
+    parser.add_argument(
+        "--demo-repository",
+        type=Path,
+        default=Path("repository"),
+        help="also bench the models of this repository when it exists [repository]",
+    )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="replace the text between <!-- bench:start --> and <!-- bench:end --> in this file",
+    )
     parser.add_argument("--quick", action="store_true", help="seconds instead of minutes (a smoke run)")
-    parser.add_argument("--targets", action="store_true",
-                        help="only what the targets read: reference c=1 and c=64, demo models, scaling (minutes)")
-    parser.add_argument("--http-workers", default=None,
-                        help="HTTP processes of the seqserve server and the floor (reference and demo phases), "
-                             "a number or auto [auto: as seqserve serve chooses]")
-    parser.add_argument("--scaling-workers", default=None,
-                        help="HTTP worker counts of the scaling phase, e.g. 1,2 [1, 2, 4, ... up to the cores]")
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="only what the targets read: reference c=1 and c=64, demo models, scaling (minutes)",
+    )
+    parser.add_argument(
+        "--http-workers",
+        default=None,
+        help="HTTP processes of the seqserve server and the floor (reference and demo phases), "
+        "a number or auto [auto: as seqserve serve chooses]",
+    )
+    parser.add_argument(
+        "--scaling-workers",
+        default=None,
+        help="HTTP worker counts of the scaling phase, e.g. 1,2 [1, 2, 4, ... up to the cores]",
+    )
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per phase")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of the closed-loop phases (best of N)")
     parser.add_argument("--concurrency", default=None, help="closed-loop concurrencies, e.g. 1,8,32,64")

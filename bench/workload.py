@@ -78,8 +78,9 @@ class ModelInput:
         tokenizer = meta["input"].get("tokenizer") or {}
         vocabulary = tokenizer.get("vocabulary") or []
         alphabet = "".join(t for t in vocabulary if len(t) == 1 and t.isalpha())
-        return cls(meta["name"], meta["input"]["kind"], meta["input"]["features"], meta["input"]["max_length"],
-                   alphabet)
+        return cls(
+            meta["name"], meta["input"]["kind"], meta["input"]["features"], meta["input"]["max_length"], alphabet
+        )
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,9 @@ class Workload:
         bodies = []
         for seq in self.sequences:
             assert isinstance(seq, np.ndarray)
-            document = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, *seq.shape],
-                                    "data": seq.ravel()}]}
+            document = {
+                "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, *seq.shape], "data": seq.ravel()}]
+            }
             bodies.append(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY))
         return bodies
 
@@ -127,8 +129,18 @@ class Workload:
         for seq in self.sequences:
             assert isinstance(seq, np.ndarray)
             data = np.ascontiguousarray(seq, dtype="<f4").tobytes()
-            header = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, *seq.shape],
-                                               "parameters": {"binary_data_size": len(data)}}]})
+            header = orjson.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "datatype": "FP32",
+                            "shape": [1, *seq.shape],
+                            "parameters": {"binary_data_size": len(data)},
+                        }
+                    ]
+                }
+            )
             bodies.append((header + data, len(header)))
         return bodies
 

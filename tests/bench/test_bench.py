@@ -66,7 +66,9 @@ def test_ab_alternates_variants_and_reports_each(tmp_path: Path, capsys: pytest.
     root = Path(__file__).resolve().parents[2]
     variants = ["{}", json.dumps({"source": str(root), "max_delay_ms": 0})]
     assert (
-        ab.main([*variants, "--rounds", "1", "--seconds", "0.5", "--concurrency", "2", "--work", str(tmp_path), "--ceiling"])
+        ab.main(
+            [*variants, "--rounds", "1", "--seconds", "0.5", "--concurrency", "2", "--work", str(tmp_path), "--ceiling"]
+        )
         == 0
     )
     lines = capsys.readouterr().out.splitlines()
@@ -101,9 +103,19 @@ def _tiny_text_model(repository: Path) -> None:
 
     torch.manual_seed(5)
     tokenizer = Tokenizer(vocabulary=("<pad>", "<unk>", *"abcdefghijklmnopqrstuvwxyz"))
-    spec = ModelSpec(name="chars", task="classification", cell="gru", hidden_size=8, input_kind="text",
-                     embedding_dim=6, tokenizer=tokenizer, max_length=24, num_outputs=2, labels=("a", "b"),
-                     readout="last")
+    spec = ModelSpec(
+        name="chars",
+        task="classification",
+        cell="gru",
+        hidden_size=8,
+        input_kind="text",
+        embedding_dim=6,
+        tokenizer=tokenizer,
+        max_length=24,
+        num_outputs=2,
+        labels=("a", "b"),
+        readout="last",
+    )
     export_model(SequenceModel(spec).eval(), repository, version=1, batches=2)
 
 
@@ -113,11 +125,21 @@ def test_demo_models_and_the_scaling_phase(tmp_path: Path) -> None:
     HTTP worker count and sequences per request."""
     demos = tmp_path / "demos"
     _tiny_text_model(demos)
-    config = Config.quick(tmp_path / "work", concurrency=(1,), demo_repository=demos, scaling_model="chars",
-                          scaling_workers=(1, 2), scaling_per_request=(1, 3), binary_check=False, demo_concurrency=4)
+    config = Config.quick(
+        tmp_path / "work",
+        concurrency=(1,),
+        demo_repository=demos,
+        scaling_model="chars",
+        scaling_workers=(1, 2),
+        scaling_per_request=(1, 3),
+        binary_check=False,
+        demo_concurrency=4,
+    )
     results = Bench(config, lambda label: None).run()
     demo = results["demos"]["chars"]["seqserve"]
-    assert demo["throughput_req_s"] > 0 and demo["server_cpu_outside_runtime_ms_per_req"] < demo["server_cpu_ms_per_req"]
+    assert (
+        demo["throughput_req_s"] > 0 and demo["server_cpu_outside_runtime_ms_per_req"] < demo["server_cpu_ms_per_req"]
+    )
     rows = results["scaling"]["rows"]
     assert [(r["per_request"], r["http_workers"]) for r in rows] == [(1, 1), (1, 2), (3, 1), (3, 2)]
     for r in rows:

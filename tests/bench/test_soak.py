@@ -43,8 +43,20 @@ def test_a_short_soak_writes_json_and_ends_its_server(
 
     monkeypatch.setattr(soak, "soak", spy)
     out = tmp_path / "soak.json"
-    code = soak.main(["--minutes", str(4 / 60), "--window-seconds", "2", "--rate", "20",
-                      "--work", str(tmp_path / "work"), "--out", str(out)])
+    code = soak.main(
+        [
+            "--minutes",
+            str(4 / 60),
+            "--window-seconds",
+            "2",
+            "--rate",
+            "20",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     results = json.loads(out.read_text())
     assert [w["index"] for w in results["windows"]] == [0, 1]

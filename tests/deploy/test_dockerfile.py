@@ -50,8 +50,12 @@ def env_of(stage: Stage) -> dict[str, str]:
 
 
 def test_hadolint_is_clean_at_warning_level() -> None:
-    result = subprocess.run([tool("hadolint"), "--failure-threshold", "warning", str(DOCKERFILE)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [tool("hadolint"), "--failure-threshold", "warning", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -90,7 +94,7 @@ def test_cpu_and_gpu_images_run_the_same_stages_differing_only_in_build_args() -
     assert "import ensurepip, venv" in named["base"].all("RUN")[0]
     # The GPU flavour: a CUDA runtime base and onnxruntime-gpu plus torch, as the build script passes them.
     script = (ROOT / "deploy" / "image" / "build.sh").read_text()
-    assert "--build-arg RUNTIME_IMAGE=\"$cuda_image\" --build-arg SERVER_EXTRAS=gpu,export" in script
+    assert '--build-arg RUNTIME_IMAGE="$cuda_image" --build-arg SERVER_EXTRAS=gpu,export' in script
     assert "cuda_image=${CUDA_IMAGE:-nvidia/cuda:" in script
 
 
@@ -132,16 +136,21 @@ def _ignored(path: str, patterns: list[str]) -> bool:
         pattern = pattern.lstrip("!").rstrip("/")
         parts = path.split("/")
         prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if pattern == "**" or any(fnmatch.fnmatch(p, pattern) for p in prefixes) or (
-            pattern.startswith("**/") and any(fnmatch.fnmatch(part, pattern[3:]) for part in parts)
+        if (
+            pattern == "**"
+            or any(fnmatch.fnmatch(p, pattern) for p in prefixes)
+            or (pattern.startswith("**/") and any(fnmatch.fnmatch(part, pattern[3:]) for part in parts))
         ):
             ignored = not negate
     return ignored
 
 
 def test_build_context_holds_every_copied_file_and_no_local_state() -> None:
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for stage in parse_stages():
         for args in stage.all("COPY"):
             if "--from=" in args:

@@ -49,8 +49,17 @@ def test_the_cpu_image_environment_installs_into_a_fresh_venv_and_serves_without
     environment = {k: v for k, v in environment.items() if not k.startswith("SEQSERVE_")}
     # Outside the checkout, so only what was installed can be imported.
     probe = subprocess.run(
-        [str(python), "-c", "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('onnxruntime') is not None)"],
-        capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=60, check=True,
+        [
+            str(python),
+            "-c",
+            "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('onnxruntime') is not None)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environment,
+        timeout=60,
+        check=True,
     )
     assert probe.stdout.split() == ["None", "True"], probe.stdout
 
@@ -58,11 +67,23 @@ def test_the_cpu_image_environment_installs_into_a_fresh_venv_and_serves_without
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
-            [str(venv / "bin" / "seqserve"), "serve", "--repository", str(feat_repository), "--port", str(port),
-             "--grpc-port", "0"],
-            cwd=tmp_path, env=environment, stdout=log, stderr=subprocess.STDOUT,
+            [
+                str(venv / "bin" / "seqserve"),
+                "serve",
+                "--repository",
+                str(feat_repository),
+                "--port",
+                str(port),
+                "--grpc-port",
+                "0",
+            ],
+            cwd=tmp_path,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
+
         def ready() -> bool:
             assert server.poll() is None, log_path.read_text()
             try:
@@ -71,8 +92,9 @@ def test_the_cpu_image_environment_installs_into_a_fresh_venv_and_serves_without
                 return False
 
         wait_until(ready, 120, "server from the fresh venv ready")
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/models/feat/predict",
-                            json={"inputs": [[[0.1] * 5] * 3]}, timeout=30)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/models/feat/predict", json={"inputs": [[[0.1] * 5] * 3]}, timeout=30
+        )
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"][0]["label"] in ("neg", "neu", "pos")
         info = httpx.get(f"http://127.0.0.1:{port}/v1/models/feat", timeout=10).json()

@@ -85,8 +85,15 @@ def test_rolling_restart_under_load_fails_no_request(cluster: LocalCluster, work
 
 def test_kill_9_under_load_fails_no_request(cluster: LocalCluster, workload: Workload) -> None:
     figures = phase_kill(cluster, workload, index=1)
-    record("kill_9", {**brief(figures), "killed": figures["killed"], "errors": figures["errors"],
-                      "failed_in_nginx": figures["failed_in_nginx"]})
+    record(
+        "kill_9",
+        {
+            **brief(figures),
+            "killed": figures["killed"],
+            "errors": figures["errors"],
+            "failed_in_nginx": figures["failed_in_nginx"],
+        },
+    )
     assert figures["exit_code"] == -9
     # NOTE: before replicas wrote each answer's head and body in one write (service/wire.py),
     # about one run in 12-20 lost a request here: killed between the two writes, a replica left
@@ -99,7 +106,7 @@ class _Draining(BaseHTTPRequestHandler):
 
     hits = 0
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         type(self).hits += 1
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         body = json.dumps({"error": {"code": "draining", "message": "shutting down"}}).encode()
@@ -142,12 +149,15 @@ def test_nginx_retries_a_refused_connection_and_a_503_on_another_replica(
 
 def test_throughput_with_3_replicas_and_with_1_is_recorded(cluster: LocalCluster, workload: Workload) -> None:
     figures = phase_throughput(cluster, workload, requests=1500)
-    record("throughput", {
-        "replicas_3_requests_per_second": figures["replicas_3"]["requests_per_second"],
-        "replicas_1_requests_per_second": figures["replicas_1"]["requests_per_second"],
-        "speedup_3_vs_1": figures["speedup_3_vs_1"],
-        "cpu_cores": figures["cpu_cores"],
-    })
+    record(
+        "throughput",
+        {
+            "replicas_3_requests_per_second": figures["replicas_3"]["requests_per_second"],
+            "replicas_1_requests_per_second": figures["replicas_1"]["requests_per_second"],
+            "speedup_3_vs_1": figures["speedup_3_vs_1"],
+            "cpu_cores": figures["cpu_cores"],
+        },
+    )
     assert_nothing_failed(figures["replicas_3"])
     assert_nothing_failed(figures["replicas_1"])
     assert figures["replicas_1"]["per_replica"]["replica-0"]["share"] == 1.0

@@ -22,15 +22,27 @@ OVERLAYS = ("cpu", "gpu")
 VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 GRACE_DEFAULT = Settings.model_fields["grace_period_seconds"].default
 # KServe's ComponentExtensionSpec: the predictor's fields that are not a PodSpec's.
-KSERVE_EXTENSION_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "containerConcurrency",
-                           "timeout", "canaryTrafficPercent", "logger", "batcher", "labels", "annotations",
-                           "deploymentStrategy"}
+KSERVE_EXTENSION_FIELDS = {
+    "minReplicas",
+    "maxReplicas",
+    "scaleMetric",
+    "scaleTarget",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "logger",
+    "batcher",
+    "labels",
+    "annotations",
+    "deploymentStrategy",
+}
 
 
 @cache
 def render(overlay: str) -> tuple[dict[str, Any], ...]:
-    result = subprocess.run([tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
@@ -62,7 +74,11 @@ def validate(doc: dict[str, Any], version: str) -> None:
 def test_rendered_overlay_is_valid_kubernetes(overlay: str, version: str) -> None:
     docs = render(overlay)
     assert sorted(d["kind"] for d in docs) == [
-        "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Service",
+    ]
     for doc in docs:
         validate(doc, version)
 
@@ -151,8 +167,11 @@ def test_service_hpa_pdb_and_monitoring_select_the_deployment(overlay: str) -> N
     port = ports["http"]
     assert by_kind(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
     hpa = by_kind(docs, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] == "/metrics"
@@ -185,8 +204,9 @@ def test_kserve_inference_service_predictor_is_a_valid_pod_spec(version: str, ma
     assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
     predictor = isvc["spec"]["predictor"]
     pod_spec = {k: v for k, v in predictor.items() if k not in KSERVE_EXTENSION_FIELDS}
-    validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": isvc["metadata"]["name"]},
-              "spec": pod_spec}, version)
+    validate(
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": isvc["metadata"]["name"]}, "spec": pod_spec}, version
+    )
     [c] = predictor["containers"]
     assert c["name"] == "kserve-container"  # the name KServe routes to
     [port] = c["ports"]
@@ -269,8 +289,10 @@ def test_streams_overlay_points_every_replica_at_its_redis(version: str) -> None
     args = container(redis)["args"]
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"  # an evicted stream would be a lost one
     base = {d["kind"]: d for d in render("cpu") if d["kind"] != "Deployment"}
-    assert {k: d for k, d in ((d["kind"], d) for d in docs if d["metadata"]["name"] == "seqserve"
-                                and d["kind"] != "Deployment")} == base
+    assert {
+        k: d
+        for k, d in ((d["kind"], d) for d in docs if d["metadata"]["name"] == "seqserve" and d["kind"] != "Deployment")
+    } == base
 
 
 def test_compose_replicas_share_stream_state_in_redis() -> None:

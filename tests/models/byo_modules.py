@@ -18,16 +18,18 @@ class TextClassifier(nn.Module):
     batch -> LayerNorm -> AdaptiveAvgPool1d over time of the RNN output and of
     the MLP output -> concat -> Linear, GELU, LayerNorm, Linear."""
 
-    def __init__(self, vocab_size: int, embed_dim: int = 8, mlp_dim: int = 6, hidden: int = 5,
-                 n_classes: int = 3) -> None:
+    def __init__(
+        self, vocab_size: int, embed_dim: int = 8, mlp_dim: int = 6, hidden: int = 5, n_classes: int = 3
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.input_mlp = nn.Sequential(nn.Linear(embed_dim, 12), nn.GELU(), nn.Linear(12, mlp_dim))
         self.rnn = nn.LSTM(mlp_dim, hidden, num_layers=3, dropout=0.5, batch_first=True)
         self.ln = nn.LayerNorm(hidden)
         self.pool = nn.AdaptiveAvgPool1d(1)
-        self.classifier = nn.Sequential(nn.Linear(hidden + mlp_dim, 7), nn.GELU(), nn.LayerNorm(7),
-                                        nn.Linear(7, n_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(hidden + mlp_dim, 7), nn.GELU(), nn.LayerNorm(7), nn.Linear(7, n_classes)
+        )
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         emb = self.input_mlp(self.embed(x))

@@ -35,8 +35,11 @@ def main() -> None:
             parity = json.loads((entry / "parity.json").read_text())
             d = parity["max_abs_diff"]
             cells = " | ".join(f"{d[g]:.1e}" if g in d else "not exported" for g in ("eager", "onnx", "torchscript"))
-            print(f"| {case_id} | `{case.cls}` | {', '.join(meta['formats'])} | {parity['sequences']} "
-                  f"({parity['min_length']}-{parity['max_length']}) | {cells} |", flush=True)
+            print(
+                f"| {case_id} | `{case.cls}` | {', '.join(meta['formats'])} | {parity['sequences']} "
+                f"({parity['min_length']}-{parity['max_length']}) | {cells} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -60,9 +60,15 @@ def main() -> None:
             elif case.text == "char":
                 tokenizer = load_tokenizer(folder / "chars.txt", "char", lowercase=True)
             started = time.monotonic()
-            result = export_module(checkpoint, UserModule(case.source, case.cls, case.kwargs), folder / "repo",
-                                   tokenizer=tokenizer, max_length=args.max_length, batches=args.batches,
-                                   given={"name": case_id.lower()})
+            result = export_module(
+                checkpoint,
+                UserModule(case.source, case.cls, case.kwargs),
+                folder / "repo",
+                tokenizer=tokenizer,
+                max_length=args.max_length,
+                batches=args.batches,
+                given={"name": case_id.lower()},
+            )
             rows.append((case_id, obj, result.path, time.monotonic() - started, result))
         http = measure_http(folder / "repo", rows, args.max_length, folder)
         print("| shape | settled | ONNX Runtime | TorchScript | HTTP | export |")
@@ -87,8 +93,9 @@ def summary(meta: dict[str, Any], result: Any) -> str:
     return ", ".join(parts)
 
 
-def measure_http(repository: Path, rows: list[tuple[str, Any, Path, float, Any]], max_length: int,
-                 logs: Path) -> dict[str, float]:
+def measure_http(
+    repository: Path, rows: list[tuple[str, Any, Path, float, Any]], max_length: int, logs: Path
+) -> dict[str, float]:
     worst: dict[str, float] = {}
     tokenizers = {"word": user_word_ids, "char": user_char_ids}
     with run_server(repository, log_dir=logs) as server:

@@ -59,77 +59,235 @@ def lstm_names(rnn: str, head: str) -> dict[str, Any]:
 
 CLASSES = {"num_outputs": 3, "labels": ["a", "b", "c"]}
 CASES = {
-    "F1": Case("F1", "BiLSTMClassifier", {"input_size": 3, "hidden_size": 8, "num_layers": 2, "num_classes": 3},
-               {"task": "classification", "cell": "lstm", "bidirectional": True, "num_layers": 2, "hidden_size": 8,
-                "input_size": 3, "readout": "last", **CLASSES, "names": lstm_names("lstm", "fc")},
-               {"family": "F3", "cell": "gru"}, "lstm.weight_hh_l1_reverse",
-               "missing rnn.weight_hh_l1_reverse [32, 8] (lstm.weight_hh_l1_reverse in the checkpoint)",
-               trap=True, wrapped=True),
-    "F2": Case("F2", "LSTMForecaster", {"input_size": 2, "hidden_size": 8, "num_layers": 2, "output_size": 1},
-               {"task": "regression", "cell": "lstm", "num_layers": 2, "hidden_size": 8, "input_size": 2,
-                "readout": "last", "num_outputs": 1, "output_names": ["next"], "names": lstm_names("lstm", "linear")},
-               {"family": "F3", "cell": "gru"}, "lstm.bias_hh_l1",
-               "missing rnn.bias_hh_l1 [32] (lstm.bias_hh_l1 in the checkpoint)", trap=True),
-    "F3": Case("F3", "GRUClassifier", {"input_size": 3, "hidden_size": 8, "num_layers": 2, "num_classes": 3},
-               {"task": "classification", "cell": "gru", "bidirectional": True, "num_layers": 2, "hidden_size": 8,
-                "input_size": 3, "readout": "final", **CLASSES, "names": lstm_names("gru", "classifier")},
-               {"family": "F1", "cell": "lstm"}, "gru.weight_ih_l0_reverse",
-               "missing rnn.weight_ih_l0_reverse [24, 3] (gru.weight_ih_l0_reverse in the checkpoint)"),
-    "F4": Case("F4", "TextClassifier",
-               {"vocab_size": 12, "embed_dim": 6, "mlp_dim": 8, "hidden_size": 8, "num_layers": 2, "num_classes": 2},
-               {"task": "classification", "cell": "lstm", "bidirectional": True, "num_layers": 2, "hidden_size": 8,
-                "input_kind": "text", "embedding_dim": 6, "tokenizer": {"vocabulary": list(VOCABULARY.vocabulary)},
-                "input_mlp": [8], "layer_norm": True, "concat_input_mean": True, "readout": "mean",
-                "head_hidden": 8, "dropout": 0.3, "num_outputs": 2, "labels": ["neg", "pos"],
-                "names": {"prefixes": {"mlp.": "input_mlp.", "lstm.": "rnn."},
-                          "renames": {"head.3.weight": "head.2.weight", "head.3.bias": "head.2.bias"}}},
-               {"family": "F3", "cell": "gru"}, "lstm.weight_ih_l1_reverse",
-               "missing rnn.weight_ih_l1_reverse [32, 16] (lstm.weight_ih_l1_reverse in the checkpoint)",
-               inputs="batch_and_lengths", wrapped=True),
-    "F4-pool": Case("F4", "PooledTextClassifier",
-                    {"vocab_size": 12, "embed_dim": 6, "mlp_dim": 8, "hidden_size": 8, "num_layers": 2,
-                     "num_classes": 2},
-                    {}, {"family": "F3", "cell": "gru"}, "norm.weight", "missing norm.weight [16]", trap=True),
-    "F5": Case("F5", "BiLSTMTagger", {"input_size": 3, "hidden_size": 8, "num_tags": 4},
-               {"task": "tagging", "cell": "lstm", "bidirectional": True, "hidden_size": 8, "input_size": 3,
-                "readout": "all", "num_outputs": 4, "labels": ["O", "B", "I", "E"],
-                "names": lstm_names("lstm", "hidden2tag")},
-               {"family": "F3", "cell": "gru"}, "lstm.bias_ih_l0_reverse",
-               "missing rnn.bias_ih_l0_reverse [32] (lstm.bias_ih_l0_reverse in the checkpoint)"),
-    "F6": Case("F6", "ProjectedLSTM",
-               {"input_size": 3, "hidden_size": 8, "proj_size": 4, "num_layers": 2, "num_classes": 3},
-               {"task": "classification", "cell": "lstm", "bidirectional": True, "num_layers": 2, "hidden_size": 8,
-                "proj_size": 4, "input_size": 3, "readout": "last", **CLASSES, "names": lstm_names("lstm", "fc")},
-               {"family": "F1", "proj_size": 0}, "lstm.weight_hr_l1_reverse",
-               "missing rnn.weight_hr_l1_reverse [4, 8] (lstm.weight_hr_l1_reverse in the checkpoint)", trap=True),
-    "F7": Case("F7", "LSTMCellLoop", {"input_size": 3, "hidden_size": 8, "num_classes": 3},
-               {"task": "classification", "cell": "lstm", "hidden_size": 8, "input_size": 3, "readout": "last",
-                **CLASSES, "names": lstm_names("cell", "fc")},
-               {"family": "F2"}, "cell.weight_hh",
-               "missing rnn.weight_hh_l0 [32, 8] (cell.weight_hh in the checkpoint)", trap=True),
-    "F8": Case("F8", "FlipBiLSTM", {"input_size": 3, "hidden_size": 8, "num_layers": 2, "num_classes": 3},
-               {"task": "classification", "cell": "lstm", "bidirectional": True, "num_layers": 2, "hidden_size": 8,
-                "input_size": 3, "readout": "last", **CLASSES,
-                "names": {**lstm_names("lstm_fwd", "fc"), "backward": "lstm_bwd."}},
-               {"family": "F1"}, "lstm_bwd.weight_ih_l0",
-               "missing rnn.weight_ih_l0_reverse [32, 3] (lstm_bwd.weight_ih_l0 in the checkpoint)", trap=True),
-    "F8-tagger": Case("F8", "FlipBiLSTM",
-                      {"input_size": 3, "hidden_size": 8, "num_layers": 1, "num_classes": 3, "per_step": True},
-                      {"task": "tagging", "cell": "lstm", "bidirectional": True, "hidden_size": 8, "input_size": 3,
-                       "readout": "all", **CLASSES, "names": {**lstm_names("lstm_fwd", "fc"), "backward": "lstm_bwd."}},
-                      {"family": "F3", "cell": "gru"}, "lstm_bwd.bias_hh_l0",
-                      "missing rnn.bias_hh_l0_reverse [32] (lstm_bwd.bias_hh_l0 in the checkpoint)", trap=True),
-    "F9": Case("F9", "ChoGRU", {"input_size": 3, "hidden_size": 8, "num_classes": 3},
-               {"task": "classification", "cell": "gru", "hidden_size": 8, "input_size": 3, "readout": "last",
-                **CLASSES, "names": {"prefixes": {"": "rnn."}, "renames": {"W_y": "head.weight", "b_y": "head.bias"}}},
-               {"family": "F3"}, "U_r", "missing rnn.U_r [8, 8] (U_r in the checkpoint)", inputs="sequence"),
+    "F1": Case(
+        "F1",
+        "BiLSTMClassifier",
+        {"input_size": 3, "hidden_size": 8, "num_layers": 2, "num_classes": 3},
+        {
+            "task": "classification",
+            "cell": "lstm",
+            "bidirectional": True,
+            "num_layers": 2,
+            "hidden_size": 8,
+            "input_size": 3,
+            "readout": "last",
+            **CLASSES,
+            "names": lstm_names("lstm", "fc"),
+        },
+        {"family": "F3", "cell": "gru"},
+        "lstm.weight_hh_l1_reverse",
+        "missing rnn.weight_hh_l1_reverse [32, 8] (lstm.weight_hh_l1_reverse in the checkpoint)",
+        trap=True,
+        wrapped=True,
+    ),
+    "F2": Case(
+        "F2",
+        "LSTMForecaster",
+        {"input_size": 2, "hidden_size": 8, "num_layers": 2, "output_size": 1},
+        {
+            "task": "regression",
+            "cell": "lstm",
+            "num_layers": 2,
+            "hidden_size": 8,
+            "input_size": 2,
+            "readout": "last",
+            "num_outputs": 1,
+            "output_names": ["next"],
+            "names": lstm_names("lstm", "linear"),
+        },
+        {"family": "F3", "cell": "gru"},
+        "lstm.bias_hh_l1",
+        "missing rnn.bias_hh_l1 [32] (lstm.bias_hh_l1 in the checkpoint)",
+        trap=True,
+    ),
+    "F3": Case(
+        "F3",
+        "GRUClassifier",
+        {"input_size": 3, "hidden_size": 8, "num_layers": 2, "num_classes": 3},
+        {
+            "task": "classification",
+            "cell": "gru",
+            "bidirectional": True,
+            "num_layers": 2,
+            "hidden_size": 8,
+            "input_size": 3,
+            "readout": "final",
+            **CLASSES,
+            "names": lstm_names("gru", "classifier"),
+        },
+        {"family": "F1", "cell": "lstm"},
+        "gru.weight_ih_l0_reverse",
+        "missing rnn.weight_ih_l0_reverse [24, 3] (gru.weight_ih_l0_reverse in the checkpoint)",
+    ),
+    "F4": Case(
+        "F4",
+        "TextClassifier",
+        {"vocab_size": 12, "embed_dim": 6, "mlp_dim": 8, "hidden_size": 8, "num_layers": 2, "num_classes": 2},
+        {
+            "task": "classification",
+            "cell": "lstm",
+            "bidirectional": True,
+            "num_layers": 2,
+            "hidden_size": 8,
+            "input_kind": "text",
+            "embedding_dim": 6,
+            "tokenizer": {"vocabulary": list(VOCABULARY.vocabulary)},
+            "input_mlp": [8],
+            "layer_norm": True,
+            "concat_input_mean": True,
+            "readout": "mean",
+            "head_hidden": 8,
+            "dropout": 0.3,
+            "num_outputs": 2,
+            "labels": ["neg", "pos"],
+            "names": {
+                "prefixes": {"mlp.": "input_mlp.", "lstm.": "rnn."},
+                "renames": {"head.3.weight": "head.2.weight", "head.3.bias": "head.2.bias"},
+            },
+        },
+        {"family": "F3", "cell": "gru"},
+        "lstm.weight_ih_l1_reverse",
+        "missing rnn.weight_ih_l1_reverse [32, 16] (lstm.weight_ih_l1_reverse in the checkpoint)",
+        inputs="batch_and_lengths",
+        wrapped=True,
+    ),
+    "F4-pool": Case(
+        "F4",
+        "PooledTextClassifier",
+        {"vocab_size": 12, "embed_dim": 6, "mlp_dim": 8, "hidden_size": 8, "num_layers": 2, "num_classes": 2},
+        {},
+        {"family": "F3", "cell": "gru"},
+        "norm.weight",
+        "missing norm.weight [16]",
+        trap=True,
+    ),
+    "F5": Case(
+        "F5",
+        "BiLSTMTagger",
+        {"input_size": 3, "hidden_size": 8, "num_tags": 4},
+        {
+            "task": "tagging",
+            "cell": "lstm",
+            "bidirectional": True,
+            "hidden_size": 8,
+            "input_size": 3,
+            "readout": "all",
+            "num_outputs": 4,
+            "labels": ["O", "B", "I", "E"],
+            "names": lstm_names("lstm", "hidden2tag"),
+        },
+        {"family": "F3", "cell": "gru"},
+        "lstm.bias_ih_l0_reverse",
+        "missing rnn.bias_ih_l0_reverse [32] (lstm.bias_ih_l0_reverse in the checkpoint)",
+    ),
+    "F6": Case(
+        "F6",
+        "ProjectedLSTM",
+        {"input_size": 3, "hidden_size": 8, "proj_size": 4, "num_layers": 2, "num_classes": 3},
+        {
+            "task": "classification",
+            "cell": "lstm",
+            "bidirectional": True,
+            "num_layers": 2,
+            "hidden_size": 8,
+            "proj_size": 4,
+            "input_size": 3,
+            "readout": "last",
+            **CLASSES,
+            "names": lstm_names("lstm", "fc"),
+        },
+        {"family": "F1", "proj_size": 0},
+        "lstm.weight_hr_l1_reverse",
+        "missing rnn.weight_hr_l1_reverse [4, 8] (lstm.weight_hr_l1_reverse in the checkpoint)",
+        trap=True,
+    ),
+    "F7": Case(
+        "F7",
+        "LSTMCellLoop",
+        {"input_size": 3, "hidden_size": 8, "num_classes": 3},
+        {
+            "task": "classification",
+            "cell": "lstm",
+            "hidden_size": 8,
+            "input_size": 3,
+            "readout": "last",
+            **CLASSES,
+            "names": lstm_names("cell", "fc"),
+        },
+        {"family": "F2"},
+        "cell.weight_hh",
+        "missing rnn.weight_hh_l0 [32, 8] (cell.weight_hh in the checkpoint)",
+        trap=True,
+    ),
+    "F8": Case(
+        "F8",
+        "FlipBiLSTM",
+        {"input_size": 3, "hidden_size": 8, "num_layers": 2, "num_classes": 3},
+        {
+            "task": "classification",
+            "cell": "lstm",
+            "bidirectional": True,
+            "num_layers": 2,
+            "hidden_size": 8,
+            "input_size": 3,
+            "readout": "last",
+            **CLASSES,
+            "names": {**lstm_names("lstm_fwd", "fc"), "backward": "lstm_bwd."},
+        },
+        {"family": "F1"},
+        "lstm_bwd.weight_ih_l0",
+        "missing rnn.weight_ih_l0_reverse [32, 3] (lstm_bwd.weight_ih_l0 in the checkpoint)",
+        trap=True,
+    ),
+    "F8-tagger": Case(
+        "F8",
+        "FlipBiLSTM",
+        {"input_size": 3, "hidden_size": 8, "num_layers": 1, "num_classes": 3, "per_step": True},
+        {
+            "task": "tagging",
+            "cell": "lstm",
+            "bidirectional": True,
+            "hidden_size": 8,
+            "input_size": 3,
+            "readout": "all",
+            **CLASSES,
+            "names": {**lstm_names("lstm_fwd", "fc"), "backward": "lstm_bwd."},
+        },
+        {"family": "F3", "cell": "gru"},
+        "lstm_bwd.bias_hh_l0",
+        "missing rnn.bias_hh_l0_reverse [32] (lstm_bwd.bias_hh_l0 in the checkpoint)",
+        trap=True,
+    ),
+    "F9": Case(
+        "F9",
+        "ChoGRU",
+        {"input_size": 3, "hidden_size": 8, "num_classes": 3},
+        {
+            "task": "classification",
+            "cell": "gru",
+            "hidden_size": 8,
+            "input_size": 3,
+            "readout": "last",
+            **CLASSES,
+            "names": {"prefixes": {"": "rnn."}, "renames": {"W_y": "head.weight", "b_y": "head.bias"}},
+        },
+        {"family": "F3"},
+        "U_r",
+        "missing rnn.U_r [8, 8] (U_r in the checkpoint)",
+        inputs="sequence",
+    ),
 }
 CASES["F4-pool"] = replace(CASES["F4-pool"], spec=CASES["F4"].spec, wrapped=True)
 
 
 def spec_dict(case: Case, name: str, **overrides: Any) -> dict[str, Any]:
-    spec = {"name": name, "family": case.family, **case.spec, "max_length": MAX_LENGTH,
-            "reference": {"source": str(TUTORIAL), "class": case.cls, "kwargs": case.kwargs, "inputs": case.inputs}}
+    spec = {
+        "name": name,
+        "family": case.family,
+        **case.spec,
+        "max_length": MAX_LENGTH,
+        "reference": {"source": str(TUTORIAL), "class": case.cls, "kwargs": case.kwargs, "inputs": case.inputs},
+    }
     spec.update(overrides)
     return spec
 
@@ -191,8 +349,11 @@ def alone(case: Case, model: Any, seq: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         x = torch.from_numpy(seq)[None]
         out = model(x, torch.tensor([len(seq)])) if case.inputs == "batch_and_lengths" else model(x)
-    return out[0].numpy().reshape(-1, case.spec["num_outputs"]).squeeze(0) if case.spec["task"] != "tagging" \
+    return (
+        out[0].numpy().reshape(-1, case.spec["num_outputs"]).squeeze(0)
+        if case.spec["task"] != "tagging"
         else out[0].numpy()
+    )
 
 
 def user_on_padded_batch(case: Case, model: Any, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -222,7 +383,9 @@ def test_family_exports_exactly_against_the_users_module(case_id: str, tmp_path:
     session = ort.InferenceSession(str(entry / "model.onnx"), providers=["CPUExecutionProvider"])
     served = {"onnx": session.run(None, {"input": x, "lengths": n})[0]}
     with torch.no_grad():
-        served["torchscript"] = torch.jit.load(str(entry / "model.pt"))(torch.from_numpy(x), torch.from_numpy(n)).numpy()
+        served["torchscript"] = torch.jit.load(str(entry / "model.pt"))(
+            torch.from_numpy(x), torch.from_numpy(n)
+        ).numpy()
     for graph, out in served.items():
         for i, length in enumerate(lengths):
             want = alone(case, model, x[i, :length])
@@ -311,10 +474,14 @@ def test_users_module_that_does_not_take_the_checkpoint_is_named(tmp_path: Path)
     case = CASES["F1"]
     checkpoint = save_checkpoint(case, make_user_model(case), tmp_path)
     module = UserModule(str(TUTORIAL), "BiLSTMClassifier", {**case.kwargs, "num_layers": 1})
-    with pytest.raises(UserModuleError, match=r"BiLSTMClassifier does not take the checkpoint: unexpected "
-                                              r"lstm\.weight_ih_l1 \[32, 16\]"):
-        export_checkpoint(checkpoint, write_spec(spec_dict(case, "f1"), tmp_path), tmp_path / "repo",
-                          module=module, batches=2)
+    with pytest.raises(
+        UserModuleError,
+        match=r"BiLSTMClassifier does not take the checkpoint: unexpected "
+        r"lstm\.weight_ih_l1 \[32, 16\]",
+    ):
+        export_checkpoint(
+            checkpoint, write_spec(spec_dict(case, "f1"), tmp_path), tmp_path / "repo", module=module, batches=2
+        )
 
 
 @pytest.mark.parametrize("case_id", list(CASES))
@@ -330,16 +497,18 @@ def test_inspect_suggests_the_family_and_a_spec_that_fits(case_id: str, tmp_path
     spec = dict(guess.spec)
     if spec.get("input_kind") == "text":
         spec["tokenizer"] = {"vocabulary": list(VOCABULARY.vocabulary)}
-    spec.update({k: case.spec[k] for k in ("readout", "task", "labels", "num_outputs", "output_names")
-                 if k in case.spec})
+    spec.update(
+        {k: case.spec[k] for k in ("readout", "task", "labels", "num_outputs", "output_names") if k in case.spec}
+    )
     if case.family == "F5":
         spec["family"] = "F5"
     build_model(ModelSpec.from_dict(spec), state)  # the suggested name map fits every tensor
 
 
 def seqserve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "seqserve", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "seqserve", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
 def test_cli_inspect_then_export_with_the_users_module(tmp_path: Path) -> None:
@@ -350,9 +519,20 @@ def test_cli_inspect_then_export_with_the_users_module(tmp_path: Path) -> None:
     inspected = seqserve("inspect", str(checkpoint), "--write-spec", str(tmp_path / "suggested.json"))
     assert inspected.returncode == 0, inspected.stderr
     assert "family: F7" in inspected.stdout and "cell.weight_ih" in inspected.stdout
-    result = seqserve("export", str(checkpoint), "--spec", str(tmp_path / "suggested.json"),
-                      "--module", f"{TUTORIAL}:LSTMCellLoop", "--module-kwargs", json.dumps(case.kwargs),
-                      "--repository", str(tmp_path / "repo"), "--parity-batches", "5")
+    result = seqserve(
+        "export",
+        str(checkpoint),
+        "--spec",
+        str(tmp_path / "suggested.json"),
+        "--module",
+        f"{TUTORIAL}:LSTMCellLoop",
+        "--module-kwargs",
+        json.dumps(case.kwargs),
+        "--repository",
+        str(tmp_path / "repo"),
+        "--parity-batches",
+        "5",
+    )
     assert result.returncode == 0, result.stderr
     assert "parity against user module tutorial.py:LSTMCellLoop" in result.stdout
     meta = json.loads((tmp_path / "repo" / "model" / "1" / "model.json").read_text())

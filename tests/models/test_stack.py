@@ -56,8 +56,14 @@ def test_every_combination_exports_exactly(tmp_path: Path, cell: str, bidirectio
 def test_text_model_with_embedding_exports_exactly(tmp_path: Path) -> None:
     torch.manual_seed(1)
     spec = make_spec(
-        "lstm", True, "mean", input_kind="text", input_size=None, embedding_dim=6,
-        tokenizer=Tokenizer.build(["anna", "bert", "carla", "dörte"]), head_hidden=8,
+        "lstm",
+        True,
+        "mean",
+        input_kind="text",
+        input_size=None,
+        embedding_dim=6,
+        tokenizer=Tokenizer.build(["anna", "bert", "carla", "dörte"]),
+        head_hidden=8,
     )
     entry = export_model(SequenceModel(spec), tmp_path, batches=25)
     assert (entry / "model.onnx").is_file() and (entry / "model.pt").is_file()
@@ -66,7 +72,13 @@ def test_text_model_with_embedding_exports_exactly(tmp_path: Path) -> None:
 def test_regression_with_scaling_in_graph_exports_exactly(tmp_path: Path) -> None:
     torch.manual_seed(2)
     spec = make_spec(
-        "gru", False, "last", task="regression", labels=None, num_outputs=2, output_names=("p", "q"),
+        "gru",
+        False,
+        "last",
+        task="regression",
+        labels=None,
+        num_outputs=2,
+        output_names=("p", "q"),
         input_normalization=Normalization((1.0,) * 5, (3.0,) * 5),
         output_normalization=Normalization((50.0, -4.0), (20.0, 0.5)),
     )
@@ -81,7 +93,7 @@ def test_parity_batches_mix_lengths_and_sizes() -> None:
     sizes = {len(lengths) for _, lengths in batches}
     assert 3 not in sizes or len(sizes) > 3  # not only the traced batch size
     for x, lengths in batches:
-        for row, n in zip(x, lengths):
+        for row, n in zip(x, lengths, strict=True):
             assert not row[n:].any()  # zero padding past each length
 
 

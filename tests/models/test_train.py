@@ -13,9 +13,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def train_quick(out: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "seqserve", "train", "--quick", "--demo", "vowels", "--demo", "sunspots",
-         "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "train",
+            "--quick",
+            "--demo",
+            "vowels",
+            "--demo",
+            "sunspots",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
     )
 
 

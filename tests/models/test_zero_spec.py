@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from models.checkpoint_export import ModuleExport, export_module
-from models.usermodule import UserModuleError
 from models.parity import TOLERANCE
 from models.spec import UserModule
+from models.usermodule import UserModuleError
 from models.vocab import load_tokenizer
 from service.model_json import TokenizerJson
 from service.tokenizer import CharTokenizer
@@ -73,23 +73,39 @@ class Case:
 
 
 CASES: dict[str, Case] = {
-    "text-gelu-layernorm": Case(BYO, "TextClassifier", {"vocab_size": 12}, "batch_and_lengths", text="word",
-                                settled=("input layers ['linear:12', 'gelu', 'linear:6']",
-                                         "head ['linear:7', 'gelu', 'layernorm', 'linear:3']", "mean over time")),
-    "flip-no-head": Case(BYO, "FlipBiLSTMFeatures", {}, features=4,
-                         settled=("over the flipped input", "per step", "no head")),
+    "text-gelu-layernorm": Case(
+        BYO,
+        "TextClassifier",
+        {"vocab_size": 12},
+        "batch_and_lengths",
+        text="word",
+        settled=(
+            "input layers ['linear:12', 'gelu', 'linear:6']",
+            "head ['linear:7', 'gelu', 'layernorm', 'linear:3']",
+            "mean over time",
+        ),
+    ),
+    "flip-no-head": Case(
+        BYO, "FlipBiLSTMFeatures", {}, features=4, settled=("over the flipped input", "per step", "no head")
+    ),
     "cho-concat": Case(BYO, "ChoGRUConcat", {}, "sequence", settled=("concat([x, h])", "final state h")),
     "time-major-cell": Case(BYO, "TimeMajorCell", {}, "time_major", features=4, settled=("time first", "LSTMCell")),
     "log-softmax": Case(BYO, "LogSoftmaxGRU", {}, settled=("log_softmax", "relu applied as a function")),
-    "tutorial-tagger": Case(BYO, "LSTMTagger", {}, "sequence", text="word",
-                            settled=("unbatched", "every step", "applies log_softmax")),
+    "tutorial-tagger": Case(
+        BYO, "LSTMTagger", {}, "sequence", text="word", settled=("unbatched", "every step", "applies log_softmax")
+    ),
     "device-global": Case(BYO, "Forecaster", {}, features=2, settled=("answer: 1 value(s)",)),
     "attention": Case(BYO, "AttentionLSTM", {}, equal_length=True, settled=()),
 }
 for family_id, family in FAMILY_CASES.items():
     CASES[family_id] = Case(
-        TUTORIAL, family.cls, family.kwargs, family.inputs, text="char" if "F4" in family_id else None,
-        features=int(family.kwargs.get("input_size", 3)), extra={"family": family.family},
+        TUTORIAL,
+        family.cls,
+        family.kwargs,
+        family.inputs,
+        text="char" if "F4" in family_id else None,
+        features=int(family.kwargs.get("input_size", 3)),
+        extra={"family": family.family},
     )
 
 
@@ -160,8 +176,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
         elif case.text == "char":
             tokenizer, tokenize = load_tokenizer(folder / "chars.txt", "char", lowercase=True), user_char_ids
         result = export_module(
-            checkpoint, UserModule(case.source, case.cls, case.kwargs), folder / "repo", tokenizer=tokenizer,
-            max_length=MAX_LENGTH, batches=6, given={"name": case_id.lower()},
+            checkpoint,
+            UserModule(case.source, case.cls, case.kwargs),
+            folder / "repo",
+            tokenizer=tokenizer,
+            max_length=MAX_LENGTH,
+            batches=6,
+            given={"name": case_id.lower()},
         )
         done[case_id] = Exported(case, obj, result, tokenize)
     return done
@@ -211,8 +232,9 @@ def test_a_module_no_family_fits_is_served_by_equal_lengths(exported: dict[str, 
     assert "'attn' (MultiheadAttention)" in (entry.result.settled.reason or "")
     # torch traces attention with its batch size fixed in ONNX; the TorchScript graph holds.
     assert meta["formats"]["torchscript"] == "model.pt"
-    runs: list[Callable[[np.ndarray], np.ndarray]] = [lambda x: torch.jit.load(str(path / "model.pt"))(
-        torch.from_numpy(x)).detach().numpy()]
+    runs: list[Callable[[np.ndarray], np.ndarray]] = [
+        lambda x: torch.jit.load(str(path / "model.pt"))(torch.from_numpy(x)).detach().numpy()
+    ]
     if meta["formats"]["onnx"]:
         session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
         runs.append(lambda x: session.run(None, {"input": x})[0])
@@ -268,10 +290,12 @@ def test_the_server_answers_as_the_users_module(exported: dict[str, Exported], t
                 assert np.abs(got - want.reshape(got.shape)).max() <= TOLERANCE, (case_id, len(seq))
             if meta["task"] == "regression" and not case.text and not case.equal_length:  # values over V2 too
                 x, n = padded(case, LENGTHS, seed=11)
-                body = {"inputs": [
-                    {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()},
-                    {"name": "lengths", "shape": [len(n)], "datatype": "INT64", "data": n.tolist()},
-                ]}
+                body = {
+                    "inputs": [
+                        {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()},
+                        {"name": "lengths", "shape": [len(n)], "datatype": "INT64", "data": n.tolist()},
+                    ]
+                }
                 v2 = httpx.post(f"{server.url}/v2/models/{meta['name']}/infer", json=body, timeout=60)
                 assert v2.status_code == 200, (case_id, v2.text)
                 tensor = v2.json()["outputs"][0]
@@ -297,20 +321,32 @@ def test_cli_zero_spec_prints_what_it_settled_and_repeats_from_its_spec(tmp_path
     checkpoint = save("gru", obj, tmp_path)
 
     def seqserve(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "seqserve", *args], capture_output=True, text=True, cwd=ROOT,
-                              timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "seqserve", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+        )
 
     given = tmp_path / "mine.json"  # only what settling cannot know; the rest is settled
     given.write_text(json.dumps({"name": "gru", "labels": ["verb", "noun", "adj", "adv"], "max_length": 8}))
-    first = seqserve("export", str(checkpoint), "--spec", str(given), "--module", f"{BYO}:LogSoftmaxGRU",
-                     "--repository", str(tmp_path / "repo"), "--parity-batches", "4")
+    first = seqserve(
+        "export",
+        str(checkpoint),
+        "--spec",
+        str(given),
+        "--module",
+        f"{BYO}:LogSoftmaxGRU",
+        "--repository",
+        str(tmp_path / "repo"),
+        "--parity-batches",
+        "4",
+    )
     assert first.returncode == 0, first.stderr
     assert "settled: the module applies log_softmax to its answer" in first.stdout
     meta = json.loads((tmp_path / "repo" / "gru" / "1" / "model.json").read_text())
     assert meta["labels"] == ["verb", "noun", "adj", "adv"] and meta["input"]["max_length"] == 8
     spec = tmp_path / "repo" / "gru" / "1" / "spec.json"
-    again = seqserve("export", str(checkpoint), "--spec", str(spec), "--repository", str(tmp_path / "repo"),
-                     "--parity-batches", "4")
+    again = seqserve(
+        "export", str(checkpoint), "--spec", str(spec), "--repository", str(tmp_path / "repo"), "--parity-batches", "4"
+    )
     assert again.returncode == 0, again.stderr
     meta = json.loads((tmp_path / "repo" / "gru" / "2" / "model.json").read_text())
     assert meta["graph"]["output_activation"] == "exp"
@@ -322,15 +358,32 @@ def test_cli_says_why_when_no_family_fits_and_what_a_text_model_needs(tmp_path: 
     checkpoint = save("attention", make_module("attention"), tmp_path)
     inspected = subprocess.run(
         [sys.executable, "-m", "seqserve", "inspect", str(checkpoint), "--module", f"{BYO}:AttentionLSTM"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
     assert inspected.returncode == 0, inspected.stderr
     assert "not settled: 'attn' (MultiheadAttention) runs after the recurrent layer" in inspected.stdout
     text = save("text", make_module("text-gelu-layernorm"), tmp_path)
     refused = subprocess.run(
-        [sys.executable, "-m", "seqserve", "export", str(text), "--module", f"{BYO}:TextClassifier",
-         "--module-kwargs", '{"vocab_size": 12}', "--repository", str(tmp_path / "repo")],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "export",
+            str(text),
+            "--module",
+            f"{BYO}:TextClassifier",
+            "--module-kwargs",
+            '{"vocab_size": 12}',
+            "--repository",
+            str(tmp_path / "repo"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
     assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1
     assert "--vocab FILE" in refused.stderr

@@ -45,8 +45,9 @@ class LSTMForecaster(nn.Module):
 class GRUClassifier(nn.Module):
     """F3: reads the final hidden states, ``cat(h_n[-2], h_n[-1])`` when bidirectional."""
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, num_classes: int,
-                 bidirectional: bool = True) -> None:
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int, num_classes: int, bidirectional: bool = True
+    ) -> None:
         super().__init__()
         self.bidirectional = bidirectional
         self.gru = nn.GRU(input_size, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional)
@@ -62,16 +63,27 @@ class TextClassifier(nn.Module):
     """F4: embedding -> MLP -> packed multi-layer BiLSTM -> LayerNorm -> masked
     mean, concatenated with the masked mean of the MLP output -> MLP head."""
 
-    def __init__(self, vocab_size: int, embed_dim: int, mlp_dim: int, hidden_size: int, num_layers: int,
-                 num_classes: int, dropout: float = 0.3) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        mlp_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        num_classes: int,
+        dropout: float = 0.3,
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.mlp = nn.Sequential(nn.Linear(embed_dim, mlp_dim), nn.ReLU(), nn.Dropout(dropout))
-        self.lstm = nn.LSTM(mlp_dim, hidden_size, num_layers, batch_first=True, dropout=dropout,
-                            bidirectional=True)
+        self.lstm = nn.LSTM(mlp_dim, hidden_size, num_layers, batch_first=True, dropout=dropout, bidirectional=True)
         self.norm = nn.LayerNorm(2 * hidden_size)
-        self.head = nn.Sequential(nn.Linear(2 * hidden_size + mlp_dim, hidden_size), nn.ReLU(), nn.Dropout(dropout),
-                                  nn.Linear(hidden_size, num_classes))
+        self.head = nn.Sequential(
+            nn.Linear(2 * hidden_size + mlp_dim, hidden_size),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, num_classes),
+        )
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         e = self.mlp(self.embedding(tokens))
@@ -120,8 +132,9 @@ class ProjectedLSTM(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, proj_size: int, num_layers: int, num_classes: int) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, bidirectional=True,
-                            proj_size=proj_size)
+        self.lstm = nn.LSTM(
+            input_size, hidden_size, num_layers, batch_first=True, bidirectional=True, proj_size=proj_size
+        )
         self.fc = nn.Linear(2 * proj_size, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -151,8 +164,9 @@ class FlipBiLSTM(nn.Module):
     padded batch starts the backward LSTM in the padding. With num_layers > 1
     each LSTM is its own stack."""
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, num_classes: int,
-                 per_step: bool = False) -> None:
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int, num_classes: int, per_step: bool = False
+    ) -> None:
         super().__init__()
         self.per_step = per_step
         self.lstm_fwd = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)
@@ -179,12 +193,21 @@ class ChoGRU:
         rng = np.random.default_rng(seed)
         s = 1 / np.sqrt(hidden_size)
         self.hidden_size = hidden_size
-        self.W_z, self.U_z, self.b_z = (rng.uniform(-s, s, (hidden_size, input_size)),
-                                        rng.uniform(-s, s, (hidden_size, hidden_size)), np.zeros(hidden_size))
-        self.W_r, self.U_r, self.b_r = (rng.uniform(-s, s, (hidden_size, input_size)),
-                                        rng.uniform(-s, s, (hidden_size, hidden_size)), np.zeros(hidden_size))
-        self.W_h, self.U_h, self.b_h = (rng.uniform(-s, s, (hidden_size, input_size)),
-                                        rng.uniform(-s, s, (hidden_size, hidden_size)), np.zeros(hidden_size))
+        self.W_z, self.U_z, self.b_z = (
+            rng.uniform(-s, s, (hidden_size, input_size)),
+            rng.uniform(-s, s, (hidden_size, hidden_size)),
+            np.zeros(hidden_size),
+        )
+        self.W_r, self.U_r, self.b_r = (
+            rng.uniform(-s, s, (hidden_size, input_size)),
+            rng.uniform(-s, s, (hidden_size, hidden_size)),
+            np.zeros(hidden_size),
+        )
+        self.W_h, self.U_h, self.b_h = (
+            rng.uniform(-s, s, (hidden_size, input_size)),
+            rng.uniform(-s, s, (hidden_size, hidden_size)),
+            np.zeros(hidden_size),
+        )
         self.W_y, self.b_y = rng.uniform(-s, s, (num_classes, hidden_size)), np.zeros(num_classes)
 
     def forward(self, xs: np.ndarray) -> np.ndarray:

@@ -57,15 +57,51 @@ def build_test_repository(root: Path) -> dict[str, Reference]:
     tokenizer = Tokenizer(vocabulary=tuple(VOCABULARY))
     common: dict[str, Any] = {"cell": "lstm", "hidden_size": 8, "num_layers": 1}
     specs = {
-        "feat": ModelSpec(name="feat", task="classification", bidirectional=True, input_size=5, max_length=40,
-                          num_outputs=3, labels=("neg", "neu", "pos"), readout="last", **common),
-        "tagger": ModelSpec(name="tagger", task="tagging", bidirectional=True, input_size=4, max_length=30,
-                            num_outputs=4, labels=("B", "I", "O", "X"), readout="all", **common),
-        "regress": ModelSpec(name="regress", task="regression", input_size=3, max_length=30, num_outputs=2,
-                             output_names=("level", "trend"), readout="last", **common),
-        "text": ModelSpec(name="text", task="classification", cell="gru", hidden_size=8, input_kind="text",
-                          embedding_dim=6, tokenizer=tokenizer, max_length=32, num_outputs=2,
-                          labels=("female", "male"), readout="last"),
+        "feat": ModelSpec(
+            name="feat",
+            task="classification",
+            bidirectional=True,
+            input_size=5,
+            max_length=40,
+            num_outputs=3,
+            labels=("neg", "neu", "pos"),
+            readout="last",
+            **common,
+        ),
+        "tagger": ModelSpec(
+            name="tagger",
+            task="tagging",
+            bidirectional=True,
+            input_size=4,
+            max_length=30,
+            num_outputs=4,
+            labels=("B", "I", "O", "X"),
+            readout="all",
+            **common,
+        ),
+        "regress": ModelSpec(
+            name="regress",
+            task="regression",
+            input_size=3,
+            max_length=30,
+            num_outputs=2,
+            output_names=("level", "trend"),
+            readout="last",
+            **common,
+        ),
+        "text": ModelSpec(
+            name="text",
+            task="classification",
+            cell="gru",
+            hidden_size=8,
+            input_kind="text",
+            embedding_dim=6,
+            tokenizer=tokenizer,
+            max_length=32,
+            num_outputs=2,
+            labels=("female", "male"),
+            readout="last",
+        ),
     }
     references: dict[str, Reference] = {}
     for name, spec in specs.items():
@@ -94,13 +130,27 @@ def build_test_repository(root: Path) -> dict[str, Reference]:
     plain = PlainGRU().eval()
     folder = root / "equal" / "1"
     folder.mkdir(parents=True)
-    torch.onnx.export(plain, (torch.randn(3, 7, 3),), str(folder / "model.onnx"), dynamo=False,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch", 1: "time"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        plain,
+        (torch.randn(3, 7, 3),),
+        str(folder / "model.onnx"),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch", 1: "time"}, "logits": {0: "batch"}},
+    )
     meta = json.loads((root / "regress" / "1" / "model.json").read_text())  # same contract, other values
-    meta.update(name="equal", task="classification", description="a plain GRU exported elsewhere",
-                labels=["no", "yes"], output_names=None, padding="equal-length", formats={"onnx": "model.onnx"},
-                input={"kind": "features", "features": 3, "max_length": 20, "tokenizer": None}, streaming=None)
+    meta.update(
+        name="equal",
+        task="classification",
+        description="a plain GRU exported elsewhere",
+        labels=["no", "yes"],
+        output_names=None,
+        padding="equal-length",
+        formats={"onnx": "model.onnx"},
+        input={"kind": "features", "features": 3, "max_length": 20, "tokenizer": None},
+        streaming=None,
+    )
     meta["graph"].update(lengths=None, output="logits", output_activation="softmax")
     (folder / "model.json").write_text(json.dumps(meta, indent=2))
 
@@ -142,8 +192,18 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory) -> TwoVersions:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     staging = tmp_path_factory.mktemp("two-versions")
-    spec = ModelSpec(name="swap", task="classification", cell="lstm", hidden_size=8, num_layers=1, input_size=5,
-                     max_length=20, num_outputs=3, labels=("a", "b", "c"), readout="last")
+    spec = ModelSpec(
+        name="swap",
+        task="classification",
+        cell="lstm",
+        hidden_size=8,
+        num_layers=1,
+        input_size=5,
+        max_length=20,
+        num_outputs=3,
+        labels=("a", "b", "c"),
+        readout="last",
+    )
     expected: dict[int, Callable[[Any], np.ndarray]] = {}
     for version in (1, 2):
         torch.manual_seed(100 + version)

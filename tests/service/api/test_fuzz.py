@@ -113,15 +113,22 @@ text_bodies = st.fixed_dictionaries({"inputs": st.lists(st.one_of(texts, scalars
 datatypes = st.sampled_from(["FP32", "FP64", "INT64", "INT32", "INT8", "BYTES", "BOOL", "fp32", "", "X"])
 shapes = st.lists(st.integers(min_value=-3, max_value=2**40), max_size=4)
 tensors = st.fixed_dictionaries(
-    {"name": st.sampled_from(["input", "lengths", "text", "other", ""]), "shape": st.one_of(shapes, json_values),
-     "datatype": st.one_of(datatypes, json_values), "data": st.one_of(st.lists(numbers, max_size=30), json_values)},
+    {
+        "name": st.sampled_from(["input", "lengths", "text", "other", ""]),
+        "shape": st.one_of(shapes, json_values),
+        "datatype": st.one_of(datatypes, json_values),
+        "data": st.one_of(st.lists(numbers, max_size=30), json_values),
+    },
     optional={"parameters": json_values},
 )
 v2_bodies = st.one_of(
     st.fixed_dictionaries(
         {"inputs": st.lists(tensors, max_size=3)},
-        optional={"id": json_values, "outputs": st.lists(st.fixed_dictionaries({"name": json_values}), max_size=3),
-                  "parameters": json_values},
+        optional={
+            "id": json_values,
+            "outputs": st.lists(st.fixed_dictionaries({"name": json_values}), max_size=3),
+            "parameters": json_values,
+        },
     ),
     json_values,
 )
@@ -151,23 +158,37 @@ def test_v2_infer_bodies_never_5xx(client: httpx.Client, body: Any, model: str) 
 
 content_types = st.one_of(
     st.none(),
-    st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
-                     "application/octet-stream", "application/json; charset=latin-1", "application/ld+json", ""]),
+    st.sampled_from(
+        [
+            "application/json",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "application/octet-stream",
+            "application/json; charset=latin-1",
+            "application/ld+json",
+            "",
+        ]
+    ),
     st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30),
 )
 
 
 @FUZZ
 @given(
-    raw=st.one_of(st.binary(max_size=200), st.text(max_size=100).map(str.encode),
-                  st.integers(min_value=1, max_value=5000).map(lambda n: b"[" * n),
-                  st.integers(min_value=1, max_value=5000).map(lambda n: b'{"inputs":' * n)),
+    raw=st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=100).map(str.encode),
+        st.integers(min_value=1, max_value=5000).map(lambda n: b"[" * n),
+        st.integers(min_value=1, max_value=5000).map(lambda n: b'{"inputs":' * n),
+    ),
     content_type=content_types,
     path=st.sampled_from(["/predict", "/v1/models/feat/predict", "/v2/models/feat/infer", "/v2/models/text/infer"]),
     # NOTE: a header with control characters is refused by the HTTP parser (h11) with a plain-text 400
     # before the application sees it; header values here are printable ASCII.
-    header_length=st.one_of(st.none(), st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E),
-                                               max_size=6)),
+    header_length=st.one_of(
+        st.none(), st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=6)
+    ),
 )
 def test_raw_bytes_and_content_types_never_5xx(
     client: httpx.Client, raw: bytes, content_type: str | None, path: str, header_length: str | None
@@ -197,8 +218,8 @@ def test_raw_bytes_and_content_types_never_5xx(
         b'{"inputs": [[[1e999, 0, 0, 0, 0]]]}',
         b'{"inputs": [[[NaN, 0, 0, 0, 0]]]}',
         b'{"inputs": [[[-Infinity, 0, 0, 0, 0]]]}',
-        b'{"inputs": [[[1' + b"0" * 5000 + b', 0, 0, 0, 0]]]}',
-        b'{"inputs": [[[' + b"9" * 400 + b', 0, 0, 0, 0]]]}',
+        b'{"inputs": [[[1' + b"0" * 5000 + b", 0, 0, 0, 0]]]}",
+        b'{"inputs": [[[' + b"9" * 400 + b", 0, 0, 0, 0]]]}",
         '{"inputs": ["\u0000\u202e\ud7ff\U0010ffff"]}'.encode(),
         b'{"inputs": ["\\ud800"]}',  # a lone surrogate, escaped
         b"\xff\xfe{}",

@@ -113,8 +113,10 @@ async def open_loop(port: int, raw: bytes, rate: float, seconds: float) -> list[
         done = loop.time()
         shed = ""
         if status == 503:
-            retry = next((line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                          if line.startswith(b"retry-after:")), b"")
+            retry = next(
+                (line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.startswith(b"retry-after:")),
+                b"",
+            )
             shed = f"{retry.decode()}/{json.loads(body)['error']['code']}"
         answers.append(Answer(status, done - scheduled, done - sent, sent - scheduled, shed))
 
@@ -161,8 +163,14 @@ def test_four_times_saturation_is_shed_with_503_and_the_server_recovers_at_once(
         offered_seconds = time.monotonic() - began
         after = await idle_latencies(20)
         return {
-            "saturation": saturation, "closed": closed, "baseline": baseline, "rate": rate, "results": results,
-            "offered_seconds": offered_seconds, "after": after, "rss_before": rss_before,
+            "saturation": saturation,
+            "closed": closed,
+            "baseline": baseline,
+            "rate": rate,
+            "results": results,
+            "offered_seconds": offered_seconds,
+            "after": after,
+            "rss_before": rss_before,
         }
 
     figures = asyncio.run(scenario())
@@ -175,16 +183,18 @@ def test_four_times_saturation_is_shed_with_503_and_the_server_recovers_at_once(
     baseline: list[float] = figures["baseline"]  # type: ignore[assignment]
     rss_peak = peak_rss_mib(server.process.pid)
     ms = 1000.0
-
+    lag = [a.lag for a in results]
+    from_schedule = [a.from_schedule for a in accepted]
+    from_send = [a.from_send for a in accepted]
     print(
         f"\nopen loop: saturation {figures['saturation']:.1f} req/s ({SEQUENCES} seq x {STEPS} steps each), "
         f"offered {figures['rate']:.1f} req/s for {LOAD_SECONDS:.0f} s: {len(results)} requests in "
         f"{figures['offered_seconds']:.1f} s; client lag behind the schedule p50 "
-        f"{percentile([a.lag for a in results], 50) * ms:.1f} ms, p99 {percentile([a.lag for a in results], 99) * ms:.1f} ms; "
+        f"{percentile(lag, 50) * ms:.1f} ms, p99 {percentile(lag, 99) * ms:.1f} ms; "
         f"200: {statuses.count(200)}, 503: {statuses.count(503)}, no answer: {len(failed)} {sorted(set(failed))}; "
-        f"accepted p50/p99 from the schedule {percentile([a.from_schedule for a in accepted], 50) * ms:.0f}/"
-        f"{percentile([a.from_schedule for a in accepted], 99) * ms:.0f} ms, from the send "
-        f"{percentile([a.from_send for a in accepted], 50) * ms:.0f}/{percentile([a.from_send for a in accepted], 99) * ms:.0f} ms; "
+        f"accepted p50/p99 from the schedule {percentile(from_schedule, 50) * ms:.0f}/"
+        f"{percentile(from_schedule, 99) * ms:.0f} ms, from the send "
+        f"{percentile(from_send, 50) * ms:.0f}/{percentile(from_send, 99) * ms:.0f} ms; "
         f"503 p99 {percentile([a.from_send for a in results if a.status == 503], 99) * ms:.1f} ms; "
         f"idle p50 before {percentile(baseline, 50) * ms:.1f} ms, right after {percentile(after, 50) * ms:.1f} ms; "
         f"peak RSS {figures['rss_before']:.0f} MiB before the load, {rss_peak:.0f} MiB after"

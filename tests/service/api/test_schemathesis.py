@@ -51,8 +51,9 @@ def schema_server(test_repository: BuiltRepository, tmp_path_factory: pytest.Tem
     """One server for the whole module: a defect one case leaves behind shows up in the next.
     Its access log counts every request, schemathesis's own probes included."""
     log_dir = tmp_path_factory.mktemp("schemathesis")
-    with run_server(test_repository.path, "--max-delay-ms", "1", "--access-log", log_dir=log_dir,
-                    env={"SEQSERVE_API_KEY": API_KEY}) as running:
+    with run_server(
+        test_repository.path, "--max-delay-ms", "1", "--access-log", log_dir=log_dir, env={"SEQSERVE_API_KEY": API_KEY}
+    ) as running:
         yield running
         log = running.log()
     # NOTE: no client input may reach the internal-error path.
@@ -70,16 +71,18 @@ def access_log(server: Server, since: int = 0) -> tuple[int, int, int]:
 def api_schema(schema_server: Server) -> schemathesis.BaseSchema:
     raw = httpx.get(f"{schema_server.url}/openapi.json", timeout=10).json()
     _hint_known_models(raw)
-    config = SchemathesisConfig.from_dict({
-        "base-url": schema_server.url,
-        "seed": 20240601,
-        "generation": {"mode": "all", "max-examples": EXAMPLES, "deterministic": True},
-        "phases": {"stateful": {"enabled": False}},
-        # NOTE: which schema-valid bodies a model accepts depends on the model the path names (its
-        # feature count, text or features); the schema cannot say, and documents 422 for the rest.
-        "checks": {"positive_data_acceptance": {"enabled": False}},
-        "auth": {"openapi": {"bearer": {"bearer": API_KEY}, "apiKey": {"api_key": API_KEY}}},
-    })
+    config = SchemathesisConfig.from_dict(
+        {
+            "base-url": schema_server.url,
+            "seed": 20240601,
+            "generation": {"mode": "all", "max-examples": EXAMPLES, "deterministic": True},
+            "phases": {"stateful": {"enabled": False}},
+            # NOTE: which schema-valid bodies a model accepts depends on the model the path names (its
+            # feature count, text or features); the schema cannot say, and documents 422 for the rest.
+            "checks": {"positive_data_acceptance": {"enabled": False}},
+            "auth": {"openapi": {"bearer": {"bearer": API_KEY}, "apiKey": {"api_key": API_KEY}}},
+        }
+    )
     loaded = schemathesis.openapi.from_dict(raw, config=config)
 
     @loaded.hook
@@ -165,11 +168,17 @@ def test_every_operation(case: Case) -> None:
 def test_schemathesis_ran(schema_server: Server, record_property: Any) -> None:
     """Right after the run: its totals, printed and recorded (junit properties)."""
     requests, errors, _ = access_log(schema_server, TALLY["log_offset"])
-    summary = (f"schemathesis: {TALLY['operations']} operations, {TALLY['cases']} cases, {requests} requests, "
-               f"{errors} server errors")
+    summary = (
+        f"schemathesis: {TALLY['operations']} operations, {TALLY['cases']} cases, {requests} requests, "
+        f"{errors} server errors"
+    )
     print(f"\n{summary}")
-    for key, value in (("operations", TALLY["operations"]), ("cases", TALLY["cases"]), ("requests", requests),
-                       ("server_errors", errors)):
+    for key, value in (
+        ("operations", TALLY["operations"]),
+        ("cases", TALLY["cases"]),
+        ("requests", requests),
+        ("server_errors", errors),
+    ):
         record_property(f"schemathesis_{key}", value)
     assert TALLY["operations"] == 24, summary  # every route of the served schema; a new one is fuzzed too
     assert TALLY["cases"] > TALLY["operations"] and requests >= TALLY["cases"] and errors == 0, summary
@@ -189,37 +198,84 @@ V2_TAGGER_INPUT = {"name": "input", "datatype": "FP32", "shape": [1, 2, 4], "dat
         # documented seqserve's `{"error": {"code", "message"}}` for them (response_schema_conformance).
         ("GET", "/v2", {}, {"X-API-Key": "wrong"}, None, 401, "a valid API key is required"),
         ("GET", "/v2/models/{name}", {"name": "nope"}, AUTH, None, 404, "model 'nope' not found"),
-        ("GET", "/v2/models/{name}/versions/{version}/ready", {"name": "feat", "version": "9"}, AUTH, None, 404,
-         "has no version 9"),
-        ("POST", "/v2/models/{name}/infer", {"name": "tagger"}, AUTH,
-         {"inputs": [{**V2_TAGGER_INPUT, "shape": [1, 2]}]}, 422, "inputs[0]: shape [1, 2]"),
+        (
+            "GET",
+            "/v2/models/{name}/versions/{version}/ready",
+            {"name": "feat", "version": "9"},
+            AUTH,
+            None,
+            404,
+            "has no version 9",
+        ),
+        (
+            "POST",
+            "/v2/models/{name}/infer",
+            {"name": "tagger"},
+            AUTH,
+            {"inputs": [{**V2_TAGGER_INPUT, "shape": [1, 2]}]},
+            422,
+            "inputs[0]: shape [1, 2]",
+        ),
         # A `parameters` that is not an object was ignored and the request answered 200
         # (negative_data_rejection); now a 422 that names where.
-        ("POST", "/v2/models/{name}/infer", {"name": "tagger"}, AUTH,
-         {"id": None, "inputs": [V2_TAGGER_INPUT], "outputs": None, "parameters": [None, None]}, 422,
-         "parameters: expected an object, got array"),
-        ("POST", "/v2/models/{name}/infer", {"name": "tagger"}, AUTH,
-         {"inputs": [{**V2_TAGGER_INPUT, "parameters": "binary"}]}, 422,
-         "inputs[0].parameters: expected an object, got string"),
-        ("POST", "/v2/models/{name}/versions/{version}/infer", {"name": "tagger", "version": "1"}, AUTH,
-         {"inputs": [V2_TAGGER_INPUT], "outputs": [{"name": "label", "parameters": 0}]}, 422,
-         "outputs[0].parameters: expected an object, got number"),
+        (
+            "POST",
+            "/v2/models/{name}/infer",
+            {"name": "tagger"},
+            AUTH,
+            {"id": None, "inputs": [V2_TAGGER_INPUT], "outputs": None, "parameters": [None, None]},
+            422,
+            "parameters: expected an object, got array",
+        ),
+        (
+            "POST",
+            "/v2/models/{name}/infer",
+            {"name": "tagger"},
+            AUTH,
+            {"inputs": [{**V2_TAGGER_INPUT, "parameters": "binary"}]},
+            422,
+            "inputs[0].parameters: expected an object, got string",
+        ),
+        (
+            "POST",
+            "/v2/models/{name}/versions/{version}/infer",
+            {"name": "tagger", "version": "1"},
+            AUTH,
+            {"inputs": [V2_TAGGER_INPUT], "outputs": [{"name": "label", "parameters": 0}]},
+            422,
+            "outputs[0].parameters: expected an object, got number",
+        ),
     ],
 )
 def test_found_defects_stay_fixed(
-    api_schema: schemathesis.BaseSchema, method: str, path: str, path_parameters: dict[str, str],
-    headers: dict[str, str], body: Any, status: int, message: str,
+    api_schema: schemathesis.BaseSchema,
+    method: str,
+    path: str,
+    path_parameters: dict[str, str],
+    headers: dict[str, str],
+    body: Any,
+    status: int,
+    message: str,
 ) -> None:
     operation = api_schema[path][method]
     if body is None:
         case = operation.Case(path_parameters=path_parameters, headers=headers)
     else:
-        case = operation.Case(path_parameters=path_parameters, headers=headers, body=body,
-                              media_type="application/json")
+        case = operation.Case(
+            path_parameters=path_parameters, headers=headers, body=body, media_type="application/json"
+        )
     response = case.call(timeout=30)
     assert response.status_code == status and message in response.text, response.text
-    case.validate_response(response, checks=[not_a_server_error, status_code_conformance, content_type_conformance,
-                                             response_schema_conformance, error_shape])
+    case.validate_response(
+        response,
+        checks=[
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+            error_shape,
+        ],
+    )
 
 
 def test_a_good_predict_is_still_answered_exactly(schema_server: Server, test_repository: BuiltRepository) -> None:

@@ -27,8 +27,16 @@ def test_sigterm_under_load_loses_nothing(test_repository: BuiltRepository, tmp_
     # Encoded up front: the bodies reach the server faster than it can compute them, so work is queued.
     bodies = [orjson.dumps({"inputs": inputs}) for inputs in requests]
     workers = 2  # batches of one computing at once, neither queued nor counted as computed
-    flags = ("--max-batch-size", "1", "--batch-workers", str(workers), "--grace-period-seconds", "60",
-             "--max-queue", "8192")
+    flags = (
+        "--max-batch-size",
+        "1",
+        "--batch-workers",
+        str(workers),
+        "--grace-period-seconds",
+        "60",
+        "--max-queue",
+        "8192",
+    )
     with run_server(root, *flags, log_dir=tmp_path) as server:
         responses: list[httpx.Response | BaseException] = []
 

@@ -379,19 +379,21 @@ def test_requests_are_shed_before_their_bodies_are_read_when_the_queue_would_ove
                 running = asyncio.ensure_future(batcher.infer([seq(1)] * 4, timeout_seconds=TIMEOUT))
             await wait_for_thread(runtime.started)
             queued = batcher.submit([seq(1)] * 4, timeout_seconds=TIMEOUT)  # mean request: about 4 sequences
-            with batcher.reading():  # 4 queued + 1 request of ~4 being read: fits 8
-                with pytest.raises(Overloaded, match=r"4 sequences queued \(limit 8\) and 1 requests being read"):
-                    with batcher.reading():  # a second one being read would not
-                        pass
+            # 4 queued + 1 request of ~4 being read fits 8; a second one being read would not
+            with (
+                batcher.reading(),
+                pytest.raises(Overloaded, match=r"4 sequences queued \(limit 8\) and 1 requests being read"),
+                batcher.reading(),
+            ):
+                pass
             with batcher.reading():  # the first reader finished: room again
                 pass
             gate.set()
             await running
             await queued.future
             batcher.begin_drain()
-            with pytest.raises(Draining):
-                with batcher.reading():
-                    pass
+            with pytest.raises(Draining), batcher.reading():
+                pass
         finally:
             await batcher.stop()
 
