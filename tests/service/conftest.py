@@ -1,17 +1,20 @@
-"""Shared fixtures: the test model repository, built from scratch once per session."""
+"""Shared fixtures: the test model repository, built from scratch once per session; pending requests."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from service.batching import PendingRequest
 
 Reference = Callable[[Any], np.ndarray]
 """One request input (a list of steps, or a string) -> the graph's raw output for it alone."""
@@ -219,3 +222,20 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory) -> TwoVersions:
 
         expected[version] = run
     return TwoVersions(staging, expected)
+
+
+NewRequest = Callable[..., PendingRequest]
+
+
+@pytest.fixture
+def new_request() -> Iterator[NewRequest]:
+    """Makes a pending request of sequences of the given lengths, without a running event loop (for the parts of
+    the batcher that need none); its future belongs to a loop that never runs."""
+    loop = asyncio.new_event_loop()
+
+    def make(*lengths: int, deadline: float = float("inf"), enqueued_at: float = 0.0) -> PendingRequest:
+        sequences = [np.zeros((length, 1), dtype=np.float32) for length in lengths]
+        return PendingRequest(sequences, loop.create_future(), enqueued_at, deadline, arrived_idle=False)
+
+    yield make
+    loop.close()

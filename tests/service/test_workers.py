@@ -92,7 +92,7 @@ def test_a_worker_that_dies_takes_the_server_down_with_status_1(
 
 
 def test_each_worker_keeps_the_whole_queue_limits_and_grpc_is_served_once() -> None:
-    # the workers hold the limits together through their queue table (tests/service/batching/test_queue_totals.py)
+    # the workers hold the limits together through their queue table (tests/service/test_queue_totals.py)
     settings = Settings(max_queue=1000, max_queued_tokens=90_001, grpc_port=8001, http_workers=3)
     workers = [worker_settings(settings, 3, index, 8123) for index in range(3)]
     assert {(w.max_queue, w.max_queued_tokens) for w in workers} == {(1000, 90_001)}
