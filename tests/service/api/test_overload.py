@@ -23,6 +23,19 @@ def feat_only(test_repository: BuiltRepository, tmp_path_factory: pytest.TempPat
     return root
 
 
+# Batches of one and room for a request of 2048 sequences: such a request keeps the worker busy for seconds.
+ONE_AT_A_TIME = (
+    "--max-batch-size",
+    "1",
+    "--max-sequences-per-request",
+    "4096",
+    "--max-queue",
+    "4096",
+    "--http-workers",
+    "1",
+)
+
+
 @pytest.fixture(scope="module")
 def small_queue_server(feat_only: Path) -> Iterator[Server]:
     # NOTE: two HTTP processes: the limits hold for both queues together (service/queue_totals.py)
@@ -75,17 +88,7 @@ def test_overload_gets_503_with_retry_after_and_every_request_one_answer(
 def test_a_client_that_leaves_has_its_queued_work_dropped(feat_only: Path, tmp_path: Path) -> None:
     """A request of 2048 sequences runs as 2048 batches of one; the client stops waiting after 0.3 s."""
     sequences = np.random.default_rng(22).normal(size=(2048, 40, 5)).round(3).tolist()
-    flags = (
-        "--max-batch-size",
-        "1",
-        "--max-sequences-per-request",
-        "4096",
-        "--max-queue",
-        "4096",
-        "--http-workers",
-        "1",
-    )
-    with run_server(feat_only, *flags, "--max-body-bytes", str(64 << 20), log_dir=tmp_path) as server:
+    with run_server(feat_only, *ONE_AT_A_TIME, "--max-body-bytes", str(64 << 20), log_dir=tmp_path) as server:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(
                 f"{server.url}/v1/models/feat/predict", json={"inputs": sequences}, timeout=httpx.Timeout(60, read=0.3)
@@ -106,17 +109,7 @@ def test_a_client_that_leaves_has_its_queued_work_dropped(feat_only: Path, tmp_p
 def test_a_request_past_its_timeout_gets_504_and_its_work_is_dropped(feat_only: Path, tmp_path: Path) -> None:
     """2048 sequences as batches of one take longer than the 0.2 s request timeout."""
     sequences = np.random.default_rng(23).normal(size=(2048, 40, 5)).round(3).tolist()
-    flags = (
-        "--max-batch-size",
-        "1",
-        "--max-sequences-per-request",
-        "4096",
-        "--max-queue",
-        "4096",
-        "--http-workers",
-        "1",
-    )
-    flags += ("--request-timeout-seconds", "0.2", "--max-body-bytes", str(64 << 20))
+    flags = (*ONE_AT_A_TIME, "--request-timeout-seconds", "0.2", "--max-body-bytes", str(64 << 20))
     with run_server(feat_only, *flags, log_dir=tmp_path) as server:
         response = httpx.post(f"{server.url}/v1/models/feat/predict", json={"inputs": sequences}, timeout=60)
         assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
