@@ -583,6 +583,7 @@ class ModelRegistry:
         processes, only when every one of them is ready."""
         ready, reasons = self.local_readiness()
         if ready and self.peers is not None:
+            self._update_ready_metric()  # NOTE: nor may /metrics lag an answer of ready
             blocking = self.peers()
             return not blocking, blocking or reasons
         return ready, reasons

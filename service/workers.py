@@ -315,5 +315,8 @@ class Peers:
         return self._drained is None or all(self._drained)
 
     def __call__(self) -> list[str]:
-        """Why the other workers are not ready; empty when they all are."""
+        """Why the other workers are not ready; empty when they all are. This worker's own readiness is published
+        first: a worker that answers ready while its flag still says otherwise (it is rewritten every
+        PUBLISH_SECONDS) would have the others answer not ready right after it."""
+        self.publish()
         return [f"HTTP worker {i} not ready" for i, ready in enumerate(self._flags) if i != self._index and not ready]

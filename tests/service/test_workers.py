@@ -142,6 +142,16 @@ def test_readiness_needs_every_worker() -> None:
     assert list(flags) == [1, 0, 1]
 
 
+def test_a_worker_that_finds_the_others_ready_shows_itself_ready_to_them_first() -> None:
+    # Worker 1 is ready but its periodic publish has not run yet: asking the others must not leave worker 0
+    # answering "not ready" after worker 1 has answered ready.
+    flags = multiprocessing.get_context("spawn").RawArray("b", 2)
+    flags[0] = 1
+    first, second = Peers(flags, 0, lambda: (True, [])), Peers(flags, 1, lambda: (True, []))
+    assert second() == []
+    assert first() == []
+
+
 def test_the_repository_api_needs_one_process() -> None:
     with pytest.raises(ValidationError, match="repository_api needs http_workers=1"):
         Settings(repository_api=True, http_workers=2)
