@@ -4,14 +4,18 @@
     python -m bench.ab '{"source": "../old"}' '{}'                 # an older checkout (git worktree) against this one
     python -m bench.ab '{}' '{"max_delay_ms": 0}' --rate 400       # open loop at 400 seq/s instead of a closed loop
     python -m bench.ab '{}' '{"http_workers": 2}' --ceiling        # each against the round's in-process ceiling
+    python -m bench.ab '{"runtime": "sleep"}' '{}'                 # the HTTP front's own CPU: the model stubbed out
+    python -m bench.ab '{}' '{"http_workers": 2}' --model sunspots --body grpc --connections 16   # gRPC ModelInfer
 
 Each variant is a JSON object of `seqserve serve` settings over the base
 (`max_batch_size` 32, `max_batch_tokens` 8192, one HTTP process), plus an
-optional `source` (a checkout whose `service` package runs instead). Rounds alternate
+optional `source` (a checkout whose `service` package runs instead) and `runtime`
+(`sleep`: the model's computation replaced by a sleep as long, `bench.sleeping_runtime`). Rounds alternate
 the variants, so the machine's drift falls on all of them alike; each round
 starts a fresh server on 127.0.0.1, warms it, measures, and stops it. Load:
 the benchmark's reference model and workload (one sequence per request,
-lengths 10-200), closed loop at `--concurrency` or open loop at `--rate`.
+lengths 10-200), closed loop at `--concurrency` or open loop at `--rate`; with `--body grpc`, gRPC
+ModelInfer calls (raw contents) in a closed loop over `--connections` HTTP/2 connections.
 Per phase it prints throughput, the server's event-loop and worker CPU per
 sequence, the share of the machine it used, p50 and p99; then each variant's
 means. With `--ceiling`, each round first measures the in-process ceiling
@@ -23,6 +27,7 @@ drift between rounds then cancels out of the ratio.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import subprocess
@@ -31,11 +36,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.client import closed_loop, encode_requests, open_loop
+from bench.client import LoadResult, closed_loop, encode_requests, open_loop
 from bench.client import run as client_run
+from bench.grpc_client import encode_infer_requests, grpc_closed_loop
 from bench.server import Server
 from bench.workload import REFERENCE_NAME, ModelInput, Workload, build_reference
 from service.runtime import cpu_cores
+
+RUNTIMES = {"real": "service", "sleep": "bench.sleeping_runtime"}
+"""A variant's `runtime`: the model's own, or a sleep as long as its computation (`bench.sleeping_runtime`)."""
 
 BODIES = {
     "json": (f"/v1/models/{REFERENCE_NAME}/predict", "json_bodies"),
@@ -47,7 +56,8 @@ BODIES = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="+", type=json.loads, help="JSON objects of settings (+ optional source)")
-    parser.add_argument("--body", choices=sorted(BODIES), default="json")
+    parser.add_argument("--body", choices=sorted([*BODIES, "grpc"]), default="json")
+    parser.add_argument("--connections", type=int, default=0, help="with --body grpc: connections (0: a few)")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rate", type=float, default=0.0, help="open loop at this many sequences/s instead")
     parser.add_argument("--seconds", type=float, default=6.0)
@@ -72,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         repository = args.demo_repository
     args.work.mkdir(parents=True, exist_ok=True)
     workload = Workload.generate(ModelInput.read(repository / args.model / "1" / "model.json"), 1024)
-    path, bodies_of = BODIES[args.body]
+    grpc = args.body == "grpc"
+    path, bodies_of = BODIES["json" if grpc else args.body]
     path = path.replace(REFERENCE_NAME, args.model)
     bodies = workload.json_bodies(args.per_request) if args.body == "json" else getattr(workload, bodies_of)()
     results: list[list[dict[str, float]]] = [[] for _ in args.variants]
@@ -87,19 +98,28 @@ def main(argv: list[str] | None = None) -> int:
         for index, variant in enumerate(args.variants):
             settings: dict[str, Any] = {"max_batch_size": 32, "max_batch_tokens": 8192, "http_workers": 1, **variant}
             source = settings.pop("source", None)
+            module = RUNTIMES[settings.pop("runtime", "real")]
             server = Server(
                 repository,
                 name=f"variant-{index}",
                 log_path=args.work / f"variant-{index}.log",
                 source=Path(source) if source else None,
+                module=module,
+                grpc=grpc,
                 **settings,
             )
             try:
                 server.wait_ready()
                 requests = encode_requests(path, bodies, server.port)
-                client_run(closed_loop(server.port, requests, args.concurrency, 1.5, 0.3))  # warm
+                if grpc:
+                    requests = encode_infer_requests(args.model, workload.sequences)  # type: ignore[arg-type]
+                    _grpc_load(server.grpc_port, requests, args, 1.5, 0.3)  # warm
+                else:
+                    client_run(closed_loop(server.port, requests, args.concurrency, 1.5, 0.3))  # warm
                 cpu0, wall0 = server.cpu(), time.perf_counter()
-                if args.rate:
+                if grpc:
+                    load = _grpc_load(server.grpc_port, requests, args, args.seconds, 0.0)
+                elif args.rate:
                     load = client_run(open_loop(server.port, requests, args.rate, args.seconds, 0.5))
                 else:
                     load = client_run(closed_loop(server.port, requests, args.concurrency, args.seconds, 0.0))
@@ -125,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         means = {key: statistics.fmean(r[key] for r in results[index]) for key in results[index][0]}
         print(f"variant {index} {json.dumps(variant)}, mean of {args.rounds}: " + _line(means))
     return 0
+
+
+def _grpc_load(port: int, requests: list[bytes], args: argparse.Namespace, seconds: float, warmup: float) -> LoadResult:
+    """A closed loop of gRPC ModelInfer calls (grpc.aio wants asyncio's own event loop, not uvloop)."""
+    return asyncio.run(
+        grpc_closed_loop(port, requests, args.concurrency, seconds, warmup, connections=args.connections)
+    )
 
 
 def _ceiling(repository: Path, model: str, in_flight: int, seconds: float) -> dict[str, Any]:

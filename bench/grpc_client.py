@@ -42,13 +42,15 @@ async def grpc_closed_loop(
     seconds: float,
     warmup_seconds: float,
     on_window: tuple[Window, Window] | None = None,
+    connections: int = 0,
 ) -> LoadResult:
-    """`concurrency` calls in a closed loop; only answers inside the window after warm-up count."""
+    """`concurrency` calls in a closed loop; only answers inside the window after warm-up count. `connections`:
+    HTTP/2 connections to spread them over (0: one per `CALLS_PER_CHANNEL` calls)."""
     # NOTE: a local subchannel pool per channel, else channels to one address share one connection.
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)]
     channels = [
         aio.insecure_channel(f"127.0.0.1:{port}", options=options)
-        for _ in range(max(1, -(-concurrency // CALLS_PER_CHANNEL)))
+        for _ in range(connections or max(1, -(-concurrency // CALLS_PER_CHANNEL)))
     ]
     calls = [channel.unary_unary(MODEL_INFER) for channel in channels]  # bytes in, bytes out
     for channel in channels:

@@ -68,11 +68,13 @@ class Server:
         env: dict[str, str] | None = None,
         source: Path | None = None,
         grpc: bool = False,
+        module: str = "service",
         **settings: object,
     ) -> None:
         """`source`: run the `service` package of another checkout (e.g. a git worktree of an
         older commit) instead of this one's. `grpc`: also serve gRPC, on `grpc_port` (else off, so
-        that servers side by side don't contend for its default port)."""
+        that servers side by side don't contend for its default port). `module`: what `python -m` runs
+        (`bench.sleeping_runtime`: the server with its model's computation replaced by a sleep)."""
         self.name = name
         self.port = free_port()
         self.grpc_port = free_port() if grpc else 0
@@ -85,7 +87,7 @@ class Server:
             env["PYTHONPATH"] = str(source.resolve())
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--repository", str(repository.resolve())],
+            [sys.executable, "-m", module, "--repository", str(repository.resolve())],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -64,7 +64,7 @@ def test_ab_alternates_variants_and_reports_each(tmp_path: Path, capsys: pytest.
     from bench import ab
 
     root = Path(__file__).resolve().parents[2]
-    variants = ["{}", json.dumps({"source": str(root), "max_delay_ms": 0})]
+    variants = ["{}", json.dumps({"source": str(root), "max_delay_ms": 0}), '{"runtime": "sleep"}']
     assert (
         ab.main(
             [*variants, "--rounds", "1", "--seconds", "0.5", "--concurrency", "2", "--work", str(tmp_path), "--ceiling"]
@@ -73,7 +73,7 @@ def test_ab_alternates_variants_and_reports_each(tmp_path: Path, capsys: pytest.
     )
     lines = capsys.readouterr().out.splitlines()
     means = [line for line in lines if ", mean of 1: " in line]
-    assert [line.split(" ", 2)[1] for line in means] == ["0", "1"]
+    assert [line.split(" ", 2)[1] for line in means] == ["0", "1", "2"]
     assert all(" seq/s (" in line and " of the ceiling), loop " in line and line.endswith("errors 0") for line in means)
     # each variant's share is its throughput over the ceiling measured in the same round
     ceiling = float(next(line for line in lines if line.startswith("round 1 ceiling: ")).split()[3])
@@ -82,6 +82,14 @@ def test_ab_alternates_variants_and_reports_each(tmp_path: Path, capsys: pytest.
         assert found is not None
         assert float(found[2]) == pytest.approx(float(found[1]) / ceiling, abs=0.002)
     assert (tmp_path / "variant-1.log").is_file()
+    # the sleeping runtime's batches cost its compute threads next to nothing: the model's work is a sleep
+    workers = [float(re.search(r"workers ([\d.]+) ms/seq", line)[1]) for line in means]  # type: ignore[index]
+    assert workers[2] < 0.5 * min(workers[:2])
+    # gRPC ModelInfer calls instead of HTTP bodies, over as many connections as asked
+    grpc = ["{}", "--body", "grpc", "--connections", "2", "--rounds", "1", "--seconds", "0.5", "--concurrency", "2"]
+    assert ab.main([*grpc, "--work", str(tmp_path)]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if ", mean of 1: " in line]
+    assert re.search(r": [1-9]\d* req/s, ", line) and line.endswith("errors 0"), line
 
 
 def test_scaling_counts_go_up_to_the_cores() -> None:
