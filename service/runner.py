@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from service.grpc import GrpcServer, start_grpc_server
+from service.grpc import GrpcServer, SharedPort, start_grpc_server
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -50,9 +50,11 @@ class DrainingServer(uvicorn.Server):
         settings: Settings,
         metrics: Metrics,
         peers: Peers | None = None,
+        grpc_shared: SharedPort | None = None,
     ) -> None:
         super().__init__(config)
         self._peers = peers
+        self._grpc_shared = grpc_shared
         self._registry = registry
         self._settings = settings
         self._metrics = metrics
@@ -79,7 +81,7 @@ class DrainingServer(uvicorn.Server):
         if not self.should_exit and self._settings.grpc_port:
             try:
                 self._grpc = await start_grpc_server(
-                    self._registry, self._settings, self._metrics, self._settings.grpc_port
+                    self._registry, self._settings, self._metrics, self._settings.grpc_port, shared=self._grpc_shared
                 )
             except OSError as exc:  # the port is taken: stop, with the HTTP side, and exit 1
                 log.error("%s", exc)
@@ -167,11 +169,13 @@ def serve(
     peers: Callable[[ModelRegistry], Peers] | None = None,
     queues: QueueTable | None = None,
     forward_streams_to: str | None = None,
+    grpc_shared: SharedPort | None = None,
 ) -> None:
     """Run the server in this process: on `sockets` when given (an HTTP worker), else on settings' host and port.
     `peers`: this worker's view of the others' readiness, given the registry. `queues`: the table where the HTTP
     processes count what they have queued. `forward_streams_to`: the Unix socket of the HTTP process that holds
-    the streams, for this one to forward stream requests to."""
+    the streams, for this one to forward stream requests to. `grpc_shared`: gRPC's port is shared with the other
+    HTTP processes (and where stream chunks go)."""
     from service.api import InferenceFastPath, create_app
     from service.api.direct import DirectInference
 
@@ -201,7 +205,13 @@ def serve(
     registry.peers = view
     registry.queues = queues
     server = DrainingServer(
-        config, registry, settings.grace_period_seconds, settings=settings, metrics=state.metrics, peers=view
+        config,
+        registry,
+        settings.grace_period_seconds,
+        settings=settings,
+        metrics=state.metrics,
+        peers=view,
+        grpc_shared=grpc_shared,
     )
     server.run(sockets=sockets)
 

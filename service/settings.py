@@ -88,12 +88,12 @@ class Settings(BaseSettings):
     """Server processes sharing the HTTP port (SO_REUSEPORT), each with its own event loop and its own batcher per
     model version, so HTTP work spreads over cores. The queue limits (max_queue, max_queued_tokens) hold for all of
     them together, each counting what the others have queued (max_connections stays per process); each loads its own
-    copy of every model; the CPU cores are divided among them for the batch workers; gRPC is served by the first;
-    metrics and readiness cover them all; SIGTERM drains them all; without state_url the first holds every stream
-    and the others forward stream requests to it. 0: one per CPU core. auto: one per CPU core, as many as half the
-    available memory holds (about 150 MiB per process plus twice the repository's model files), and 1 with
-    repository_api (a load or unload would reach one process only) or a visible NVIDIA GPU (one CUDA context, whole
-    batches); the server logs what it chose and why."""
+    copy of every model; the CPU cores are divided among them for the batch workers; each serves gRPC on its
+    port too; metrics and readiness cover them all; SIGTERM drains them all; without state_url the first holds
+    every stream and the others forward stream requests (HTTP and gRPC) to it. 0: one per CPU core. auto: one per
+    CPU core, as many as half the available memory holds (about 150 MiB per process plus twice the repository's
+    model files), and 1 with repository_api (a load or unload would reach one process only) or a visible NVIDIA GPU
+    (one CUDA context, whole batches); the server logs what it chose and why."""
 
     onnx_threads: int = Field(default=0, ge=0, le=1024)
     """ONNX Runtime intra-op threads per batch; 0: the CPU cores divided among the batch workers (1 by default)."""

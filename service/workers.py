@@ -24,7 +24,9 @@ What holds across them:
   as a single server does; the parent exits 0 once all have, 1 if any failed.
   A worker that dies on its own takes readiness off, the others are drained
   and stopped, and the parent exits 1: the orchestrator restarts the whole.
-- gRPC is served by the first worker only (its port cannot be shared safely).
+- gRPC is served by every worker on its one port, held by the parent as the HTTP port is. Without a state
+  store a ModelInfer that names a stream is passed to the first worker, as HTTP stream requests are
+  (`service.grpc.forward`).
 """
 
 from __future__ import annotations
@@ -123,12 +125,10 @@ def _gpu_visible() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
-def worker_settings(settings: Settings, count: int, index: int, port: int) -> Settings:
-    """What worker `index` of `count` runs with: the port fixed, gRPC on the first worker only. The queue limits
+def worker_settings(settings: Settings, count: int, port: int) -> Settings:
+    """What each of `count` workers runs with: the HTTP port fixed (gRPC's is the same for all). The queue limits
     stay whole: the workers hold them together through the queue table (`service.queue_totals`)."""
-    return settings.model_copy(
-        update={"http_workers": count, "port": port, "grpc_port": settings.grpc_port if index == 0 else 0}
-    )
+    return settings.model_copy(update={"http_workers": count, "port": port})
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -151,10 +151,19 @@ def serve_workers(settings: Settings, count: int) -> int:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
         return 1
     port = int(reserved.getsockname()[1])
+    reserved_grpc = None
+    if settings.grpc_port:
+        try:
+            reserved_grpc = listening_socket(settings.host, settings.grpc_port)
+        except OSError as exc:
+            log.error("gRPC: cannot listen on %s:%d: %s", settings.host, settings.grpc_port, exc)
+            reserved.close()
+            return 1
     metrics_dir = tempfile.mkdtemp(prefix="seqserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the workers, read at their start
     # NOTE: without Redis the first worker holds every stream; the others forward stream requests to it here
     streams = os.path.join(metrics_dir, "streams.sock") if settings.state_url is None else None
+    grpc_streams = os.path.join(metrics_dir, "grpc-streams.sock") if streams is not None else None
     context = multiprocessing.get_context("spawn")
     flags = context.RawArray("b", count)
     drained = context.RawArray("b", count)  # set by each worker once drained, and here once it ended
@@ -179,14 +188,14 @@ def serve_workers(settings: Settings, count: int) -> int:
             process = context.Process(
                 target=_worker_main,
                 args=(
-                    worker_settings(settings, count, index, port),
+                    worker_settings(settings, count, port),
                     index,
                     count,
                     flags,
                     drained,
                     (queue_cells, keys),
                     os.getpid(),
-                    streams,
+                    (streams, grpc_streams),
                 ),
                 name=f"seqserve-http-{index}",
             )
@@ -223,6 +232,8 @@ def serve_workers(settings: Settings, count: int) -> int:
                 worker.kill()
                 worker.join()
         reserved.close()
+        if reserved_grpc is not None:
+            reserved_grpc.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 1 if failed else 0
 
@@ -243,30 +254,33 @@ def _worker_main(
     drained: Any,
     queues: tuple[Any, list[str]],
     parent: int,
-    streams: str | None,
+    streams: tuple[str | None, str | None],
 ) -> None:
     """A worker process: the whole server, on the shared port, publishing its readiness. `queues`: the queue
-    table's cells and keys. `streams`: the Unix socket where the first worker takes the others' stream requests
-    (None: they are served where they arrive)."""
+    table's cells and keys. `streams`: the Unix sockets where the first worker takes the others' stream requests,
+    HTTP's and gRPC's (None: they are served where they arrive)."""
     os.setpgid(0, 0)  # signals come from the parent only (a terminal's Ctrl-C reaches the parent, which passes it on)
     _end_with(parent)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s [http {index}]: %(message)s",
     )
+    from service.grpc import SharedPort
     from service.runner import serve
     from service.runtime.cpu import share_cores
 
     share_cores(count)
+    http_streams, grpc_streams = streams
     sockets = [listening_socket(settings.host, settings.port)]
-    if streams is not None and index == 0:
-        sockets.append(_unix_listener(streams))
+    if http_streams is not None and index == 0:
+        sockets.append(_unix_listener(http_streams))
     serve(
         settings,
         sockets=sockets,
         peers=lambda registry: Peers(flags, index, registry.local_readiness, drained),
         queues=QueueTable(*queues, index, count),
-        forward_streams_to=streams if index > 0 else None,
+        forward_streams_to=http_streams if index > 0 else None,
+        grpc_shared=SharedPort(grpc_streams, holds_streams=index == 0),
     )
     sys.exit(0)
 

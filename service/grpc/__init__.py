@@ -7,6 +7,6 @@ batchers and formatting as HTTP, and `grpc.health.v1.Health` (Check) for probes;
 `GrpcServer.begin_drain()` and `stop(grace)` follow the HTTP server's drain. Only this package imports grpc.
 """
 
-from service.grpc.server import GrpcServer, start_grpc_server
+from service.grpc.server import GrpcServer, SharedPort, start_grpc_server
 
-__all__ = ["GrpcServer", "start_grpc_server"]
+__all__ = ["GrpcServer", "SharedPort", "start_grpc_server"]

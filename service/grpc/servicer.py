@@ -20,6 +20,7 @@ from grpc import aio
 from service import __version__
 from service.errors import Draining, InvalidInput, ModelNotReady, ServiceError, StreamingUnsupported, Unauthorized
 from service.grpc import tensors
+from service.grpc.forward import StreamForwarder
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.status import failure_for
 from service.metrics import Metrics
@@ -56,8 +57,11 @@ class InferenceServicer:
         api_key: bytes | None,
         request_timeout_seconds: float,
         admin_api_key: bytes | None = None,
+        streams: StreamForwarder | None = None,
     ) -> None:
+        """`streams`: where stream chunks go when this process does not hold the streams (`service.grpc.forward`)."""
         self._registry = registry
+        self._streams = streams
         self._metrics = metrics
         self._api_key = api_key
         self._admin_key = admin_api_key if admin_api_key is not None else api_key
@@ -106,6 +110,8 @@ class InferenceServicer:
     # -- inference -------------------------------------------------------------
 
     async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        if self._streams is not None and self._streams.takes(request):
+            return await self._streams.infer(request, context)  # checked, answered and counted where streams are
         started = time.perf_counter()
         labels = ("", "")
         code = grpc.StatusCode.CANCELLED  # unless it ends otherwise: the client went away

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 from pathlib import Path
 
 import httpx
@@ -91,14 +92,31 @@ def test_a_worker_that_dies_takes_the_server_down_with_status_1(
     assert "ended on its own" in server.log()
 
 
-def test_each_worker_keeps_the_whole_queue_limits_and_grpc_is_served_once() -> None:
+def test_each_worker_keeps_the_whole_queue_limits_and_both_ports() -> None:
     # the workers hold the limits together through their queue table (tests/service/test_queue_totals.py)
     settings = Settings(max_queue=1000, max_queued_tokens=90_001, grpc_port=8001, http_workers=3)
-    workers = [worker_settings(settings, 3, index, 8123) for index in range(3)]
-    assert {(w.max_queue, w.max_queued_tokens) for w in workers} == {(1000, 90_001)}
-    assert [w.grpc_port for w in workers] == [8001, 0, 0]
-    assert {w.port for w in workers} == {8123}
-    assert {w.api_key for w in workers} == {settings.api_key}
+    worker = worker_settings(settings, 3, 8123)
+    assert (worker.max_queue, worker.max_queued_tokens) == (1000, 90_001)
+    assert (worker.port, worker.grpc_port, worker.http_workers) == (8123, 8001, 3)
+    assert worker.api_key == settings.api_key
+
+
+def test_a_taken_grpc_port_stops_the_server_before_any_worker_starts(
+    test_repository: BuiltRepository, tmp_path: Path
+) -> None:
+    # every worker listens on the gRPC port with SO_REUSEPORT: the parent takes it first, so a port another
+    # program holds fails the start as a taken HTTP port does, rather than leave some workers without gRPC
+    root = _feat_only(test_repository, tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {"SEQSERVE_GRPC_PORT": str(taken.getsockname()[1])}
+        with (
+            pytest.raises(RuntimeError, match="server exited with 1") as failed,
+            run_server(root, "--http-workers", "2", log_dir=tmp_path, env=env),
+        ):
+            pass
+    assert "gRPC: cannot listen on 127.0.0.1" in str(failed.value) and "[http 0]" not in str(failed.value)
 
 
 def test_a_request_may_be_as_large_with_several_workers_as_with_one(
