@@ -28,7 +28,7 @@ from service.grpc import GrpcServer, SharedPort, start_grpc_server
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
-from service.wire import ConnectionLimits, http_protocol
+from service.wire import ConnectionLimits, HttpProtocol, http_protocol
 
 if TYPE_CHECKING:
     from service.queue_totals import QueueTable
@@ -113,6 +113,9 @@ class DrainingServer(uvicorn.Server):
 
     def _start_drain(self, name: str) -> None:
         log.info("%s received: draining (readiness off, no new requests, grace %.1f s)", name, self._grace)
+        protocol = getattr(self.config, "http_protocol_class", None)
+        if isinstance(protocol, type) and issubclass(protocol, HttpProtocol):
+            protocol.begin_drain(self.server_state.connections)
         if self._grpc is not None:
             self._grpc.begin_drain()
         self._registry.begin_drain()

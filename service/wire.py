@@ -30,7 +30,7 @@ import http
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -240,6 +240,20 @@ class HttpProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
     report: ClassVar[ConnectionReport] = ConnectionReport()
     direct: ClassVar[Direct | None] = None
+    draining: ClassVar[bool] = False
+    """Set by `begin_drain`: every answer from then on closes its connection."""
+
+    @classmethod
+    def begin_drain(cls, connections: Iterable[object]) -> None:
+        """The server has begun to drain: each answer still to be written, and every later one, says
+        `connection: close` and closes its connection. A keep-alive client then sends its next request on a new
+        connection (answered 503 `draining` while the server listens, refused once it has stopped), never on one
+        that the server closes as the request arrives, which the client would read as a reset."""
+        cls.draining = True
+        for connection in connections:
+            cycle = getattr(connection, "cycle", None) if isinstance(connection, cls) else None
+            if cycle is not None and not cycle.response_complete:
+                cycle.keep_alive = False
 
     def __init__(
         self,
@@ -299,6 +313,8 @@ class HttpProtocol(HttpToolsProtocol):
         self._head_begun = False
         self._expect("body")  # the parser ends the message at once when there is none
         cycle = self.cycle
+        if self.draining and cycle is not None:
+            cycle.keep_alive = False
         if self.scope["method"] == "POST" and cycle is not None:
             gone = self.scope[DISCONNECTED] = self.loop.create_future()  # type: ignore[literal-required]
             self.scope[ANSWER] = WholeAnswer(cycle)  # type: ignore[literal-required]

@@ -74,6 +74,8 @@ def test_sigterm_drains_every_worker_and_the_server_exits_0(test_repository: Bui
     assert isinstance(response, httpx.Response), repr(response)
     assert response.status_code == 200, response.text
     assert len(response.json()["outputs"]) == 600
+    # queued when the drain began: answered whole, and its connection closed (no request may follow on it)
+    assert response.headers["connection"] == "close"
     log = server.log()
     for worker in (0, 1):
         assert f"INFO service.runner [http {worker}]: SIGTERM received" in log, log

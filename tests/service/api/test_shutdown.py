@@ -47,6 +47,8 @@ def test_sigterm_under_load_loses_nothing(test_repository: BuiltRepository, tmp_
                 calls = [client.post("/v1/models/feat/predict", content=body, headers=headers) for body in bodies]
                 responses.extend(await asyncio.gather(*calls, return_exceptions=True))
 
+        idle = httpx.Client(base_url=server.url, timeout=10)  # a keep-alive connection, idle when SIGTERM comes
+        assert idle.get("/v1/models").status_code == 200
         load = threading.Thread(target=asyncio.run, args=(fire(),))
         load.start()
         try:
@@ -65,7 +67,14 @@ def test_sigterm_under_load_loses_nothing(test_repository: BuiltRepository, tmp_
             refused = httpx.post(f"{server.url}/predict", json={"inputs": requests[0][:1]}, timeout=10)
             assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
             assert refused.headers["retry-after"] == "1"
+            # While draining every answer closes its connection, so that no keep-alive client sends a request on
+            # one the server is about to close: the idle connection's next request is told so, and goes elsewhere
+            # (test_workers.py checks the answer to a request queued when the drain began).
+            again = idle.post("/predict", json={"inputs": requests[0][:1]})
+            assert again.status_code == 503 and again.headers["connection"] == "close"
+            assert refused.headers["connection"] == "close" and ready.headers["connection"] == "close"
         finally:
+            idle.close()
             load.join(timeout=120)
         assert server.process.wait(timeout=60) == 0, server.log()
 
@@ -95,4 +104,5 @@ def test_past_the_grace_period_what_is_left_gets_503_and_the_process_exits_0(
         assert server.process.wait(timeout=60) == 0, server.log()
     assert isinstance(response, httpx.Response), repr(response)
     assert response.status_code == 503 and response.json()["error"]["code"] == "draining"
+    assert response.headers["connection"] == "close"
     assert "grace period over" in server.log()
