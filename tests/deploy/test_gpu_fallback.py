@@ -40,7 +40,10 @@ REPOSITORY = Path(os.environ.get("SEQSERVE_GPU_FALLBACK_REPOSITORY", ROOT / "rep
 DEMOS = ("names", "sunspots", "vowels")
 READY_BOUND_SECONDS = 90.0
 TOLERANCE = 1e-6
-FALLBACK_LINE = re.compile(r"WARNING service\.runtime\.device: (\w+)/(\d+): .*falling back to the CPU")
+FALLBACK_LINE = re.compile(
+    r"WARNING service\.runtime\.device(?: \[http \d+\])?: (\w+)/(\d+): .*falling back to the CPU"
+)
+PROCESSES_LINE = re.compile(r"INFO service: (\d+) HTTP process")
 FIGURES: dict[str, Any] = {}
 
 
@@ -147,6 +150,7 @@ def test_falls_back_to_the_cpu_once_per_version_and_answers_as_the_cpu_flavour(
     shutil.copytree(REPOSITORY, repository)
     rng = np.random.default_rng(7)
     differences: dict[str, float] = {}
+    streaming: dict[str, bool] = {}
     identical = True
     with (
         run_server(repository, log_dir=tmp_path) as cpu,
@@ -165,6 +169,7 @@ def test_falls_back_to_the_cpu_once_per_version_and_answers_as_the_cpu_flavour(
         loaded_log = gpu.log()
         for name in DEMOS:
             metadata = httpx.get(f"{gpu.url}/v1/models/{name}", timeout=10).json()
+            streaming[name] = metadata["streaming"]
             inputs = _inputs(metadata, rng)
             worst = 0.0
             for body in [{"inputs": inputs}, *({"inputs": [one]} for one in inputs)]:
@@ -188,8 +193,14 @@ def test_falls_back_to_the_cpu_once_per_version_and_answers_as_the_cpu_flavour(
         "max_abs_difference": differences,
         "identical": identical,
     }
-    assert counts == dict.fromkeys(versions, 1), log
-    assert ort_errors == len(versions), log  # once per session opened for CUDA, none per batch
+    # once per session opened for CUDA (a streaming version has two graphs), in each HTTP process (`auto` runs
+    # one per core: no GPU is visible); none per batch
+    found = PROCESSES_LINE.search(log)
+    assert found is not None, log
+    processes = int(found[1])
+    sessions = {key: 2 if streaming[key.split("/")[0]] else 1 for key in versions}
+    assert counts == {key: n * processes for key, n in sessions.items()}, log
+    assert ort_errors == sum(counts.values()), log
     assert log[len(loaded_log) :].count("CUDA") == 0, log[len(loaded_log) :]  # nothing about the GPU while answering
     assert "Traceback" not in log, log
     assert max(differences.values()) <= TOLERANCE, differences
