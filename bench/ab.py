@@ -83,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     workload = Workload.generate(ModelInput.read(repository / args.model / "1" / "model.json"), 1024)
     grpc = args.body == "grpc"
-    path, bodies_of = BODIES["json" if grpc else args.body]
-    path = path.replace(REFERENCE_NAME, args.model)
-    bodies = workload.json_bodies(args.per_request) if args.body == "json" else getattr(workload, bodies_of)()
+    if grpc:  # the same calls for every server: encoded once
+        grpc_requests = encode_infer_requests(args.model, workload.sequences)  # type: ignore[arg-type]
+    else:
+        path, bodies_of = BODIES[args.body]
+        path = path.replace(REFERENCE_NAME, args.model)
+        bodies = workload.json_bodies(args.per_request) if args.body == "json" else getattr(workload, bodies_of)()
     results: list[list[dict[str, float]]] = [[] for _ in args.variants]
     for round_ in range(args.rounds):
         ceiling = _ceiling(repository, args.model, args.concurrency, args.seconds / 3) if args.ceiling else None
@@ -110,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             try:
                 server.wait_ready()
-                requests = encode_requests(path, bodies, server.port)
                 if grpc:
-                    requests = encode_infer_requests(args.model, workload.sequences)  # type: ignore[arg-type]
+                    requests = grpc_requests
                     _grpc_load(server.grpc_port, requests, args, 1.5, 0.3)  # warm
                 else:
+                    requests = encode_requests(path, bodies, server.port)
                     client_run(closed_loop(server.port, requests, args.concurrency, 1.5, 0.3))  # warm
                 cpu0, wall0 = server.cpu(), time.perf_counter()
                 if grpc:
