@@ -67,9 +67,11 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 1 if shared is not None else 0),
         ]
     )
+    streams_socket = shared.streams_socket if shared is not None else None
+    holds_streams = shared is not None and shared.holds_streams
     forwarder = None
-    if shared is not None and shared.streams_socket is not None and not shared.holds_streams:
-        forwarder = StreamForwarder(shared.streams_socket, settings.request_timeout_seconds)
+    if streams_socket is not None and not holds_streams:
+        forwarder = StreamForwarder(streams_socket, settings.request_timeout_seconds)
     api_key = settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
     admin_key = settings.admin_api_key.get_secret_value().encode() if settings.admin_api_key is not None else None
     servicer = InferenceServicer(
@@ -89,11 +91,11 @@ async def start_grpc_server(
         bound = 0
     if bound == 0:
         raise OSError(f"gRPC: could not listen on {host}:{port} (in use?)")
-    if shared is not None and shared.streams_socket is not None and shared.holds_streams:
+    if streams_socket is not None and holds_streams:
         try:
-            server.add_insecure_port(f"unix:{shared.streams_socket}")
+            server.add_insecure_port(f"unix:{streams_socket}")
         except RuntimeError as exc:
-            raise OSError(f"gRPC: could not listen on {shared.streams_socket}: {exc}") from exc
+            raise OSError(f"gRPC: could not listen on {streams_socket}: {exc}") from exc
     await server.start()
     log.info("gRPC (Open Inference Protocol) listening on %s:%d", host, bound)
     return GrpcServer(server, servicer, bound, forwarder)
